@@ -1,0 +1,291 @@
+//! The C malloc family's semantics, in Rust: routing between the central heap and large
+//! blocks, `errno`, overflow checks, alignment rules and misuse reports. The preload crate's
+//! `extern "C"` functions are one-line calls into here; the tests call these directly too.
+//!
+//! glibc-compatible behaviour (each tested in `tests/`):
+//! - failure returns NULL with `errno = ENOMEM`; `free` preserves `errno`;
+//! - `malloc(0)` returns a unique pointer; `realloc(NULL, n)` is `malloc(n)`;
+//!   `realloc(p, 0)` frees `p` and returns NULL; a failed realloc leaves `p` untouched;
+//! - `calloc`/`reallocarray` detect multiplication overflow;
+//! - `posix_memalign` returns `EINVAL` unless the alignment is a power of two multiple of
+//!   `sizeof(void *)`, and never changes `errno`; `aligned_alloc`/`memalign` accept any power
+//!   of two and fail with `EINVAL` otherwise; `pvalloc(0)` gives one page.
+//! - misuse (double free, foreign or interior pointer, broken tags) prints one line naming the
+//!   function and the check, then aborts.
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+
+use crate::block::ALIGN;
+use crate::central::Misuse;
+use crate::diag::{errno, fatal, set_errno};
+use crate::global::heap;
+use crate::large;
+use crate::os::{PAGE, align_up};
+use crate::sync::{AtomicUsize, Ordering};
+
+/// Requests of at least this many bytes get their own mapping (glibc's `M_MMAP_THRESHOLD`).
+pub const DEFAULT_MMAP_THRESHOLD: usize = 128 << 10;
+
+/// The mmap threshold in force (Relaxed: a tuning value, no data depends on its order).
+pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
+
+#[inline(always)]
+fn mmap_threshold() -> usize {
+    MMAP_THRESHOLD.load(Ordering::Relaxed)
+}
+
+/// Allocates `n` bytes, 16-byte aligned; `None` when memory is exhausted.
+#[inline]
+pub fn alloc(n: usize) -> Option<NonNull<u8>> {
+    if n >= mmap_threshold() {
+        return large::alloc(n, ALIGN).or_else(|| heap().alloc(n, false).map(|(p, _)| p));
+    }
+    let r = heap().alloc(n, false);
+    match r {
+        Some((p, _)) => Some(p),
+        None => large::alloc(n, ALIGN),
+    }
+}
+
+/// Allocates `n` zeroed bytes, skipping the memset on memory known to be fresh.
+pub fn alloc_zeroed(n: usize) -> Option<NonNull<u8>> {
+    if n >= mmap_threshold() {
+        // Fresh mappings are zero.
+        if let Some(p) = large::alloc(n, ALIGN) {
+            return Some(p);
+        }
+    }
+    let r = heap().alloc(n, true);
+    match r {
+        Some((p, fresh)) => {
+            if !fresh {
+                // SAFETY: a block of ours with at least `n` payload bytes; the lock is released.
+                unsafe { ptr::write_bytes(p.as_ptr(), 0, n) };
+            }
+            Some(p)
+        }
+        None => large::alloc(n, ALIGN),
+    }
+}
+
+/// Allocates `n` bytes aligned to `align` (any power of two).
+pub fn alloc_aligned(n: usize, align: usize) -> Option<NonNull<u8>> {
+    debug_assert!(align.is_power_of_two());
+    if align <= ALIGN {
+        return alloc(n);
+    }
+    if n >= mmap_threshold() || align >= mmap_threshold() {
+        return large::alloc(n, align);
+    }
+    let r = heap().alloc_aligned(n, align);
+    r.or_else(|| large::alloc(n, align))
+}
+
+/// Reports `what` for `p` in `func` and aborts.
+#[cold]
+fn misuse(func: &str, what: Misuse, p: NonNull<u8>) -> ! {
+    fatal(func, what.message(), p.addr().get())
+}
+
+/// Frees `p` (a block of ours), aborting with a message naming `func` on misuse.
+#[inline]
+pub fn dealloc(p: NonNull<u8>, func: &str) {
+    let r = heap().free(p);
+    match r {
+        Ok(()) => {}
+        Err(Misuse::NotOurs) => {
+            // SAFETY: not a heap pointer; a pointer the program got from us as a large block
+            // has readable header words before it.
+            match unsafe { large::validate(p) } {
+                // SAFETY: validated large block, given up by the program.
+                Ok(blk) => unsafe { large::free(blk) },
+                Err(e) => misuse(func, e, p),
+            }
+        }
+        Err(e) => misuse(func, e, p),
+    }
+}
+
+/// Usable size of the live block `p`.
+pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
+    let r = heap().usable_size(p);
+    match r {
+        Ok(n) => n,
+        // SAFETY: as in `dealloc`.
+        Err(Misuse::NotOurs) => match unsafe { large::validate(p) } {
+            Ok(blk) => blk.usable(),
+            Err(e) => misuse(func, e, p),
+        },
+        Err(e) => misuse(func, e, p),
+    }
+}
+
+/// Resizes the live block `p` to `n > 0` bytes; `None` leaves `p` untouched.
+///
+/// # Safety
+/// `p` is a live block of ours; on `Some`, the old pointer must no longer be used (unless equal
+/// to the result).
+pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
+    let r = heap().resize_in_place(p, n);
+    let old_usable = match r {
+        Ok(true) => return Some(p),
+        Ok(false) => usable_size(p, "realloc"),
+        Err(Misuse::NotOurs) => {
+            // SAFETY: as in `dealloc`.
+            let blk = match unsafe { large::validate(p) } {
+                Ok(blk) => blk,
+                Err(e) => misuse("realloc", e, p),
+            };
+            if n >= mmap_threshold() / 2 {
+                // SAFETY: validated large block.
+                return unsafe { large::realloc(blk, n) };
+            }
+            blk.usable()
+        }
+        Err(e) => misuse("realloc", e, p),
+    };
+    let new = alloc(n)?;
+    // SAFETY: distinct live blocks; the old one has `old_usable` bytes, the new one >= n.
+    unsafe { ptr::copy_nonoverlapping(p.as_ptr(), new.as_ptr(), old_usable.min(n)) };
+    dealloc(p, "realloc");
+    Some(new)
+}
+
+#[inline(always)]
+fn out_of_memory() -> *mut c_void {
+    set_errno(libc::ENOMEM);
+    ptr::null_mut()
+}
+
+#[inline(always)]
+fn to_c(r: Option<NonNull<u8>>) -> *mut c_void {
+    match r {
+        Some(p) => p.as_ptr().cast(),
+        None => out_of_memory(),
+    }
+}
+
+/// C `malloc`.
+pub fn malloc(n: usize) -> *mut c_void {
+    to_c(alloc(n))
+}
+
+/// C `free`: NULL is ignored; `errno` is preserved.
+///
+/// # Safety
+/// `p` is NULL or a live block of ours (anything else is detected where cheaply possible and
+/// aborts with a message).
+pub unsafe fn free(p: *mut c_void) {
+    if let Some(p) = NonNull::new(p.cast::<u8>()) {
+        let saved = errno();
+        dealloc(p, "free");
+        set_errno(saved);
+    }
+}
+
+/// C `calloc`: overflow of `n * size` fails with `ENOMEM`.
+pub fn calloc(n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        Some(total) => to_c(alloc_zeroed(total)),
+        None => out_of_memory(),
+    }
+}
+
+/// C `realloc`.
+///
+/// # Safety
+/// `p` is NULL or a live block of ours.
+pub unsafe fn realloc(p: *mut c_void, n: usize) -> *mut c_void {
+    let Some(old) = NonNull::new(p.cast::<u8>()) else { return malloc(n) };
+    if n == 0 {
+        // glibc: realloc(p, 0) frees p and returns NULL.
+        // SAFETY: forwarded contract.
+        unsafe { free(p) };
+        return ptr::null_mut();
+    }
+    let saved = errno();
+    // SAFETY: forwarded contract.
+    let r = unsafe { realloc_raw(old, n) };
+    match r {
+        Some(p) => {
+            set_errno(saved);
+            p.as_ptr().cast()
+        }
+        None => out_of_memory(),
+    }
+}
+
+/// C `reallocarray`: `realloc(p, n * size)` with overflow detection (`ENOMEM`, `p` untouched).
+///
+/// # Safety
+/// As [`realloc`].
+pub unsafe fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: forwarded contract.
+        Some(total) => unsafe { realloc(p, total) },
+        None => out_of_memory(),
+    }
+}
+
+/// C `posix_memalign`: returns 0, `EINVAL` or `ENOMEM`; never changes `errno`.
+///
+/// # Safety
+/// `out` is valid for a pointer write.
+pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, n: usize) -> i32 {
+    if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let saved = errno();
+    let r = alloc_aligned(n, align);
+    set_errno(saved);
+    match r {
+        Some(p) => {
+            // SAFETY: forwarded contract.
+            unsafe { out.write(p.as_ptr().cast()) };
+            0
+        }
+        None => libc::ENOMEM,
+    }
+}
+
+/// C `aligned_alloc` and `memalign`: any power of two; others fail with `EINVAL`.
+pub fn memalign(align: usize, n: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    to_c(alloc_aligned(n, align))
+}
+
+/// C `valloc`: page-aligned.
+pub fn valloc(n: usize) -> *mut c_void {
+    to_c(alloc_aligned(n, PAGE))
+}
+
+/// C `pvalloc`: page-aligned, size rounded up to a whole page (`pvalloc(0)` gives one page).
+pub fn pvalloc(n: usize) -> *mut c_void {
+    match align_up(n.max(1), PAGE) {
+        Some(total) => to_c(alloc_aligned(total, PAGE)),
+        None => out_of_memory(),
+    }
+}
+
+/// C `malloc_usable_size`: 0 for NULL.
+///
+/// # Safety
+/// `p` is NULL or a live block of ours.
+pub unsafe fn malloc_usable_size(p: *mut c_void) -> usize {
+    match NonNull::new(p.cast::<u8>()) {
+        Some(p) => usable_size(p, "malloc_usable_size"),
+        None => 0,
+    }
+}
+
+/// C `malloc_trim`: gives back every free page it can; returns 1 if memory went back.
+pub fn malloc_trim(pad: usize) -> i32 {
+    let saved = errno();
+    let released = heap().trim(pad);
+    set_errno(saved);
+    i32::from(released)
+}

@@ -1,0 +1,440 @@
+//! Unit tests of the central heap on a fixed arena, with the heap walker after every step.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use super::*;
+use crate::os::FixedArena;
+
+/// A heap over an owned, zeroed buffer.
+struct TestHeap {
+    heap: CentralHeap<FixedArena>,
+    _buf: Vec<u128>,
+}
+
+impl TestHeap {
+    fn new(cap: usize) -> Self {
+        let mut buf = vec![0u128; cap / 16];
+        let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: the buffer is zeroed, 16-aligned, owned by `TestHeap` and outlives the heap.
+        let arena = unsafe { FixedArena::new(base, cap) };
+        Self { heap: CentralHeap::new(arena), _buf: buf }
+    }
+
+    fn check(&self) {
+        if let Err(e) = self.heap.check(true) {
+            panic!("heap invariant broken: {} at {:#x}", e.what, e.addr);
+        }
+    }
+
+    fn alloc(&mut self, n: usize) -> NonNull<u8> {
+        let (p, _) = self.heap.alloc(n, false).expect("alloc failed");
+        assert_eq!(p.addr().get() % ALIGN, 0);
+        assert!(self.heap.usable_size(p).unwrap() >= n);
+        self.check();
+        p
+    }
+
+    fn free(&mut self, p: NonNull<u8>) {
+        self.heap.free(p).expect("free failed");
+        self.check();
+    }
+}
+
+fn fill(p: NonNull<u8>, n: usize, seed: u64) {
+    for i in 0..n {
+        // SAFETY: `p` has at least `n` usable bytes.
+        unsafe { p.as_ptr().add(i).write(pattern(seed, i)) };
+    }
+}
+
+fn verify(p: NonNull<u8>, n: usize, seed: u64) {
+    for i in 0..n {
+        // SAFETY: `p` has at least `n` usable bytes.
+        let got = unsafe { p.as_ptr().add(i).read() };
+        assert_eq!(got, pattern(seed, i), "content of block {p:?} changed at offset {i}");
+    }
+}
+
+fn pattern(seed: u64, i: usize) -> u8 {
+    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 * 0x1000_0001) >> 24) as u8
+}
+
+#[test]
+fn bins_are_monotonic_and_fit_rounds_up() {
+    let mut last = 0;
+    let mut s = MIN_BLOCK;
+    while s < 1 << 24 {
+        let i = bin_index(s);
+        assert!(i >= last && i < NBINS, "bin_index({s}) = {i}");
+        last = i;
+        // Every block of bin `fit` and above has at least `s` bytes: the largest size
+        // below `s` maps to a lower bin.
+        assert!(bin_index(s - ALIGN) < bin_index_fit(s) || s < EXACT_LIMIT, "fit({s})");
+        if s < EXACT_LIMIT {
+            assert_eq!(bin_index_fit(s), bin_index(s));
+        }
+        s += if s < 1 << 16 { ALIGN } else { 4096 + ALIGN };
+    }
+    assert!(bin_index(MAX_BLOCK) < NBINS);
+}
+
+#[test]
+fn first_allocation_splits_the_fresh_segment() {
+    let mut h = TestHeap::new(1 << 20);
+    let p = h.alloc(100);
+    let st = h.heap.stats();
+    assert_eq!(st.used_blocks, 1);
+    assert_eq!(st.used_bytes, 112);
+    assert_eq!(st.free_blocks, 1, "the remainder is one free block");
+    assert_eq!(st.free_bytes + st.used_bytes + 16, st.heap_bytes);
+    h.free(p);
+    assert_eq!(h.heap.stats().free_blocks, 1, "everything merged back");
+}
+
+#[test]
+fn merge_in_every_neighbour_configuration() {
+    let mut h = TestHeap::new(1 << 20);
+    let ps: Vec<_> = (0..8).map(|_| h.alloc(40)).collect();
+    // Free blocks: only the tail of the segment.
+    assert_eq!(h.heap.stats().free_blocks, 1);
+    // used | X | used: no merge.
+    h.free(ps[2]);
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    // free | X | used: merge with prev.
+    h.free(ps[3]);
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    // used | X | free: merge with next.
+    h.free(ps[1]);
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    // First block of the segment (nothing before it) with a free next.
+    h.free(ps[0]);
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    // used | X | used again, then free | X | free: merge with both.
+    h.free(ps[5]);
+    assert_eq!(h.heap.stats().free_blocks, 3);
+    h.free(ps[4]);
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    // Last block before the free tail: merges into the tail; then one free block remains
+    // after the final free.
+    h.free(ps[7]);
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    h.free(ps[6]);
+    assert_eq!(h.heap.stats().free_blocks, 1);
+    assert_eq!(h.heap.stats().used_blocks, 0);
+}
+
+#[test]
+fn block_at_the_segment_end_merges_with_nothing_beyond() {
+    let mut h = TestHeap::new(1 << 20);
+    h.heap.top_pad = 0;
+    // Fill the first segment exactly, so the last block touches the sentinel.
+    let total = h.heap.stats().heap_bytes;
+    assert_eq!(total, 0);
+    let p = h.alloc(4096 - 64);
+    let st = h.heap.stats();
+    let rest = st.free_bytes;
+    let q = h.alloc(rest - HEADER);
+    assert_eq!(h.heap.stats().free_blocks, 0, "segment full");
+    h.free(q);
+    h.free(p);
+    assert_eq!(h.heap.stats().free_blocks, 1);
+}
+
+#[test]
+fn segments_are_fenced() {
+    let mut h = TestHeap::new(8 << 20);
+    h.heap.top_pad = 0;
+    let a = h.alloc(1000);
+    let big = h.heap.stats().free_bytes;
+    // Exhaust the first segment, then force a gap before the next growth.
+    let b = h.alloc(big - HEADER);
+    h.heap.source_mut().leave_gap();
+    let c = h.alloc(1000);
+    assert_eq!(h.heap.segment_count(), 2);
+    h.free(b);
+    h.free(a);
+    h.free(c);
+    // One free block per segment: no merge across the gap.
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    // Contiguous growth extends the segment instead of adding one.
+    let d = h.alloc(3 << 20);
+    assert_eq!(h.heap.segment_count(), 2);
+    h.free(d);
+}
+
+#[test]
+fn trim_returns_the_top_and_purge_the_middle() {
+    let mut h = TestHeap::new(64 << 20);
+    let ps: Vec<_> = (0..4000).map(|i| h.alloc(16 + (i % 64) * 16)).collect();
+    let keep = h.alloc(64);
+    let heap_before = h.heap.stats().heap_bytes;
+    // Free everything below `keep`: a large free run in the middle, purged.
+    for p in ps {
+        h.free(p);
+    }
+    let st = h.heap.stats();
+    assert!(st.purged_bytes >= 1 << 20, "middle run purged: {st:?}");
+    assert!(h.heap.source().purged >= 1 << 20);
+    // Now the top: free `keep`, everything merges and the break shrinks.
+    h.free(keep);
+    let st = h.heap.stats();
+    assert!(st.trimmed_bytes > 0, "{st:?}");
+    assert!(st.heap_bytes < heap_before / 4, "{st:?}");
+    assert!(st.free_bytes <= DEFAULT_TOP_PAD + 2 * PAGE, "{st:?}");
+}
+
+#[test]
+fn malloc_trim_purges_every_free_page() {
+    let mut h = TestHeap::new(16 << 20);
+    let ps: Vec<_> = (0..64).map(|_| h.alloc(8000)).collect();
+    for p in ps.iter().step_by(2) {
+        h.free(*p);
+    }
+    let before = h.heap.stats().purged_bytes;
+    assert!(h.heap.trim(0));
+    h.check();
+    assert!(h.heap.stats().purged_bytes > before);
+    for p in ps.iter().skip(1).step_by(2) {
+        h.free(*p);
+    }
+}
+
+#[test]
+fn out_of_memory_then_recovery() {
+    let mut h = TestHeap::new(4 << 20);
+    let mut ps = Vec::new();
+    while let Some((p, _)) = h.heap.alloc(10_000, false) {
+        ps.push(p);
+    }
+    h.check();
+    assert!(ps.len() > 300);
+    assert!(h.heap.alloc(10_000, false).is_none());
+    for p in ps.drain(..) {
+        h.free(p);
+    }
+    let p = h.alloc(1 << 20);
+    h.free(p);
+    // Injected failure of the source.
+    let mut h = TestHeap::new(4 << 20);
+    h.heap.source_mut().fail_after(0);
+    assert!(h.heap.alloc(1, false).is_none());
+    assert!(h.heap.alloc_aligned(1, 64).is_none());
+    h.check();
+}
+
+#[test]
+fn misuse_is_reported_and_leaves_the_heap_intact() {
+    let mut h = TestHeap::new(1 << 20);
+    let a = h.alloc(64);
+    let b = h.alloc(64);
+    let c = h.alloc(64);
+    h.free(b);
+    assert_eq!(h.heap.free(b), Err(Misuse::DoubleFree));
+    // SAFETY: pointers into our own live block.
+    let interior = unsafe { a.add(16) };
+    assert!(matches!(h.heap.free(interior), Err(Misuse::BadHeader | Misuse::InvalidPointer)));
+    let odd = unsafe { a.add(3) };
+    assert_eq!(h.heap.free(odd), Err(Misuse::InvalidPointer));
+    let mut outside = 0u128;
+    let foreign = NonNull::new((&raw mut outside).cast::<u8>()).unwrap();
+    assert_eq!(h.heap.free(foreign), Err(Misuse::NotOurs));
+    h.check();
+    // An overflow from `a` into `c`'s header... `a` is followed by the free `b`: overwrite
+    // `b`'s footer area by writing past a's usable size is what a heap overflow does to `c`.
+    // Overflow of `c`'s payload into the next block's header:
+    let cu = h.heap.usable_size(c).unwrap();
+    // SAFETY: deliberately writes 8 bytes past `c`'s usable size: the next header.
+    let saved = unsafe { c.as_ptr().add(cu).cast::<usize>().read() };
+    unsafe { c.as_ptr().add(cu).cast::<usize>().write(0x4141_4141_4141_4141) };
+    assert_eq!(h.heap.free(c), Err(Misuse::CorruptTags));
+    unsafe { c.as_ptr().add(cu).cast::<usize>().write(saved) };
+    h.check();
+    // An underflow that smashes `c`'s own header.
+    let saved = unsafe { c.as_ptr().sub(8).cast::<usize>().read() };
+    unsafe { c.as_ptr().sub(8).cast::<usize>().write(0x4141) };
+    assert_eq!(h.heap.free(c), Err(Misuse::BadHeader));
+    unsafe { c.as_ptr().sub(8).cast::<usize>().write(saved) };
+    h.free(c);
+    h.free(a);
+}
+
+#[test]
+fn resize_in_place_shrinks_and_grows_into_a_free_neighbour() {
+    let mut h = TestHeap::new(1 << 20);
+    let a = h.alloc(1000);
+    fill(a, 1000, 7);
+    let b = h.alloc(100);
+    // Shrink: the rest becomes a free block.
+    assert_eq!(h.heap.resize_in_place(a, 200), Ok(true));
+    h.check();
+    verify(a, 200, 7);
+    assert_eq!(h.heap.stats().free_blocks, 2);
+    // Grow back into the freed rest.
+    assert_eq!(h.heap.resize_in_place(a, 900), Ok(true));
+    h.check();
+    verify(a, 200, 7);
+    // Cannot grow past the used `b`.
+    assert_eq!(h.heap.resize_in_place(a, 5000), Ok(false));
+    h.check();
+    // After `b` goes, growth takes the free tail.
+    h.free(b);
+    assert_eq!(h.heap.resize_in_place(a, 5000), Ok(true));
+    h.check();
+    verify(a, 200, 7);
+    assert!(h.heap.usable_size(a).unwrap() >= 5000);
+    h.free(a);
+}
+
+#[test]
+fn aligned_allocations() {
+    let mut h = TestHeap::new(16 << 20);
+    let mut ps = Vec::new();
+    for shift in 5..=16 {
+        let align = 1usize << shift;
+        for n in [1, 24, 100, 5000] {
+            let p = h.heap.alloc_aligned(n, align).unwrap();
+            assert_eq!(p.addr().get() % align, 0, "align {align}");
+            assert!(h.heap.usable_size(p).unwrap() >= n);
+            fill(p, n, n as u64);
+            h.check();
+            ps.push((p, n));
+        }
+    }
+    for (p, n) in ps {
+        verify(p, n, n as u64);
+        h.free(p);
+    }
+    assert_eq!(h.heap.stats().used_blocks, 0);
+}
+
+#[test]
+fn fresh_memory_is_reported_zero() {
+    let mut h = TestHeap::new(1 << 20);
+    let (p, fresh) = h.heap.alloc(5000, true).unwrap();
+    assert!(fresh);
+    // SAFETY: 5000 usable bytes.
+    assert!(unsafe { std::slice::from_raw_parts(p.as_ptr(), 5000) }.iter().all(|&b| b == 0));
+    fill(p, 5000, 1);
+    h.free(p);
+    let (q, fresh) = h.heap.alloc(5000, true).unwrap();
+    assert_eq!(p, q);
+    assert!(!fresh, "reused memory must not be reported zero");
+    h.free(q);
+}
+
+/// Random operations against a shadow model of live ranges: contents intact, no overlap,
+/// every invariant after every step.
+#[test]
+fn random_operations_against_a_shadow_model() {
+    for seed in [1u64, 2, 3] {
+        run_model(seed, 40_000);
+    }
+}
+
+fn run_model(seed: u64, steps: usize) {
+    let mut h = TestHeap::new(256 << 20);
+    let mut rng = Rng(seed);
+    // live: start address -> (pointer, requested size, pattern seed)
+    let mut live: BTreeMap<usize, (NonNull<u8>, usize, u64)> = BTreeMap::new();
+    let mut next_seed = 0u64;
+    for step in 0..steps {
+        let op = rng.below(100);
+        if op < 45 || live.is_empty() {
+            let n = rng.size();
+            let aligned = rng.below(10) == 0;
+            let p = if aligned {
+                let align = 32usize << rng.below(8);
+                let p = h.heap.alloc_aligned(n, align).expect("alloc_aligned");
+                assert_eq!(p.addr().get() % align, 0);
+                p
+            } else {
+                h.heap.alloc(n, false).expect("alloc").0
+            };
+            assert_eq!(p.addr().get() % ALIGN, 0);
+            let usable = h.heap.usable_size(p).unwrap();
+            assert!(usable >= n);
+            // No overlap with the neighbouring live ranges.
+            if let Some((&s, &(_, ln, _))) = live.range(..p.addr().get()).next_back() {
+                let end = s + h.heap.usable_size(NonNull::new(s as *mut u8).unwrap()).unwrap();
+                assert!(end <= p.addr().get() - HEADER, "overlaps the block before ({ln})");
+            }
+            if let Some((&s, _)) = live.range(p.addr().get()..).next() {
+                assert!(p.addr().get() + usable <= s - HEADER, "overlaps the block after");
+            }
+            next_seed += 1;
+            fill(p, n, next_seed);
+            live.insert(p.addr().get(), (p, n, next_seed));
+        } else if op < 85 {
+            let k = *live.keys().nth(rng.below(live.len())).unwrap();
+            let (p, n, s) = live.remove(&k).unwrap();
+            verify(p, n, s);
+            h.heap.free(p).expect("free");
+        } else {
+            // realloc: in place if possible, else move (as api::realloc_raw does).
+            let k = *live.keys().nth(rng.below(live.len())).unwrap();
+            let (p, n, s) = live.remove(&k).unwrap();
+            verify(p, n, s);
+            let m = rng.size();
+            let q = if h.heap.resize_in_place(p, m).expect("resize") {
+                p
+            } else {
+                let q = h.heap.alloc(m, false).expect("alloc").0;
+                // SAFETY: distinct live blocks with at least min(n, m) bytes each.
+                unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), n.min(m)) };
+                h.heap.free(p).expect("free");
+                q
+            };
+            verify(q, n.min(m), s);
+            next_seed += 1;
+            fill(q, m, next_seed);
+            live.insert(q.addr().get(), (q, m, next_seed));
+        }
+        if step < 2000 || step % 97 == 0 {
+            if let Err(e) = h.heap.check(step % 1000 == 0) {
+                panic!("seed {seed} step {step}: {} at {:#x}", e.what, e.addr);
+            }
+        }
+        if rng.below(5000) == 0 {
+            h.heap.source_mut().leave_gap();
+        }
+        if rng.below(3000) == 0 {
+            h.heap.trim(0);
+        }
+    }
+    for (_, (p, n, s)) in std::mem::take(&mut live) {
+        verify(p, n, s);
+        h.heap.free(p).expect("free");
+    }
+    h.check();
+    let st = h.heap.stats();
+    assert_eq!(st.used_blocks, 0);
+    assert_eq!(st.free_blocks, h.heap.segment_count(), "one free block per segment");
+}
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Mostly small, sometimes medium, rarely large (up to 300 KiB).
+    fn size(&mut self) -> usize {
+        match self.below(100) {
+            0..=69 => self.below(256),
+            70..=94 => self.below(8192),
+            95..=98 => self.below(64 << 10),
+            _ => self.below(300 << 10),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Diagnostics without allocation: a fixed stack buffer, `write(2)` to fd 2, then `abort`.
+//!
+//! Code that runs inside `malloc` cannot use `format!`, `eprintln!` with arguments, or a panic
+//! (each may allocate, and a panic while the heap lock is held deadlocks). Every message is built
+//! here from `&'static str` pieces and hexadecimal numbers.
+
+/// A small line buffer on the stack. Text beyond its capacity is dropped, never overflowed.
+///
+/// # Invariants
+/// - D1: `len <= buf.len()`.
+pub struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Line {
+    /// An empty line.
+    pub const fn new() -> Self {
+        Self { buf: [0; 256], len: 0 }
+    }
+
+    /// Appends `s`, truncating at the capacity (D1).
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                break;
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        self
+    }
+
+    /// Appends `v` as `0x…` hexadecimal.
+    pub fn hex(&mut self, v: usize) -> &mut Self {
+        let mut digits = [0u8; 18];
+        digits[0] = b'0';
+        digits[1] = b'x';
+        let mut n = 2;
+        let mut started = false;
+        for shift in (0..usize::BITS).step_by(4).rev() {
+            let d = (v >> shift) & 0xf;
+            if d != 0 || started || shift == 0 {
+                started = true;
+                digits[n] = b"0123456789abcdef"[d];
+                n += 1;
+            }
+        }
+        // The digits are ASCII, so this is valid UTF-8; a failure would only drop the number.
+        self.str(core::str::from_utf8(&digits[..n]).unwrap_or(""))
+    }
+
+    /// Appends `v` in decimal.
+    pub fn dec(&mut self, mut v: usize) -> &mut Self {
+        let mut digits = [0u8; 20];
+        let mut n = digits.len();
+        loop {
+            n -= 1;
+            digits[n] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.str(core::str::from_utf8(&digits[n..]).unwrap_or(""))
+    }
+
+    /// The bytes written so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Writes the line to stderr (fd 2), retrying on `EINTR` and short writes.
+    pub fn write_stderr(&self) {
+        let mut rest = self.as_bytes();
+        while !rest.is_empty() {
+            // SAFETY: `rest` is a valid initialised byte slice for the duration of the call.
+            let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+            if n > 0 {
+                rest = &rest[n as usize..];
+            } else if n < 0 && errno() == libc::EINTR {
+                continue;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The calling thread's `errno`.
+pub fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns the valid thread-local errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's `errno`.
+pub fn set_errno(value: i32) {
+    // SAFETY: `__errno_location` returns the valid thread-local errno slot.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// Writes `brkmalloc: <func>(): <check>: <ptr>` to stderr and aborts the process.
+///
+/// Called with no allocator lock held, so a `SIGABRT` handler that allocates cannot deadlock.
+#[cold]
+#[inline(never)]
+pub fn fatal(func: &str, check: &str, ptr: usize) -> ! {
+    let mut line = Line::new();
+    line.str("brkmalloc: ").str(func).str("(): ").str(check).str(": ").hex(ptr).str("\n");
+    line.write_stderr();
+    // SAFETY: `abort` has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
+/// Writes `brkmalloc: <msg>` and a newline to stderr (warnings; the process goes on).
+#[cold]
+pub fn warn(msg: &str) {
+    let mut line = Line::new();
+    line.str("brkmalloc: ").str(msg).str("\n");
+    line.write_stderr();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_without_allocating() {
+        let mut l = Line::new();
+        l.str("a").hex(0).str(" ").hex(0xdead_beef).str(" ").dec(0).str(" ").dec(12345);
+        assert_eq!(l.as_bytes(), b"a0x0 0xdeadbeef 0 12345");
+        l.hex(usize::MAX);
+        assert!(l.as_bytes().ends_with(b"0xffffffffffffffff"));
+    }
+
+    #[test]
+    fn truncates_at_capacity() {
+        let mut l = Line::new();
+        for _ in 0..100 {
+            l.str("0123456789");
+        }
+        assert_eq!(l.as_bytes().len(), 256);
+    }
+}

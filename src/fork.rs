@@ -1,0 +1,49 @@
+//! `fork` safety: `pthread_atfork` handlers that hold every allocator lock across `fork`, so
+//! the child never inherits a lock held by a thread that does not exist there.
+//!
+//! The handlers must be registered from an `.init_array` constructor (the preload crate does),
+//! never lazily from inside `malloc`: glibc holds its atfork lock while it grows its handler
+//! list, and that growth calls `malloc` (seen as a hang; shared/toolchain-notes.md §1e).
+//! Rust programs that use [`crate::BrkMalloc`] get them registered on their first allocation,
+//! since no constructor of an rlib is guaranteed to be linked in.
+
+use crate::global::HEAP;
+use crate::sync::{AtomicBool, Ordering};
+
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Registers the fork handlers once.
+pub fn install() {
+    // Relaxed: a lost race only means pthread_atfork is not called twice; swap is atomic.
+    if !INSTALLED.swap(true, Ordering::Relaxed) {
+        // SAFETY: the handlers are `extern "C"` functions that live for the whole process.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    }
+}
+
+/// [`install`] unless it already ran; one relaxed load on the fast path.
+#[inline(always)]
+pub fn ensure_installed() {
+    // Relaxed: see `install`.
+    if !INSTALLED.load(Ordering::Relaxed) {
+        install();
+    }
+}
+
+/// Before `fork`: take every lock in the documented order (`sync.rs`): CENTRAL.
+extern "C" fn prepare() {
+    HEAP.raw().lock();
+}
+
+/// In the parent after `fork`: release in reverse order.
+extern "C" fn parent() {
+    // SAFETY: `prepare` took the lock on this thread.
+    unsafe { HEAP.raw().unlock() };
+}
+
+/// In the child after `fork`: the lock was taken by `prepare` in the thread that forked, which
+/// is the child's only thread; release it. The heap is consistent (nobody was inside it).
+extern "C" fn child() {
+    // SAFETY: see above; no other thread exists in the child.
+    unsafe { HEAP.raw().unlock() };
+}

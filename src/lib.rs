@@ -1,0 +1,38 @@
+//! brkmalloc: a multi-threaded `malloc` for Linux.
+//!
+//! A central heap of boundary-tag blocks (grown with `sbrk`, falling back to `mmap`) behind one
+//! mutex; large blocks in their own mappings. Use it from Rust as a global allocator:
+//!
+//! ```
+//! #[global_allocator]
+//! static A: brkmalloc::BrkMalloc = brkmalloc::BrkMalloc;
+//!
+//! let v: Vec<u64> = (0..1000).collect();
+//! assert_eq!(v.iter().sum::<u64>(), 499_500);
+//! ```
+//!
+//! or from any program through `LD_PRELOAD=target/release/libbrkmalloc.so` (the `preload`
+//! crate). This crate exports no C symbols: linking it never replaces the process's `malloc`.
+//!
+//! Modules in dependency order, lowest first: `sync`, `diag` ← `os` ← `block` ← `central` ←
+//! `large` ← `global`, `api`, `fork`. A module never imports one to its right.
+#![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![warn(clippy::alloc_instead_of_core, clippy::std_instead_of_core)]
+
+#[cfg(not(loom))]
+pub mod api;
+pub mod block;
+pub mod central;
+pub mod diag;
+#[cfg(not(loom))]
+pub mod fork;
+#[cfg(not(loom))]
+pub mod global;
+#[cfg(not(loom))]
+pub mod large;
+pub mod os;
+pub mod sync;
+
+#[cfg(not(loom))]
+pub use global::BrkMalloc;
