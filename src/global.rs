@@ -21,6 +21,17 @@ pub(crate) fn heap() -> MutexGuard<'static, CentralHeap<Sbrk>> {
     HEAP.lock()
 }
 
+/// Runs the heap walker over the process-wide central heap (under its lock) and returns the
+/// first broken invariant, if any. Cost: a walk of every block; meant for tests and debugging.
+pub fn check_heap() -> Result<(), crate::central::HeapError> {
+    heap().check(false)
+}
+
+/// Counters of the process-wide central heap.
+pub fn heap_stats() -> crate::central::HeapStats {
+    heap().stats()
+}
+
 /// brkmalloc as a Rust global allocator:
 ///
 /// ```

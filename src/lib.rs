@@ -35,4 +35,4 @@ pub mod os;
 pub mod sync;
 
 #[cfg(not(loom))]
-pub use global::BrkMalloc;
+pub use global::{BrkMalloc, check_heap, heap_stats};

@@ -105,7 +105,13 @@ impl Sbrk {
         let cur_addr = cur.addr();
         // S1: continue our memory only if the break is still where we left it; otherwise start
         // a new piece at the next page boundary (the heap fences it off as a new segment).
-        let pad = if cur_addr == self.end { 0 } else { align_up(cur_addr, PAGE)? - cur_addr };
+        let (pad, len) = if cur_addr == self.end {
+            (0, len)
+        } else {
+            // A new segment: make it at least MMAP_SEGMENT_MIN, so that a program whose other
+            // allocator also moves the break does not leave us with many small segments.
+            (align_up(cur_addr, PAGE)? - cur_addr, len.max(MMAP_SEGMENT_MIN))
+        };
         let incr = len.checked_add(pad)?;
         // S2: sbrk takes a signed increment; reject what would read as negative or wrap.
         if incr > isize::MAX as usize || cur_addr.checked_add(incr).is_none() {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: installs the programs the real-program tests run (where missing and
+# possible), then runs the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v gcc >/dev/null || missing+=(gcc libc6-dev)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v git >/dev/null || missing+=(git)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "ci/test.sh: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "ci/test.sh: missing ${missing[*]}; install them with: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+cargo test --workspace "$@"
