@@ -16,13 +16,18 @@
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 
-use crate::block::ALIGN;
+use crate::block::{ALIGN, BlockPtr, block_size_for};
 use crate::central::Misuse;
 use crate::diag::{errno, fatal, set_errno};
-use crate::global::heap;
+use crate::global::{
+    cache_alloc, cache_free, cache_free_slow, cache_free_suspect, collect_and_return, heap,
+    tcache_fast,
+};
 use crate::large;
 use crate::os::{PAGE, align_up};
+use crate::size_class::{MAX_CLASS_REQUEST, class_for_alloc, class_for_free, class_for_request};
 use crate::sync::{AtomicUsize, Ordering};
+use crate::thread_cache::{ThreadCache, has_cache_key, header_for_free};
 
 /// Requests of at least this many bytes get their own mapping (glibc's `M_MMAP_THRESHOLD`).
 pub const DEFAULT_MMAP_THRESHOLD: usize = 128 << 10;
@@ -36,8 +41,38 @@ fn mmap_threshold() -> usize {
 }
 
 /// Allocates `n` bytes, 16-byte aligned; `None` when memory is exhausted.
-#[inline]
+///
+/// The fast path is straight-line code: class lookup, thread-pointer cache lookup, pop. Every
+/// slow path is a tail call, so the fast path saves no registers.
+#[inline(always)]
 pub fn alloc(n: usize) -> Option<NonNull<u8>> {
+    if n > MAX_CLASS_REQUEST {
+        return alloc_central(n);
+    }
+    // SAFETY: `n <= MAX_CLASS_REQUEST`.
+    let c = unsafe { class_for_request(n) };
+    let Some(tc) = tcache_fast() else { return alloc_small_slow(n, c) };
+    // SAFETY: this thread's cache; no other reference to it is live.
+    match unsafe { (*tc).pop(c) } {
+        // SAFETY: as above.
+        Some(p) if unsafe { (*tc).gc_due() } => collect_and_return(tc, p),
+        Some(p) => Some(p),
+        None => alloc_small_slow(n, c),
+    }
+}
+
+/// A small allocation that missed the fast path: the `thread_local!` lookup, refill, or the
+/// central heap.
+#[cold]
+#[inline(never)]
+fn alloc_small_slow(n: usize, c: usize) -> Option<NonNull<u8>> {
+    cache_alloc(c).or_else(|| alloc_central(n))
+}
+
+/// Allocates from the central heap or a mapping, bypassing the thread cache.
+#[cold]
+#[inline(never)]
+fn alloc_central(n: usize) -> Option<NonNull<u8>> {
     if n >= mmap_threshold() {
         return large::alloc(n, ALIGN).or_else(|| heap().alloc(n, false).map(|(p, _)| p));
     }
@@ -89,8 +124,63 @@ fn misuse(func: &str, what: Misuse, p: NonNull<u8>) -> ! {
 }
 
 /// Frees `p` (a block of ours), aborting with a message naming `func` on misuse.
-#[inline]
+#[inline(always)]
 pub fn dealloc(p: NonNull<u8>, func: &str) {
+    // SAFETY: the word before any block we handed out is its header; see `large::validate`
+    // for the foreign-pointer caveat.
+    let Ok(h) = (unsafe { header_for_free(p) }) else { return dealloc_central(p, func) };
+    let Some(c) = class_for_free(BlockPtr::size_of(h)) else { return dealloc_central(p, func) };
+    let Some(tc) = tcache_fast() else { return dealloc_small_slow(p, c, func) };
+    // SAFETY: an ordinary in-use heap block of class `c`, given up by the program.
+    if unsafe { has_cache_key(p) } {
+        return dealloc_suspect(tc, p, c, func);
+    }
+    // SAFETY: as above.
+    if !unsafe { (*tc).push(p, c) } {
+        dealloc_push_slow(tc, p, c, func);
+    }
+}
+
+/// A freed block that carries the cache key (a double free, or a coincidence).
+#[cold]
+#[inline(never)]
+fn dealloc_suspect(tc: *mut ThreadCache, p: NonNull<u8>, c: usize, func: &str) {
+    // SAFETY: as in `dealloc`; `tc` is this thread's cache.
+    if !unsafe { cache_free_suspect(tc, p, c) } {
+        dealloc_central(p, func);
+    }
+}
+
+/// A small free that missed the fast path's cache lookup.
+#[cold]
+#[inline(never)]
+fn dealloc_small_slow(p: NonNull<u8>, c: usize, func: &str) {
+    // SAFETY: an ordinary in-use heap block of class `c` (checked by `dealloc`).
+    if !unsafe { cache_free(p, c) } {
+        dealloc_central(p, func);
+    }
+}
+
+/// A push the cache refused (list full, or cache not active).
+#[cold]
+#[inline(never)]
+fn dealloc_push_slow(tc: *mut ThreadCache, p: NonNull<u8>, c: usize, func: &str) {
+    // SAFETY: as in `dealloc`; `tc` is this thread's cache.
+    if !unsafe { cache_free_slow(tc, p, c) } {
+        dealloc_central(p, func);
+    }
+}
+
+/// Frees to the central heap or unmaps, with full validation.
+#[cold]
+#[inline(never)]
+fn dealloc_central(p: NonNull<u8>, func: &str) {
+    let saved = errno();
+    dealloc_validated(p, func);
+    set_errno(saved);
+}
+
+fn dealloc_validated(p: NonNull<u8>, func: &str) {
     let r = heap().free(p);
     match r {
         Ok(()) => {}
@@ -127,6 +217,16 @@ pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
 /// `p` is a live block of ours; on `Some`, the old pointer must no longer be used (unless equal
 /// to the result).
 pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
+    // Same size class: nothing to do, no lock taken.
+    // SAFETY: as in `dealloc`.
+    if let Ok(h) = unsafe { header_for_free(p) } {
+        let bs = BlockPtr::size_of(h);
+        if let (Some(need), Some(have)) = (block_size_for(n), class_for_free(bs)) {
+            if need <= bs && class_for_alloc(need) == Some(have) {
+                return Some(p);
+            }
+        }
+    }
     let r = heap().resize_in_place(p, n);
     let old_usable = match r {
         Ok(true) => return Some(p),
@@ -152,7 +252,8 @@ pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
     Some(new)
 }
 
-#[inline(always)]
+#[cold]
+#[inline(never)]
 fn out_of_memory() -> *mut c_void {
     set_errno(libc::ENOMEM);
     ptr::null_mut()
@@ -167,6 +268,7 @@ fn to_c(r: Option<NonNull<u8>>) -> *mut c_void {
 }
 
 /// C `malloc`.
+#[inline(always)]
 pub fn malloc(n: usize) -> *mut c_void {
     to_c(alloc(n))
 }
@@ -176,11 +278,12 @@ pub fn malloc(n: usize) -> *mut c_void {
 /// # Safety
 /// `p` is NULL or a live block of ours (anything else is detected where cheaply possible and
 /// aborts with a message).
+#[inline(always)]
 pub unsafe fn free(p: *mut c_void) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
-        let saved = errno();
+        // errno can only change on the slow paths (syscalls, a contended lock), which save
+        // and restore it themselves.
         dealloc(p, "free");
-        set_errno(saved);
     }
 }
 
@@ -282,9 +385,11 @@ pub unsafe fn malloc_usable_size(p: *mut c_void) -> usize {
     }
 }
 
-/// C `malloc_trim`: gives back every free page it can; returns 1 if memory went back.
+/// C `malloc_trim`: flushes the calling thread's cache, then gives back every free page it
+/// can; returns 1 if memory went back.
 pub fn malloc_trim(pad: usize) -> i32 {
     let saved = errno();
+    crate::global::flush_thread_cache();
     let released = heap().trim(pad);
     set_errno(saved);
     i32::from(released)

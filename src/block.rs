@@ -29,6 +29,10 @@
 //! - B5: the tag bits of every header equal [`tag_for`] of the header's address.
 //! - B6: a free block with `FRESH` set has an all-zero payload apart from its own links and
 //!   footer (memory that came from the OS and was never handed out).
+//! - B7: header words are read without the lock only by the thread that holds the block (the
+//!   `free` fast path); every header access is a relaxed atomic access, so such reads never
+//!   race with a neighbour's merge updating `PREV_USED` under the lock (plain `mov`s on
+//!   x86-64 and aarch64). Nothing writes a header without the central lock.
 
 use core::ptr::NonNull;
 
@@ -49,6 +53,13 @@ pub const PREV_USED: usize = 2;
 pub const MAPPED: usize = 4;
 /// A free block whose payload is still all zero (B6).
 pub const FRESH: usize = 8;
+/// A free block whose inner pages were purged (`MADV_DONTNEED`) since it was formed. Shares
+/// its bit with [`MAPPED`], which only in-use large blocks carry: the bit means PURGED on a
+/// free heap block and MAPPED on an in-use block.
+pub const PURGED: usize = 4;
+/// Flags a free block passes on to a free block carved from it (a split remainder, an aligned
+/// allocation's leader, a trimmed tail): its contents are a subset of the original's.
+pub const INHERITED: usize = FRESH | PURGED;
 const FLAGS: usize = 0xf;
 const SIZE_MASK: usize = ((1 << 48) - 1) & !FLAGS;
 const TAG_SHIFT: u32 = 48;
@@ -76,6 +87,45 @@ pub const fn block_size_for(n: usize) -> Option<usize> {
     }
     let s = (n + HEADER + ALIGN - 1) & !(ALIGN - 1);
     Some(if s < MIN_BLOCK { MIN_BLOCK } else { s })
+}
+
+/// Reads a header word (B7: a relaxed atomic load, a plain load in the machine code).
+///
+/// # Safety
+/// `p` is valid for reads and 8-aligned.
+#[inline(always)]
+unsafe fn load_word(p: NonNull<u8>) -> usize {
+    #[cfg(not(loom))]
+    {
+        // SAFETY: forwarded contract; every access to header words is atomic (B7).
+        unsafe { core::sync::atomic::AtomicUsize::from_ptr(p.as_ptr().cast()) }
+            .load(core::sync::atomic::Ordering::Relaxed)
+    }
+    #[cfg(loom)]
+    {
+        // SAFETY: forwarded contract; loom models run the lock-free paths on one thread.
+        unsafe { p.cast::<usize>().read() }
+    }
+}
+
+/// Writes a header word (B7).
+///
+/// # Safety
+/// `p` is valid for writes and 8-aligned, and the caller holds the central lock or owns the
+/// memory exclusively.
+#[inline(always)]
+unsafe fn store_word(p: NonNull<u8>, v: usize) {
+    #[cfg(not(loom))]
+    {
+        // SAFETY: forwarded contract; every access to header words is atomic (B7).
+        unsafe { core::sync::atomic::AtomicUsize::from_ptr(p.as_ptr().cast()) }
+            .store(v, core::sync::atomic::Ordering::Relaxed);
+    }
+    #[cfg(loom)]
+    {
+        // SAFETY: forwarded contract.
+        unsafe { p.cast::<usize>().write(v) }
+    }
 }
 
 /// The address of a block header (see the module picture).
@@ -129,7 +179,7 @@ impl BlockPtr {
     #[inline(always)]
     pub unsafe fn header(self) -> usize {
         // SAFETY: forwarded contract; headers are 8-aligned since blocks are 8 mod 16.
-        unsafe { self.0.cast::<usize>().read() }
+        unsafe { load_word(self.0) }
     }
 
     /// Writes the header word for `size` and `flags` (with the tag, B5).
@@ -139,7 +189,7 @@ impl BlockPtr {
     #[inline(always)]
     pub unsafe fn set_header(self, size: usize, flags: usize) {
         // SAFETY: forwarded contract.
-        unsafe { self.0.cast::<usize>().write(make_header(self.addr(), size, flags)) }
+        unsafe { store_word(self.0, make_header(self.addr(), size, flags)) }
     }
 
     /// The block size from a header word.
@@ -183,7 +233,7 @@ impl BlockPtr {
         // SAFETY: forwarded contract.
         unsafe {
             let h = self.header();
-            self.0.cast::<usize>().write((h & !FLAGS) | flags);
+            store_word(self.0, (h & !FLAGS) | flags);
         }
     }
 

@@ -14,7 +14,8 @@ mod check;
 mod tests;
 
 use crate::block::{
-    ALIGN, BlockPtr, FRESH, HEADER, MAPPED, MAX_BLOCK, MIN_BLOCK, PREV_USED, USED, block_size_for,
+    ALIGN, BlockPtr, FRESH, HEADER, INHERITED, MAPPED, MAX_BLOCK, MIN_BLOCK, PREV_USED, PURGED,
+    USED, block_size_for,
 };
 use crate::os::{MemorySource, Origin, PAGE, align_up};
 
@@ -39,7 +40,9 @@ pub const DEFAULT_TRIM_THRESHOLD: usize = 128 << 10;
 pub const DEFAULT_TOP_PAD: usize = 128 << 10;
 /// Default for [`CentralHeap::purge_threshold`]: free runs this large have their whole pages
 /// given back with `MADV_DONTNEED`.
-pub const DEFAULT_PURGE_THRESHOLD: usize = 1 << 20;
+pub const DEFAULT_PURGE_THRESHOLD: usize = 128 << 10;
+/// Default for [`CentralHeap::purge_interval`]: bytes freed between two purge passes.
+pub const DEFAULT_PURGE_INTERVAL: usize = 4 << 20;
 
 /// The bin of a free block of `size` bytes.
 #[inline(always)]
@@ -110,7 +113,7 @@ pub struct HeapStats {
     pub heap_bytes: usize,
     /// Bytes of in-use blocks (headers included).
     pub used_bytes: usize,
-    /// Number of in-use blocks.
+    /// Number of in-use blocks (thread-cached ones included).
     pub used_blocks: usize,
     /// Bytes of free blocks.
     pub free_bytes: usize,
@@ -172,9 +175,9 @@ impl Segment {
 /// - C4: `segs[..nsegs]` are the live segments (G1, G2), pairwise disjoint; `[lo, hi)` covers
 ///   them all.
 /// - C5: `stats` equals what a walk of the segments counts (checked by `check`).
-/// - C6: after each purge pass (every `purge_threshold` bytes freed), every free block of at
-///   least `purge_threshold` bytes has its whole inner pages purged or never touched (a
-///   performance assumption: breaking it only costs RSS).
+/// - C6: after each purge pass (every `purge_interval` bytes freed), every free block of at
+///   least `purge_threshold` bytes is `PURGED` or `FRESH`: its whole inner pages were purged
+///   or never touched (a performance assumption: breaking it only costs RSS).
 pub struct CentralHeap<S> {
     source: S,
     group_map: u64,
@@ -193,6 +196,8 @@ pub struct CentralHeap<S> {
     pub top_pad: usize,
     /// Free runs at least this large are purged with `MADV_DONTNEED`.
     pub purge_threshold: usize,
+    /// Bytes freed between two purge passes.
+    pub purge_interval: usize,
 }
 
 // SAFETY: the raw pointers all point into memory owned by this heap (C4); moving the heap to
@@ -226,6 +231,7 @@ impl<S: MemorySource> CentralHeap<S> {
             trim_threshold: DEFAULT_TRIM_THRESHOLD,
             top_pad: DEFAULT_TOP_PAD,
             purge_threshold: DEFAULT_PURGE_THRESHOLD,
+            purge_interval: DEFAULT_PURGE_INTERVAL,
         }
     }
 
@@ -471,7 +477,7 @@ impl<S: MemorySource> CentralHeap<S> {
             if bs - size >= MIN_BLOCK {
                 let r = b.offset(size);
                 // The remainder lies inside `b`'s payload; B6 carries over (see module docs).
-                r.set_header(bs - size, PREV_USED | (flags & FRESH));
+                r.set_header(bs - size, PREV_USED | (flags & INHERITED));
                 r.set_footer(bs - size);
                 self.bin_insert(r, bs - size);
                 b.set_header(size, USED | (flags & PREV_USED));
@@ -550,16 +556,78 @@ impl<S: MemorySource> CentralHeap<S> {
             } else {
                 // The leader keeps `f`'s start (and its links): a free block of its own. Its
                 // previous block is in use, as `f`'s was (B3).
-                f.set_header(lead, flags & (PREV_USED | FRESH));
+                f.set_header(lead, flags & (PREV_USED | INHERITED));
                 f.set_footer(lead);
                 self.bin_insert(f, lead);
                 let b = f.offset(lead);
-                b.set_header(fs - lead, flags & FRESH);
+                b.set_header(fs - lead, flags & INHERITED);
                 b
             };
             self.split_and_use(b, size);
             Some(b.to_user())
         }
+    }
+
+    /// Carves up to `max` blocks of exactly `size` bytes from one free run, for a thread cache.
+    /// Each is an in-use block as far as the heap knows; `link(block, next)` writes the cache's
+    /// list link into each, lowest address first, so the returned head is the lowest block.
+    /// Returns the first payload and the count; `(null, 0)` when out of memory. The last block
+    /// absorbs a remainder too small to be a block.
+    pub fn alloc_batch(
+        &mut self,
+        size: usize,
+        max: usize,
+        mut link: impl FnMut(NonNull<u8>, *mut u8),
+    ) -> (*mut u8, usize) {
+        debug_assert!(size >= MIN_BLOCK && size % ALIGN == 0 && max >= 1);
+        let want = size.saturating_mul(max);
+        let f = match self.take_free(want).or_else(|| self.take_free(size)) {
+            Some(f) => f,
+            None => {
+                if !self.grow_for(want) && !self.grow_for(size) {
+                    return (core::ptr::null_mut(), 0);
+                }
+                match self.take_free(want).or_else(|| self.take_free(size)) {
+                    Some(f) => f,
+                    None => return (core::ptr::null_mut(), 0),
+                }
+            }
+        };
+        // SAFETY: `f` is a claimed free block of at least `size` bytes; every carved block lies
+        // inside it, and the remainder (if split) too.
+        unsafe {
+            let fs = f.size();
+            let flags = f.flags();
+            let k = max.min(fs / size);
+            let rem = fs - k * size;
+            let split = rem >= MIN_BLOCK;
+            if split {
+                let r = f.offset(k * size);
+                r.set_header(rem, PREV_USED | (flags & INHERITED));
+                r.set_footer(rem);
+                self.bin_insert(r, rem);
+            } else {
+                let n = f.offset(fs);
+                n.set_flags(n.flags() | PREV_USED);
+            }
+            let mut next: *mut u8 = core::ptr::null_mut();
+            for i in (0..k).rev() {
+                let b = f.offset(i * size);
+                let bsize = if i == k - 1 && !split { size + rem } else { size };
+                let prev = if i == 0 { flags & PREV_USED } else { PREV_USED };
+                b.set_header(bsize, USED | prev);
+                link(b.to_user(), next);
+                next = b.to_user().as_ptr();
+            }
+            self.stats.used_bytes += if split { k * size } else { fs };
+            self.stats.used_blocks += k;
+            (next, k)
+        }
+    }
+
+    /// The address range `[lo, hi)` that covers every segment (empty before the first growth).
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.lo, self.hi)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -579,11 +647,14 @@ impl<S: MemorySource> CentralHeap<S> {
         let b = unsafe { BlockPtr::from_user(p) };
         // SAFETY: the header word is inside the segment, hence readable.
         let h = unsafe { b.header() };
-        if !b.tag_ok(h) || h & MAPPED != 0 {
+        if !b.tag_ok(h) {
             return Err(Misuse::BadHeader);
         }
         if h & USED == 0 {
             return Err(Misuse::DoubleFree);
+        }
+        if h & MAPPED != 0 {
+            return Err(Misuse::BadHeader);
         }
         let size = BlockPtr::size_of(h);
         if size < MIN_BLOCK || b.addr() + size > seg.end() - HEADER {
@@ -668,7 +739,7 @@ impl<S: MemorySource> CentralHeap<S> {
             after.set_flags(after.flags() & !PREV_USED);
             self.bin_insert(start, size);
             self.freed_since_purge += bs;
-            if size >= self.purge_threshold && self.freed_since_purge >= self.purge_threshold {
+            if self.freed_since_purge >= self.purge_interval && size >= self.purge_threshold {
                 self.purge_large_runs();
             }
             if after.size() == 0 && size >= self.trim_threshold {
@@ -678,9 +749,10 @@ impl<S: MemorySource> CentralHeap<S> {
         Ok(())
     }
 
-    /// Purges the inner pages of every free block of at least `purge_threshold` bytes (C6).
-    /// Runs once per `purge_threshold` bytes freed, when a free leaves such a block, so a
-    /// program that frees a lot gets its RSS back without a syscall on every `free`.
+    /// Purges the inner pages of every free block of at least `purge_threshold` bytes that is
+    /// neither `PURGED` nor `FRESH` (C6). Runs once per `purge_interval` bytes freed, when a
+    /// free leaves such a block, so a program that frees a lot gets its RSS back without a
+    /// syscall on every `free`.
     fn purge_large_runs(&mut self) {
         self.freed_since_purge = 0;
         let mut idx = bin_index(self.purge_threshold);
@@ -691,7 +763,7 @@ impl<S: MemorySource> CentralHeap<S> {
                 unsafe {
                     let size = b.size();
                     cur = b.next_free();
-                    if size >= self.purge_threshold {
+                    if size >= self.purge_threshold && b.flags() & (PURGED | FRESH) == 0 {
                         self.purge_block(b, size);
                     }
                 }
@@ -701,14 +773,15 @@ impl<S: MemorySource> CentralHeap<S> {
     }
 
     /// Purges the whole pages of free block `b`'s payload, clear of its header, links and
-    /// footer. Purged memory is not known to read as zero on every source, so FRESH goes.
+    /// footer, and marks it `PURGED`. Purged memory is not known to read as zero on every
+    /// source, so FRESH goes.
     ///
     /// # Safety
     /// `b` is a free block of this heap of `size` bytes.
     unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
         self.purge_range(b.addr() + HEADER + 16, b.addr() + size - 8);
         // SAFETY: forwarded contract.
-        unsafe { b.set_flags(b.flags() & !FRESH) };
+        unsafe { b.set_flags((b.flags() & !FRESH) | PURGED) };
     }
 
     /// Purges the whole pages inside `[lo, hi)`.
@@ -759,7 +832,7 @@ impl<S: MemorySource> CentralHeap<S> {
                     self.stats.heap_bytes -= cut;
                     self.stats.trimmed_bytes += cut;
                     let ns = ts - cut;
-                    let tflags = tail.flags() & (PREV_USED | FRESH);
+                    let tflags = tail.flags() & (PREV_USED | INHERITED);
                     tail.set_header(ns, tflags);
                     tail.set_footer(ns);
                     self.segs[si].sentinel().set_header(0, USED);

@@ -6,11 +6,16 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+
 use crate::api;
 use crate::block::ALIGN;
-use crate::central::CentralHeap;
+use crate::central::{CentralHeap, Misuse};
 use crate::os::Sbrk;
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{AtomicBool, AtomicU32, Mutex, MutexGuard, Ordering, spin_hint};
+use crate::thread_cache::{DEFAULT_MAX_BYTES, State, ThreadCache, has_cache_key};
+use core::sync::atomic::AtomicIsize;
 
 /// The central heap of the process (lock `CENTRAL` in the lock order, `sync.rs`).
 pub(crate) static HEAP: Mutex<CentralHeap<Sbrk>> = Mutex::new(CentralHeap::new(Sbrk::new()));
@@ -19,6 +24,302 @@ pub(crate) static HEAP: Mutex<CentralHeap<Sbrk>> = Mutex::new(CentralHeap::new(S
 #[inline]
 pub(crate) fn heap() -> MutexGuard<'static, CentralHeap<Sbrk>> {
     HEAP.lock()
+}
+
+std::thread_local! {
+    /// This thread's cache. `const`-initialised and without `Drop`, so first use allocates
+    /// nothing (a `Drop` type would register a TLS destructor through
+    /// `__cxa_thread_atexit_impl`, which callocs and re-enters malloc before the slot is
+    /// live). Thread exit is handled by the pthread key destructor below instead.
+    static TCACHE: UnsafeCell<ThreadCache> = const { UnsafeCell::new(ThreadCache::new()) };
+}
+
+/// Offset of this library's `TCACHE` from the thread pointer, once known to be usable; 0 means
+/// "use `thread_local!`". Relaxed: each thread re-checks the result through the canary (T6).
+static TLS_OFFSET: AtomicIsize = AtomicIsize::new(0);
+/// Whether the offset was computed already (or found unusable).
+static TLS_OFFSET_TRIED: AtomicBool = AtomicBool::new(false);
+/// Offsets further below the thread pointer than this are not trusted: a library in the
+/// static TLS block sits within its first few KiB.
+const TLS_OFFSET_MAX: isize = 256 << 10;
+
+/// This thread's cache, or `None` where TLS is unavailable.
+///
+/// Stable Rust gives a preloaded cdylib the general-dynamic TLS model: every access calls
+/// `__tls_get_addr` (about a dozen instructions). A library loaded at start-up sits in the
+/// static TLS block, at the same offset from the thread pointer in every thread, so the fast
+/// path reads `%fs:0` and adds that offset (initial-exec speed). The offset is computed once
+/// from a `thread_local!` access, and each use is checked by the cache's canary (T6): a thread
+/// whose cache is not there (a library loaded late, in dynamic TLS) fails the check and takes
+/// the `thread_local!` path.
+#[inline(always)]
+fn tcache() -> Option<*mut ThreadCache> {
+    tcache_fast().or_else(tcache_tls)
+}
+
+/// The thread-pointer path of [`tcache`] alone: `None` means "ask `thread_local!`".
+#[inline(always)]
+pub(crate) fn tcache_fast() -> Option<*mut ThreadCache> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Relaxed: a stale 0 only sends us to the slow path; a non-zero value is checked below.
+        let off = TLS_OFFSET.load(Ordering::Relaxed);
+        if off != 0 {
+            let tc: *mut ThreadCache =
+                ptr::with_exposed_provenance_mut(thread_pointer().wrapping_add_signed(off));
+            // SAFETY: `off` lies within TLS_OFFSET_MAX below the thread pointer, inside this
+            // thread's static TLS area (readable); the canary tells whether it is our cache.
+            if unsafe { (*tc).this } == tc {
+                return Some(tc);
+            }
+        }
+    }
+    None
+}
+
+/// The `thread_local!` path; also computes the thread-pointer offset the first time.
+#[inline(never)]
+fn tcache_tls() -> Option<*mut ThreadCache> {
+    let tc = TCACHE.try_with(UnsafeCell::get).ok()?;
+    #[cfg(target_arch = "x86_64")]
+    // Relaxed: one thread wins the swap; others keep using this path until the offset shows.
+    if !TLS_OFFSET_TRIED.load(Ordering::Relaxed) && !TLS_OFFSET_TRIED.swap(true, Ordering::Relaxed)
+    {
+        let off = (tc.expose_provenance() as isize).wrapping_sub(thread_pointer() as isize);
+        if (-TLS_OFFSET_MAX..0).contains(&off) {
+            TLS_OFFSET.store(off, Ordering::Relaxed);
+        }
+    }
+    Some(tc)
+}
+
+/// The x86-64 thread pointer (`%fs:0` holds its own address, as the TLS ABI requires).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: reading %fs:0 is always valid on x86-64 Linux: it is the TCB's self pointer.
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
+            options(nostack, readonly, preserves_flags, pure));
+    }
+    tp
+}
+
+/// Pops a cached block of class `c`: the malloc fast path. `None` sends the caller to the
+/// central heap (torn-down cache, or memory exhausted).
+#[inline(always)]
+pub(crate) fn cache_alloc(c: usize) -> Option<NonNull<u8>> {
+    let tc = tcache()?;
+    // SAFETY: the cache belongs to this thread and no reference to it outlives this call (a
+    // re-entrant malloc from inside pthread_setspecific only runs in the slow path, between
+    // our accesses).
+    let p = unsafe { (*tc).pop(c) };
+    match p {
+        Some(p) => {
+            // SAFETY: as above.
+            if unsafe { (*tc).gc_due() } {
+                collect(tc);
+            }
+            Some(p)
+        }
+        None => cache_alloc_slow(tc, c),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cache_alloc_slow(tc: *mut ThreadCache, c: usize) -> Option<NonNull<u8>> {
+    // SAFETY: this thread's cache; see `cache_alloc`.
+    if unsafe { (*tc).state() } == State::Uninit {
+        activate(tc);
+    }
+    // SAFETY: as above; `alloc_slow` neither allocates nor touches TLS.
+    let p = unsafe { (*tc).alloc_slow(c, &HEAP) };
+    // SAFETY: as above.
+    if p.is_some() && unsafe { (*tc).gc_due() } {
+        collect(tc);
+    }
+    p
+}
+
+/// Runs a due collection and hands `p` back (a tail call from the malloc fast path).
+#[cold]
+#[inline(never)]
+pub(crate) fn collect_and_return(tc: *mut ThreadCache, p: NonNull<u8>) -> Option<NonNull<u8>> {
+    collect(tc);
+    Some(p)
+}
+
+#[cold]
+#[inline(never)]
+fn collect(tc: *mut ThreadCache) {
+    // SAFETY: this thread's cache.
+    if let Err(e) = unsafe { (*tc).collect(&HEAP) } {
+        crate::diag::fatal("malloc", e.message(), 0);
+    }
+}
+
+/// Pushes the freed block `p` (class `c`) into this thread's cache: the free fast path. A
+/// block already in this cache is a double free. `false` sends the caller to the central heap.
+///
+/// # Safety
+/// As [`ThreadCache::push`].
+#[inline(always)]
+pub(crate) unsafe fn cache_free(p: NonNull<u8>, c: usize) -> bool {
+    let Some(tc) = tcache() else { return false };
+    // SAFETY: an in-use heap block (contract).
+    if unsafe { has_cache_key(p) } {
+        // SAFETY: this thread's cache.
+        if unsafe { (*tc).contains(p, c) } {
+            crate::diag::fatal("free", Misuse::DoubleFree.message(), p.addr().get());
+        }
+    }
+    // SAFETY: this thread's cache (see `cache_alloc`); block contract forwarded.
+    if unsafe { (*tc).push(p, c) } {
+        return true;
+    }
+    // SAFETY: forwarded.
+    unsafe { cache_free_slow(tc, p, c) }
+}
+
+/// A freed block that carries the cache key: a double free if it is in this cache, otherwise
+/// (the program stored the key value) an ordinary push.
+///
+/// # Safety
+/// As [`ThreadCache::push`]; `tc` is this thread's cache.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn cache_free_suspect(tc: *mut ThreadCache, p: NonNull<u8>, c: usize) -> bool {
+    // SAFETY: this thread's cache.
+    if unsafe { (*tc).contains(p, c) } {
+        crate::diag::fatal("free", Misuse::DoubleFree.message(), p.addr().get());
+    }
+    // SAFETY: forwarded.
+    if unsafe { (*tc).push(p, c) } {
+        return true;
+    }
+    // SAFETY: forwarded.
+    unsafe { cache_free_slow(tc, p, c) }
+}
+
+/// The free slow path: activation, flush of a full list, or a torn-down cache (`false`: the
+/// caller frees to the central heap).
+///
+/// # Safety
+/// As [`ThreadCache::push`]; `tc` is this thread's cache.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn cache_free_slow(tc: *mut ThreadCache, p: NonNull<u8>, c: usize) -> bool {
+    // `free` preserves errno; the flush may make syscalls.
+    let saved = crate::diag::errno();
+    // SAFETY: this thread's cache.
+    if unsafe { (*tc).state() } == State::Uninit {
+        activate(tc);
+    }
+    // SAFETY: this thread's cache; block contract forwarded.
+    let done = match unsafe { (*tc).free_slow(p, c, &HEAP) } {
+        Ok(done) => done,
+        Err(e) => report_flush_error(e, p),
+    };
+    crate::diag::set_errno(saved);
+    done
+}
+
+#[cold]
+fn report_flush_error(e: Misuse, p: NonNull<u8>) -> ! {
+    crate::diag::fatal("free", e.message(), p.addr().get())
+}
+
+/// pthread key for the thread-exit flush: `KEY_NONE` → `KEY_CREATING` → `KEY_READY` (or
+/// `KEY_FAILED`). Acquire/Release on the state publish `KEY`.
+static KEY_STATE: AtomicU32 = AtomicU32::new(KEY_NONE);
+static KEY: AtomicU32 = AtomicU32::new(0);
+const KEY_NONE: u32 = 0;
+const KEY_CREATING: u32 = 1;
+const KEY_READY: u32 = 2;
+const KEY_FAILED: u32 = 3;
+
+/// The thread-exit key, created on first need (`pthread_key_create` does not allocate).
+fn exit_key() -> Option<libc::pthread_key_t> {
+    loop {
+        // Acquire: pairs with the Release store below, making `KEY` visible.
+        match KEY_STATE.load(Ordering::Acquire) {
+            KEY_READY => return Some(KEY.load(Ordering::Relaxed)),
+            KEY_FAILED => return None,
+            KEY_NONE => {
+                if KEY_STATE
+                    .compare_exchange(KEY_NONE, KEY_CREATING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let mut key: libc::pthread_key_t = 0;
+                    // SAFETY: `key` is a valid out slot; the destructor lives forever.
+                    let r = unsafe { libc::pthread_key_create(&mut key, Some(cache_destructor)) };
+                    KEY.store(key, Ordering::Relaxed);
+                    // Release: publishes KEY; pairs with the Acquire load above.
+                    KEY_STATE.store(if r == 0 { KEY_READY } else { KEY_FAILED }, Ordering::Release);
+                }
+            }
+            _ => spin_hint(),
+        }
+    }
+}
+
+/// `Uninit` → `Active`: sets the limits, then registers the thread-exit destructor. The state
+/// changes *before* `pthread_setspecific`, which callocs for keys ≥ 32 and so re-enters malloc;
+/// that malloc finds an active cache. A thread whose destructor cannot be registered tears its
+/// cache down at once and uses the central heap.
+#[cold]
+fn activate(tc: *mut ThreadCache) {
+    let Some(key) = exit_key() else {
+        // SAFETY: this thread's cache.
+        let _ = unsafe { (*tc).tear_down(&HEAP) };
+        return;
+    };
+    // SAFETY: this thread's cache; no reference is held across the call below.
+    unsafe { (*tc).activate(DEFAULT_MAX_BYTES) };
+    // SAFETY: a valid key; the value is a round counter, never dereferenced.
+    if unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(1)) } != 0 {
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+            crate::diag::fatal("free", e.message(), 0);
+        }
+    }
+}
+
+/// Thread exit. glibc calls key destructors in up to `PTHREAD_DESTRUCTOR_ITERATIONS` (4)
+/// rounds while values remain set; other destructors of the same round may still allocate
+/// and free, so the cache re-arms itself and just flushes in the early rounds, and tears down
+/// in the last one. Frees after that go to the central heap.
+extern "C" fn cache_destructor(value: *mut c_void) {
+    let round = value.addr();
+    let Some(tc) = tcache() else { return };
+    if round < 4 {
+        if let Some(key) = exit_key() {
+            // SAFETY: a valid key; the value is a round counter.
+            unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(round + 1)) };
+        }
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).flush_all(&HEAP) } {
+            crate::diag::fatal("free", e.message(), 0);
+        }
+    } else {
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+            crate::diag::fatal("free", e.message(), 0);
+        }
+    }
+}
+
+/// Returns every block in the calling thread's cache to the central heap (`malloc_trim` does
+/// this first; tests use it to account for every block).
+pub fn flush_thread_cache() {
+    if let Some(tc) = tcache() {
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).flush_all(&HEAP) } {
+            crate::diag::fatal("malloc_trim", e.message(), 0);
+        }
+    }
 }
 
 /// Runs the heap walker over the process-wide central heap (under its lock) and returns the

@@ -15,7 +15,7 @@
 //! crate). This crate exports no C symbols: linking it never replaces the process's `malloc`.
 //!
 //! Modules in dependency order, lowest first: `sync`, `diag` ← `os` ← `block` ← `central` ←
-//! `large` ← `global`, `api`, `fork`. A module never imports one to its right.
+//! `size_class` ← `thread_cache` ← `large` ← `global`, `api`, `fork`. A module never imports one to its right.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(clippy::alloc_instead_of_core, clippy::std_instead_of_core)]
@@ -32,7 +32,9 @@ pub mod global;
 #[cfg(not(loom))]
 pub mod large;
 pub mod os;
+pub mod size_class;
 pub mod sync;
+pub mod thread_cache;
 
 #[cfg(not(loom))]
-pub use global::{BrkMalloc, check_heap, heap_stats};
+pub use global::{BrkMalloc, check_heap, flush_thread_cache, heap_stats};

@@ -91,6 +91,8 @@ fn eight_threads_with_cross_thread_frees() {
         h.join().unwrap();
     }
     std::mem::take(&mut *shared.lock().unwrap()).into_iter().for_each(verify_and_free);
+    // The workers' caches were flushed at their exit; flush this thread's too.
+    brkmalloc::flush_thread_cache();
     if let Err(e) = brkmalloc::check_heap() {
         panic!("heap invariant broken: {} at {:#x}", e.what, e.addr);
     }

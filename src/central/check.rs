@@ -43,7 +43,7 @@ impl<S: MemorySource> CentralHeap<S> {
                 if (h & PREV_USED != 0) != prev_used {
                     return err("B2: PREV_USED disagrees with the previous block", b.addr());
                 }
-                if h & MAPPED != 0 {
+                if used && h & MAPPED != 0 {
                     return err("B1: MAPPED block inside a segment", b.addr());
                 }
                 if size == 0 {
@@ -60,9 +60,6 @@ impl<S: MemorySource> CentralHeap<S> {
                 if used {
                     st.used_bytes += size;
                     st.used_blocks += 1;
-                    if h & FRESH != 0 {
-                        return err("B6: FRESH on an in-use block", b.addr());
-                    }
                 } else {
                     if !prev_used {
                         return err("B3: two adjacent free blocks", b.addr());

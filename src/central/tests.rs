@@ -1,5 +1,5 @@
 //! Unit tests of the central heap on a fixed arena, with the heap walker after every step.
-#![allow(clippy::undocumented_unsafe_blocks)]
+#![allow(clippy::undocumented_unsafe_blocks, clippy::std_instead_of_core)]
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
@@ -167,6 +167,7 @@ fn segments_are_fenced() {
 #[test]
 fn trim_returns_the_top_and_purge_the_middle() {
     let mut h = TestHeap::new(64 << 20);
+    h.heap.purge_interval = 1 << 20;
     let ps: Vec<_> = (0..4000).map(|i| h.alloc(16 + (i % 64) * 16)).collect();
     let keep = h.alloc(64);
     let heap_before = h.heap.stats().heap_bytes;

@@ -1,0 +1,182 @@
+//! Size classes of the thread caches, by block size (header included).
+//!
+//! Exact 16-byte steps from 32 to 512 bytes, then four classes per power of two up to
+//! [`MAX_CLASS_SIZE`]: internal waste stays within 25 % (jemalloc, snmalloc, mimalloc and scudo
+//! agree on four per doubling). Blocks above the limit go to the central heap directly.
+//!
+//! Two lookups, both from const tables indexed by `block_size / 16`:
+//! - [`class_for_alloc`]: the smallest class whose size fits the request (round up);
+//! - [`class_for_free`]: the largest class whose size the block can serve (round down), so a
+//!   block a little larger than its class (a remainder too small to split off) is still reused.
+
+use crate::block::{ALIGN, MIN_BLOCK};
+
+/// Largest block size served from the thread caches (32 KiB).
+pub const MAX_CLASS_SIZE: usize = 32 << 10;
+/// Largest block size with exact 16-byte classes.
+const EXACT_MAX: usize = 512;
+/// Number of classes: 31 exact (32..=512) plus 4 per doubling from 512 to 32 KiB.
+pub const NCLASSES: usize = (EXACT_MAX - MIN_BLOCK) / ALIGN + 1 + 4 * 6;
+const STEPS: usize = MAX_CLASS_SIZE / ALIGN + 1;
+
+/// Block size of each class, ascending.
+pub static CLASS_SIZE: [u32; NCLASSES] = {
+    let mut t = [0u32; NCLASSES];
+    let mut i = 0;
+    let mut s = MIN_BLOCK;
+    while s <= EXACT_MAX {
+        t[i] = s as u32;
+        i += 1;
+        s += ALIGN;
+    }
+    let mut base = EXACT_MAX;
+    while base < MAX_CLASS_SIZE {
+        let step = base / 4;
+        let mut k = 1;
+        while k <= 4 {
+            t[i] = (base + k * step) as u32;
+            i += 1;
+            k += 1;
+        }
+        base *= 2;
+    }
+    t
+};
+
+/// `ALLOC_CLASS[s / 16]`: the smallest class with size >= s.
+static ALLOC_CLASS: [u8; STEPS] = {
+    let mut t = [0u8; STEPS];
+    let mut s = 0;
+    let mut c = 0;
+    while s < STEPS {
+        while (CLASS_SIZE[c] as usize) < s * ALIGN {
+            c += 1;
+        }
+        t[s] = c as u8;
+        s += 1;
+    }
+    t
+};
+
+/// `FREE_CLASS[s / 16]`: the largest class with size <= s (s >= MIN_BLOCK).
+static FREE_CLASS: [u8; STEPS] = {
+    let mut t = [0u8; STEPS];
+    let mut s = MIN_BLOCK / ALIGN;
+    let mut c = 0;
+    while s < STEPS {
+        while c + 1 < NCLASSES && CLASS_SIZE[c + 1] as usize <= s * ALIGN {
+            c += 1;
+        }
+        t[s] = c as u8;
+        s += 1;
+    }
+    t
+};
+
+/// The class for a request whose block size is `block_size` (a multiple of 16, >= 32), or
+/// `None` above [`MAX_CLASS_SIZE`].
+#[inline(always)]
+pub fn class_for_alloc(block_size: usize) -> Option<usize> {
+    ALLOC_CLASS.get(block_size / ALIGN).map(|&c| c as usize)
+}
+
+/// The class a freed block of `block_size` bytes can serve, or `None` above the limit.
+#[inline(always)]
+pub fn class_for_free(block_size: usize) -> Option<usize> {
+    FREE_CLASS.get(block_size / ALIGN).map(|&c| c as usize)
+}
+
+/// The block size of class `c`.
+#[inline(always)]
+pub fn class_size(c: usize) -> usize {
+    CLASS_SIZE[c] as usize
+}
+
+/// `REQUEST_CLASS[(n + 23) / 16]`: the class of a request of `n` bytes (`n + 23` over 16 is the
+/// block size over 16, before the 32-byte minimum, which the table folds in).
+static REQUEST_CLASS: [u8; STEPS] = {
+    let mut t = [0u8; STEPS];
+    let mut i = 0;
+    while i < STEPS {
+        t[i] = ALLOC_CLASS[if i < MIN_BLOCK / ALIGN { MIN_BLOCK / ALIGN } else { i }];
+        i += 1;
+    }
+    t
+};
+
+/// Largest request served by the thread caches.
+pub const MAX_CLASS_REQUEST: usize = MAX_CLASS_SIZE - crate::block::HEADER;
+
+/// The class of a request of `n` bytes (three instructions: add, shift, load).
+///
+/// # Safety
+/// `n <= MAX_CLASS_REQUEST`.
+#[inline(always)]
+pub unsafe fn class_for_request(n: usize) -> usize {
+    // SAFETY: forwarded contract: (n + 23) / 16 <= MAX_CLASS_SIZE / 16 < STEPS.
+    unsafe { *REQUEST_CLASS.get_unchecked((n + 23) / ALIGN) as usize }
+}
+
+/// [`class_for_alloc`] without the range check.
+///
+/// # Safety
+/// `block_size <= MAX_CLASS_SIZE`.
+#[inline(always)]
+pub unsafe fn class_for_alloc_unchecked(block_size: usize) -> usize {
+    // SAFETY: forwarded contract: the index is within the table.
+    unsafe { *ALLOC_CLASS.get_unchecked(block_size / ALIGN) as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{HEADER, block_size_for};
+
+    #[test]
+    fn table_is_ascending_and_ends_at_the_limit() {
+        assert_eq!(CLASS_SIZE[0] as usize, MIN_BLOCK);
+        assert_eq!(CLASS_SIZE[NCLASSES - 1] as usize, MAX_CLASS_SIZE);
+        for w in CLASS_SIZE.windows(2) {
+            assert!(w[0] < w[1]);
+            assert_eq!(w[1] % ALIGN as u32, 0);
+        }
+    }
+
+    /// Every request size up to the limit maps to the smallest class that fits, with at most
+    /// 25 % internal waste (over the block size actually needed).
+    #[test]
+    fn every_size_maps_to_the_smallest_fitting_class() {
+        for n in 0..=MAX_CLASS_SIZE - HEADER {
+            let bs = block_size_for(n).unwrap();
+            let c = class_for_alloc(bs).unwrap();
+            let cs = class_size(c);
+            assert!(cs >= bs, "n={n}: class {c} ({cs}) < block {bs}");
+            assert!(c == 0 || class_size(c - 1) < bs, "n={n}: class {c} is not the smallest");
+            assert!((cs - bs) * 4 <= bs, "n={n}: waste {} over {bs}", cs - bs);
+        }
+        assert_eq!(class_for_alloc(MAX_CLASS_SIZE + ALIGN), None);
+        for n in 0..=MAX_CLASS_REQUEST {
+            let bs = block_size_for(n).unwrap();
+            // SAFETY: n is within the limit.
+            assert_eq!(Some(unsafe { class_for_request(n) }), class_for_alloc(bs), "n={n}");
+        }
+    }
+
+    #[test]
+    fn free_class_rounds_down() {
+        let mut bs = MIN_BLOCK;
+        while bs <= MAX_CLASS_SIZE {
+            let c = class_for_free(bs).unwrap();
+            assert!(class_size(c) <= bs);
+            assert!(c + 1 == NCLASSES || class_size(c + 1) > bs);
+            // A block freed into its own class is found again by a request of that class.
+            if let Some(a) = class_for_alloc(bs) {
+                if class_size(a) == bs {
+                    assert_eq!(a, c);
+                }
+            }
+            bs += ALIGN;
+        }
+        assert_eq!(class_for_free(MAX_CLASS_SIZE + ALIGN), None);
+    }
+}
