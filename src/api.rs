@@ -18,26 +18,41 @@ use core::ptr::{self, NonNull};
 
 use crate::block::{ALIGN, BlockPtr, block_size_for};
 use crate::central::Misuse;
-use crate::diag::{errno, fatal, set_errno};
+use crate::config;
+use crate::diag::{errno, fatal, report, set_errno};
 use crate::global::{
-    cache_alloc, cache_free, cache_free_slow, cache_free_suspect, collect_and_return, heap,
-    tcache_fast,
+    cache_alloc, cache_free, cache_free_slow, cache_free_suspect, collect_and_return,
+    ensure_config, heap, maybe_purge_idle, tcache_fast,
 };
 use crate::large;
 use crate::os::{PAGE, align_up};
 use crate::size_class::{MAX_CLASS_REQUEST, class_for_alloc, class_for_free, class_for_request};
+use crate::stats::{self, Counter};
 use crate::sync::{AtomicUsize, Ordering};
 use crate::thread_cache::{ThreadCache, has_cache_key, header_for_free};
 
-/// Requests of at least this many bytes get their own mapping (glibc's `M_MMAP_THRESHOLD`).
-pub const DEFAULT_MMAP_THRESHOLD: usize = 128 << 10;
-
-/// The mmap threshold in force (Relaxed: a tuning value, no data depends on its order).
-pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
-
+/// The mmap threshold in force (`config::MMAP_THRESHOLD`).
 #[inline(always)]
 fn mmap_threshold() -> usize {
-    MMAP_THRESHOLD.load(Ordering::Relaxed)
+    // Relaxed: a tuning value, no data depends on its order.
+    config::MMAP_THRESHOLD.load(Ordering::Relaxed)
+}
+
+/// Counts central-path operations for `check:N` (Relaxed: a counter).
+static CHECK_OPS: AtomicUsize = AtomicUsize::new(0);
+
+/// The debugging options that act on the central paths: `check:N` runs the heap verifier
+/// every N operations. (`junk` and `check` turn the thread caches off, so every operation
+/// comes through here.)
+#[cold]
+fn debug_hooks() {
+    let every = config::CHECK_EVERY.load(Ordering::Relaxed);
+    if every != 0 && CHECK_OPS.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+        let r = heap().check(true);
+        if let Err(e) = r {
+            fatal("check", e.what, e.addr);
+        }
+    }
 }
 
 /// Allocates `n` bytes, 16-byte aligned; `None` when memory is exhausted.
@@ -46,7 +61,8 @@ fn mmap_threshold() -> usize {
 /// slow path is a tail call, so the fast path saves no registers.
 #[inline(always)]
 pub fn alloc(n: usize) -> Option<NonNull<u8>> {
-    if n > MAX_CLASS_REQUEST {
+    // Relaxed: a tuning value (config.rs); at most MAX_CLASS_REQUEST.
+    if n > config::SMALL_LIMIT.load(Ordering::Relaxed) {
         return alloc_central(n);
     }
     // SAFETY: `n <= MAX_CLASS_REQUEST`.
@@ -73,18 +89,38 @@ fn alloc_small_slow(n: usize, c: usize) -> Option<NonNull<u8>> {
 #[cold]
 #[inline(never)]
 fn alloc_central(n: usize) -> Option<NonNull<u8>> {
-    if n >= mmap_threshold() {
-        return large::alloc(n, ALIGN).or_else(|| heap().alloc(n, false).map(|(p, _)| p));
+    ensure_config();
+    maybe_purge_idle();
+    debug_hooks();
+    let p = if n >= mmap_threshold() {
+        large::alloc(n, ALIGN).or_else(|| heap().alloc(n, false).map(|(p, _)| p))
+    } else {
+        let r = heap().alloc(n, false);
+        match r {
+            Some((p, _)) => Some(p),
+            None => large::alloc(n, ALIGN),
+        }
+    }?;
+    if n <= MAX_CLASS_REQUEST {
+        // SAFETY: `n <= MAX_CLASS_REQUEST`.
+        stats::add(unsafe { class_for_request(n) }, Counter::DirectAllocs, 1);
     }
-    let r = heap().alloc(n, false);
-    match r {
-        Some((p, _)) => Some(p),
-        None => large::alloc(n, ALIGN),
+    if config::JUNK.load(Ordering::Relaxed) {
+        // SAFETY: a fresh block with at least `n` usable bytes.
+        unsafe { ptr::write_bytes(p.as_ptr(), config::JUNK_ALLOC, n) };
     }
+    Some(p)
 }
 
 /// Allocates `n` zeroed bytes, skipping the memset on memory known to be fresh.
 pub fn alloc_zeroed(n: usize) -> Option<NonNull<u8>> {
+    // Small: a cached block and a memset beat a trip through the lock for fresh memory.
+    if n <= config::SMALL_LIMIT.load(Ordering::Relaxed) {
+        let p = alloc(n)?;
+        // SAFETY: a block of ours with at least `n` usable bytes.
+        unsafe { ptr::write_bytes(p.as_ptr(), 0, n) };
+        return Some(p);
+    }
     if n >= mmap_threshold() {
         // Fresh mappings are zero.
         if let Some(p) = large::alloc(n, ALIGN) {
@@ -117,10 +153,15 @@ pub fn alloc_aligned(n: usize, align: usize) -> Option<NonNull<u8>> {
     r.or_else(|| large::alloc(n, align))
 }
 
-/// Reports `what` for `p` in `func` and aborts.
+/// Reports `what` for `p` in `func`, then aborts; with `abort_on_error:0` it returns, and
+/// the caller leaks the block and carries on.
 #[cold]
-fn misuse(func: &str, what: Misuse, p: NonNull<u8>) -> ! {
-    fatal(func, what.message(), p.addr().get())
+#[inline(never)]
+pub(crate) fn misuse(func: &str, what: Misuse, p: NonNull<u8>) {
+    if config::ABORT_ON_ERROR.load(Ordering::Relaxed) {
+        fatal(func, what.message(), p.addr().get());
+    }
+    report(func, what.message(), p.addr().get());
 }
 
 /// Frees `p` (a block of ours), aborting with a message naming `func` on misuse.
@@ -157,6 +198,7 @@ fn dealloc_suspect(tc: *mut ThreadCache, p: NonNull<u8>, c: usize, func: &str) {
 fn dealloc_small_slow(p: NonNull<u8>, c: usize, func: &str) {
     // SAFETY: an ordinary in-use heap block of class `c` (checked by `dealloc`).
     if !unsafe { cache_free(p, c) } {
+        stats::add(c, Counter::DirectFrees, 1);
         dealloc_central(p, func);
     }
 }
@@ -167,6 +209,7 @@ fn dealloc_small_slow(p: NonNull<u8>, c: usize, func: &str) {
 fn dealloc_push_slow(tc: *mut ThreadCache, p: NonNull<u8>, c: usize, func: &str) {
     // SAFETY: as in `dealloc`; `tc` is this thread's cache.
     if !unsafe { cache_free_slow(tc, p, c) } {
+        stats::add(c, Counter::DirectFrees, 1);
         dealloc_central(p, func);
     }
 }
@@ -181,6 +224,16 @@ fn dealloc_central(p: NonNull<u8>, func: &str) {
 }
 
 fn dealloc_validated(p: NonNull<u8>, func: &str) {
+    ensure_config();
+    maybe_purge_idle();
+    debug_hooks();
+    if config::JUNK.load(Ordering::Relaxed) {
+        let r = heap().usable_size(p);
+        if let Ok(n) = r {
+            // SAFETY: a validated in-use block of ours with `n` usable bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), config::JUNK_FREE, n) };
+        }
+    }
     let r = heap().free(p);
     match r {
         Ok(()) => {}
@@ -205,9 +258,15 @@ pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
         // SAFETY: as in `dealloc`.
         Err(Misuse::NotOurs) => match unsafe { large::validate(p) } {
             Ok(blk) => blk.usable(),
-            Err(e) => misuse(func, e, p),
+            Err(e) => {
+                misuse(func, e, p);
+                0
+            }
         },
-        Err(e) => misuse(func, e, p),
+        Err(e) => {
+            misuse(func, e, p);
+            0
+        }
     }
 }
 
@@ -235,7 +294,10 @@ pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
             // SAFETY: as in `dealloc`.
             let blk = match unsafe { large::validate(p) } {
                 Ok(blk) => blk,
-                Err(e) => misuse("realloc", e, p),
+                Err(e) => {
+                    misuse("realloc", e, p);
+                    return None;
+                }
             };
             if n >= mmap_threshold() / 2 {
                 // SAFETY: validated large block.
@@ -243,7 +305,10 @@ pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
             }
             blk.usable()
         }
-        Err(e) => misuse("realloc", e, p),
+        Err(e) => {
+            misuse("realloc", e, p);
+            return None;
+        }
     };
     let new = alloc(n)?;
     // SAFETY: distinct live blocks; the old one has `old_usable` bytes, the new one >= n.
@@ -393,4 +458,25 @@ pub fn malloc_trim(pad: usize) -> i32 {
     let released = heap().trim(pad);
     set_errno(saved);
     i32::from(released)
+}
+
+/// glibc's `mallopt`: `M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD` and `M_TOP_PAD` take effect;
+/// `M_ARENA_MAX` is accepted and ignored (there is one central heap). Returns 1 on success, 0
+/// for a parameter it does not support or a negative value.
+pub fn mallopt(param: i32, value: i32) -> i32 {
+    ensure_config();
+    let r = Ordering::Relaxed;
+    let Ok(v) = usize::try_from(value) else { return 0 };
+    match param {
+        libc::M_MMAP_THRESHOLD => {
+            config::MMAP_THRESHOLD.store(v, r);
+            config::SMALL_LIMIT.store(config::small_limit(v), r);
+        }
+        libc::M_TRIM_THRESHOLD => config::TRIM_THRESHOLD.store(v, r),
+        libc::M_TOP_PAD => config::TOP_PAD.store(v, r),
+        libc::M_ARENA_MAX => return 1,
+        _ => return 0,
+    }
+    crate::global::apply_config();
+    1
 }

@@ -625,6 +625,37 @@ impl<S: MemorySource> CentralHeap<S> {
         }
     }
 
+    /// Free bytes at the top of break segments (what a trim could give back; glibc's
+    /// `keepcost`).
+    pub fn top_free_bytes(&self) -> usize {
+        let mut total = 0;
+        for seg in &self.segs[..self.nsegs] {
+            let sentinel = seg.sentinel();
+            // SAFETY: G2 — the sentinel is valid; B2 gives the free last block's size.
+            unsafe {
+                if seg.origin == Origin::Brk && sentinel.flags() & PREV_USED == 0 {
+                    total += sentinel.prev_footer();
+                }
+            }
+        }
+        total
+    }
+
+    /// Purges idle memory: every unpurged free run of at least `purge_threshold` bytes and
+    /// the free tops of the break, if anything was freed since the last pass. Returns whether
+    /// it did anything (the idle purge of `purge_delay_ms`, and the background thread).
+    pub fn purge_idle(&mut self) -> bool {
+        if self.freed_since_purge == 0 {
+            return false;
+        }
+        let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
+        self.purge_large_runs();
+        for i in 0..self.nsegs {
+            self.trim_segment(i, self.top_pad);
+        }
+        before != (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes)
+    }
+
     /// The address range `[lo, hi)` that covers every segment (empty before the first growth).
     pub fn bounds(&self) -> (usize, usize) {
         (self.lo, self.hi)

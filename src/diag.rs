@@ -65,6 +65,36 @@ impl Line {
         self.str(core::str::from_utf8(&digits[n..]).unwrap_or(""))
     }
 
+    /// Appends `v` in decimal, right-aligned in `width` columns.
+    pub fn dec_w(&mut self, v: usize, width: usize) -> &mut Self {
+        let mut digits = 1;
+        let mut x = v;
+        while x >= 10 {
+            x /= 10;
+            digits += 1;
+        }
+        for _ in digits..width {
+            self.str(" ");
+        }
+        self.dec(v)
+    }
+
+    /// Appends a byte count for people: `123456789 B (117.7 MiB)`.
+    pub fn bytes(&mut self, v: usize) -> &mut Self {
+        self.dec(v).str(" B");
+        let (unit, shift) = if v >= 1 << 30 {
+            (" GiB)", 30)
+        } else if v >= 1 << 20 {
+            (" MiB)", 20)
+        } else if v >= 1 << 10 {
+            (" KiB)", 10)
+        } else {
+            return self;
+        };
+        let tenths = (v as u128 * 10 >> shift) as usize;
+        self.str(" (").dec(tenths / 10).str(".").dec(tenths % 10).str(unit)
+    }
+
     /// The bytes written so far.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
@@ -111,11 +141,18 @@ pub fn set_errno(value: i32) {
 #[cold]
 #[inline(never)]
 pub fn fatal(func: &str, check: &str, ptr: usize) -> ! {
+    report(func, check, ptr);
+    // SAFETY: `abort` has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
+/// Writes `brkmalloc: <func>(): <check>: <ptr>` to stderr and returns (`abort_on_error:0`).
+#[cold]
+#[inline(never)]
+pub fn report(func: &str, check: &str, ptr: usize) {
     let mut line = Line::new();
     line.str("brkmalloc: ").str(func).str("(): ").str(check).str(": ").hex(ptr).str("\n");
     line.write_stderr();
-    // SAFETY: `abort` has no preconditions; it does not return.
-    unsafe { libc::abort() }
 }
 
 /// Writes `brkmalloc: <msg>` and a newline to stderr (warnings; the process goes on).
@@ -137,6 +174,13 @@ mod tests {
         assert_eq!(l.as_bytes(), b"a0x0 0xdeadbeef 0 12345");
         l.hex(usize::MAX);
         assert!(l.as_bytes().ends_with(b"0xffffffffffffffff"));
+    }
+
+    #[test]
+    fn widths_and_byte_counts() {
+        let mut l = Line::new();
+        l.dec_w(42, 5).str("|").dec_w(123456, 3).str("|").bytes(512).str("|").bytes(3 << 20);
+        assert_eq!(l.as_bytes(), b"   42|123456|512 B|3145728 B (3.0 MiB)");
     }
 
     #[test]

@@ -12,9 +12,10 @@ use core::ffi::c_void;
 use crate::api;
 use crate::block::ALIGN;
 use crate::central::{CentralHeap, Misuse};
+use crate::config;
 use crate::os::Sbrk;
-use crate::sync::{AtomicBool, AtomicU32, Mutex, MutexGuard, Ordering, spin_hint};
-use crate::thread_cache::{DEFAULT_MAX_BYTES, State, ThreadCache, has_cache_key};
+use crate::sync::{AtomicBool, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering, spin_hint};
+use crate::thread_cache::{State, ThreadCache, has_cache_key};
 use core::sync::atomic::AtomicIsize;
 
 /// The central heap of the process (lock `CENTRAL` in the lock order, `sync.rs`).
@@ -134,6 +135,7 @@ fn cache_alloc_slow(tc: *mut ThreadCache, c: usize) -> Option<NonNull<u8>> {
     if unsafe { (*tc).state() } == State::Uninit {
         activate(tc);
     }
+    maybe_purge_idle();
     // SAFETY: as above; `alloc_slow` neither allocates nor touches TLS.
     let p = unsafe { (*tc).alloc_slow(c, &HEAP) };
     // SAFETY: as above.
@@ -193,7 +195,9 @@ pub(crate) unsafe fn cache_free(p: NonNull<u8>, c: usize) -> bool {
 pub(crate) unsafe fn cache_free_suspect(tc: *mut ThreadCache, p: NonNull<u8>, c: usize) -> bool {
     // SAFETY: this thread's cache.
     if unsafe { (*tc).contains(p, c) } {
-        crate::diag::fatal("free", Misuse::DoubleFree.message(), p.addr().get());
+        // Reported (and, with abort_on_error:0, leaked: it stays cached once).
+        crate::api::misuse("free", Misuse::DoubleFree, p);
+        return true;
     }
     // SAFETY: forwarded.
     if unsafe { (*tc).push(p, c) } {
@@ -213,6 +217,7 @@ pub(crate) unsafe fn cache_free_suspect(tc: *mut ThreadCache, p: NonNull<u8>, c:
 pub(crate) unsafe fn cache_free_slow(tc: *mut ThreadCache, p: NonNull<u8>, c: usize) -> bool {
     // `free` preserves errno; the flush may make syscalls.
     let saved = crate::diag::errno();
+    maybe_purge_idle();
     // SAFETY: this thread's cache.
     if unsafe { (*tc).state() } == State::Uninit {
         activate(tc);
@@ -271,13 +276,16 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 /// cache down at once and uses the central heap.
 #[cold]
 fn activate(tc: *mut ThreadCache) {
-    let Some(key) = exit_key() else {
+    ensure_config();
+    let enabled = config::caches_enabled();
+    let key = if enabled { exit_key() } else { None };
+    let Some(key) = key else {
         // SAFETY: this thread's cache.
         let _ = unsafe { (*tc).tear_down(&HEAP) };
         return;
     };
     // SAFETY: this thread's cache; no reference is held across the call below.
-    unsafe { (*tc).activate(DEFAULT_MAX_BYTES) };
+    unsafe { (*tc).activate(config::TCACHE_MAX_BYTES.load(Ordering::Relaxed)) };
     // SAFETY: a valid key; the value is a round counter, never dereferenced.
     if unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(1)) } != 0 {
         // SAFETY: this thread's cache.
@@ -309,6 +317,116 @@ extern "C" fn cache_destructor(value: *mut c_void) {
             crate::diag::fatal("free", e.message(), 0);
         }
     }
+}
+
+/// Whether the options were applied to the heap.
+static CONFIG_APPLIED: AtomicBool = AtomicBool::new(false);
+
+/// Reads `BRKMALLOC_CONF` once and applies it to the heap. One relaxed load after that.
+#[inline]
+pub fn ensure_config() {
+    // Relaxed: options are relaxed tuning values; applying them twice is harmless.
+    if !CONFIG_APPLIED.load(Ordering::Relaxed) {
+        config::ensure_loaded();
+        if config::loaded() {
+            apply_config();
+            CONFIG_APPLIED.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Copies the heap's tuning options into it (after loading, and after `mallopt`).
+pub(crate) fn apply_config() {
+    let r = Ordering::Relaxed;
+    let mut h = HEAP.lock();
+    h.trim_threshold = config::TRIM_THRESHOLD.load(r);
+    h.top_pad = config::TOP_PAD.load(r);
+}
+
+/// Milliseconds on the coarse monotonic clock (a vDSO read, no syscall).
+fn now_ms() -> usize {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as usize * 1000 + ts.tv_nsec as usize / 1_000_000
+}
+
+/// When the last idle purge ran (ms, coarse monotonic clock). Relaxed: a timestamp; a race
+/// only makes two threads try the (locked, idempotent) purge.
+static LAST_PURGE_MS: AtomicUsize = AtomicUsize::new(0);
+
+/// The idle purge of `purge_delay_ms`, run from the allocation slow paths: once the delay has
+/// passed since the last pass, free memory that came back since is returned to the OS.
+#[cold]
+pub(crate) fn maybe_purge_idle() {
+    let now = now_ms();
+    let r = Ordering::Relaxed;
+    let last = LAST_PURGE_MS.load(r);
+    if now.wrapping_sub(last) < config::PURGE_DELAY_MS.load(r) {
+        return;
+    }
+    LAST_PURGE_MS.store(now, r);
+    // Never wait for the lock here: an idle purge is not worth a stall.
+    if let Some(mut h) = HEAP.try_lock() {
+        h.purge_idle();
+    }
+}
+
+/// Starts the background purge thread (`background_purge:1`): it wakes every
+/// `purge_delay_ms` and returns idle memory even when the program stops allocating. Call
+/// from a constructor, not from inside `malloc` (creating a thread allocates).
+pub fn start_background_purge() {
+    extern "C" fn run(_: *mut c_void) -> *mut c_void {
+        loop {
+            let ms = config::PURGE_DELAY_MS.load(Ordering::Relaxed).max(1);
+            let ts = libc::timespec {
+                tv_sec: (ms / 1000) as libc::time_t,
+                tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+            };
+            // SAFETY: valid timespec; an interrupted sleep just purges early.
+            unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+            HEAP.lock().purge_idle();
+            LAST_PURGE_MS.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+    // SAFETY: an all-zero pthread_t is a valid out slot.
+    let mut tid: libc::pthread_t = unsafe { core::mem::zeroed() };
+    // SAFETY: default attributes; `run` lives forever and takes no argument.
+    if unsafe { libc::pthread_create(&mut tid, ptr::null(), run, ptr::null_mut()) } == 0 {
+        // SAFETY: the thread is never joined.
+        unsafe { libc::pthread_detach(tid) };
+    } else {
+        crate::diag::warn("background_purge: cannot create the purge thread");
+    }
+}
+
+/// Merges the calling thread's cache counters into the global statistics.
+pub fn merge_thread_counters() {
+    if let Some(tc) = tcache() {
+        // SAFETY: this thread's cache.
+        unsafe { (*tc).merge_all_counters() };
+    }
+}
+
+/// The central heap's counters and segment count, under the lock.
+pub fn heap_snapshot() -> (crate::central::HeapStats, usize) {
+    let h = heap();
+    (h.stats(), h.segment_count())
+}
+
+/// Free bytes at the top of the break (glibc's `keepcost`).
+pub fn top_free_bytes() -> usize {
+    heap().top_free_bytes()
+}
+
+/// Acquisitions of the central lock.
+pub fn lock_acquisitions() -> usize {
+    HEAP.raw().acquisitions()
+}
+
+/// Acquisitions of the central lock that had to wait.
+pub fn lock_contended() -> usize {
+    HEAP.raw().contended_count()
 }
 
 /// Returns every block in the calling thread's cache to the central heap (`malloc_trim` does

@@ -24,6 +24,19 @@ use crate::sync::{AtomicUsize, Ordering};
 pub static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
 /// Bytes mapped for live large blocks (statistics, Relaxed).
 pub static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Most large blocks live at once (statistics, Relaxed).
+pub static MAX_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+/// Most bytes mapped for large blocks at once (statistics, Relaxed).
+pub static MAX_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a new mapping of `len` bytes and raises the peaks.
+fn count_map(len: usize) {
+    // Relaxed: statistics (see the statics).
+    let blocks = LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed) + 1;
+    let bytes = LIVE_BYTES.fetch_add(len, Ordering::Relaxed) + len;
+    MAX_BLOCKS.fetch_max(blocks, Ordering::Relaxed);
+    MAX_BYTES.fetch_max(bytes, Ordering::Relaxed);
+}
 
 /// A validated large block.
 ///
@@ -69,8 +82,7 @@ pub fn alloc(n: usize, align: usize) -> Option<NonNull<u8>> {
     let user = unsafe { base.add(offset) };
     // SAFETY: `offset >= 16`, so both header words lie inside the mapping.
     unsafe { write_header(user, len, offset) };
-    LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
-    LIVE_BYTES.fetch_add(len, Ordering::Relaxed);
+    count_map(len);
     Some(user)
 }
 
@@ -134,7 +146,8 @@ pub unsafe fn realloc(blk: Large, n: usize) -> Option<NonNull<u8>> {
     let user = unsafe { base.add(blk.offset) };
     // SAFETY: as above, the header words lie inside the new mapping.
     unsafe { write_header(user, new_len, blk.offset) };
-    LIVE_BYTES.fetch_add(new_len, Ordering::Relaxed);
+    LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);
+    count_map(new_len);
     Some(user)
 }

@@ -80,6 +80,8 @@ pub struct RawLock {
     state: AtomicU32,
     /// Counts acquisitions that found the lock taken (statistics only).
     contended: AtomicUsize,
+    /// Counts acquisitions (statistics only; written only by the lock's holder).
+    acquisitions: AtomicUsize,
     /// loom has no futex: a mutex and condvar stand in, so a lost wake-up is a loom deadlock.
     #[cfg(loom)]
     park: (loom::sync::Mutex<()>, loom::sync::Condvar),
@@ -89,7 +91,11 @@ impl RawLock {
     /// An unlocked lock.
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        Self { state: AtomicU32::new(UNLOCKED), contended: AtomicUsize::new(0) }
+        Self {
+            state: AtomicU32::new(UNLOCKED),
+            contended: AtomicUsize::new(0),
+            acquisitions: AtomicUsize::new(0),
+        }
     }
 
     /// An unlocked lock.
@@ -98,6 +104,7 @@ impl RawLock {
         Self {
             state: AtomicU32::new(UNLOCKED),
             contended: AtomicUsize::new(0),
+            acquisitions: AtomicUsize::new(0),
             park: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
         }
     }
@@ -114,6 +121,21 @@ impl RawLock {
         {
             self.lock_contended();
         }
+        self.count_acquisition();
+    }
+
+    /// Counts one acquisition. Only the holder writes the counter, so a relaxed load and store
+    /// suffice (no read-modify-write); readers may see a slightly old value.
+    #[inline(always)]
+    fn count_acquisition(&self) {
+        #[cfg(not(loom))]
+        self.acquisitions.store(self.acquisitions.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Number of acquisitions so far.
+    pub fn acquisitions(&self) -> usize {
+        // Relaxed: a statistic.
+        self.acquisitions.load(Ordering::Relaxed)
     }
 
     #[cold]
@@ -143,7 +165,14 @@ impl RawLock {
     #[inline]
     pub fn try_lock(&self) -> bool {
         // Acquire: as in `lock`.
-        self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        let ok = self
+            .state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if ok {
+            self.count_acquisition();
+        }
+        ok
     }
 
     /// Releases the lock.

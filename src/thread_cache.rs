@@ -25,6 +25,7 @@ use crate::block::{BlockPtr, MAPPED, USED};
 use crate::central::{CentralHeap, Misuse};
 use crate::os::MemorySource;
 use crate::size_class::{NCLASSES, class_size};
+use crate::stats::{self, Counter};
 
 use crate::sync::Mutex;
 
@@ -66,10 +67,23 @@ pub struct Bin {
     low_water: u32,
     max: u32,
     batch: u16,
+    /// Pops and pushes since the last merge into `stats` (plain counters: no atomic on the
+    /// fast path).
+    pops: u32,
+    pushes: u32,
 }
 
 impl Bin {
-    const EMPTY: Bin = Bin { head: ptr::null_mut(), count: 0, low_water: 0, max: 0, batch: 0 };
+    const EMPTY: Bin =
+        Bin { head: ptr::null_mut(), count: 0, low_water: 0, max: 0, batch: 0, pops: 0, pushes: 0 };
+
+    /// Moves the local counters of class `c` into the global statistics.
+    fn merge_counters(&mut self, c: usize) {
+        stats::add(c, Counter::Pops, self.pops as usize);
+        stats::add(c, Counter::Pushes, self.pushes as usize);
+        self.pops = 0;
+        self.pushes = 0;
+    }
 }
 
 /// List limit of class `c` for a cache of at most `max_bytes`: an equal share of the bytes for
@@ -131,6 +145,13 @@ impl ThreadCache {
         self.bins[c].count as usize
     }
 
+    /// Merges every class's local counters into the global statistics.
+    pub fn merge_all_counters(&mut self) {
+        for (c, bin) in self.bins.iter_mut().enumerate() {
+            bin.merge_counters(c);
+        }
+    }
+
     /// Sets the limits and moves to `Active`.
     pub fn activate(&mut self, max_bytes: usize) {
         for (c, bin) in self.bins.iter_mut().enumerate() {
@@ -156,6 +177,7 @@ impl ThreadCache {
             p.cast::<usize>().add(1).write(0);
         }
         bin.count -= 1;
+        bin.pops = bin.pops.wrapping_add(1);
         if bin.count < bin.low_water {
             bin.low_water = bin.count;
         }
@@ -206,6 +228,7 @@ impl ThreadCache {
         }
         bin.head = p.as_ptr();
         bin.count += 1;
+        bin.pushes = bin.pushes.wrapping_add(1);
         true
     }
 
@@ -242,6 +265,9 @@ impl ThreadCache {
         let bin = &mut self.bins[c];
         bin.head = head.as_ptr();
         bin.count += n as u32;
+        bin.merge_counters(c);
+        stats::add(c, Counter::Refills, 1);
+        stats::add(c, Counter::Misses, 1);
         self.pop(c)
     }
 
@@ -266,6 +292,7 @@ impl ThreadCache {
             return Ok(false);
         }
         let keep = (self.bins[c].max / 2) as usize;
+        self.bins[c].merge_counters(c);
         self.flush_class(c, keep, &mut heap.lock())?;
         // SAFETY: forwarded contract.
         Ok(unsafe { self.push(p, c) })
@@ -283,6 +310,7 @@ impl ThreadCache {
         if count <= keep {
             return Ok(());
         }
+        stats::add(c, Counter::Flushes, 1);
         // Find the cut: the `keep` newest stay.
         let mut rest = if keep == 0 {
             let h = bin.head;
@@ -324,6 +352,7 @@ impl ThreadCache {
         let c = self.gc_next as usize;
         self.gc_next = (self.gc_next + 1) % NCLASSES as u32;
         let bin = &mut self.bins[c];
+        bin.merge_counters(c);
         let idle = bin.low_water as usize;
         if idle > 0 {
             let keep = bin.count as usize - (idle * 3).div_ceil(4);
@@ -341,7 +370,13 @@ impl ThreadCache {
     /// As [`Self::free_slow`].
     pub fn flush_all<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
         if self.bins.iter().all(|b| b.count == 0) {
+            for (c, bin) in self.bins.iter_mut().enumerate() {
+                bin.merge_counters(c);
+            }
             return Ok(());
+        }
+        for (c, bin) in self.bins.iter_mut().enumerate() {
+            bin.merge_counters(c);
         }
         let mut guard = heap.lock();
         for c in 0..NCLASSES {

@@ -10,15 +10,68 @@ use core::ffi::{c_int, c_void};
 
 use brkmalloc_core::api;
 
-/// Registers the fork handlers before `main`, from `.init_array` (never lazily from inside
-/// `malloc`: see `brkmalloc::fork`).
+/// Before `main`, from `.init_array`: registers the fork handlers (never lazily from inside
+/// `malloc`: see `brkmalloc::fork`), reads `BRKMALLOC_CONF`, and starts the background purge
+/// thread if asked to (creating a thread allocates, so not from inside `malloc` either).
 extern "C" fn brkmalloc_init() {
     brkmalloc_core::fork::install();
+    brkmalloc_core::global::ensure_config();
+    if brkmalloc_core::config::BACKGROUND_PURGE.load(core::sync::atomic::Ordering::Relaxed) {
+        brkmalloc_core::global::start_background_purge();
+    }
 }
 
 #[used]
 #[unsafe(link_section = ".init_array")]
 static INIT: extern "C" fn() = brkmalloc_init;
+
+/// At exit, from `.fini_array`: the statistics of `stats:1` / `stats:json`.
+extern "C" fn brkmalloc_fini() {
+    brkmalloc_core::report::at_exit();
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static FINI: extern "C" fn() = brkmalloc_fini;
+
+/// glibc's `malloc_stats`: heap and mmap totals on stderr, in glibc's layout.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_stats() {
+    brkmalloc_core::report::malloc_stats();
+}
+
+/// glibc's `mallinfo2`, with brkmalloc's numbers.
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo2() -> libc::mallinfo2 {
+    brkmalloc_core::report::mallinfo2()
+}
+
+/// glibc's `mallinfo` (fields truncated to `int`, as in glibc).
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo() -> libc::mallinfo {
+    brkmalloc_core::report::mallinfo()
+}
+
+/// glibc's `malloc_info(options, stream)`: XML in glibc's format. Returns 0, or -1 with
+/// `EINVAL` for non-zero options.
+///
+/// # Safety
+/// `stream` is a valid `FILE *` open for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 || stream.is_null() {
+        brkmalloc_core::diag::set_errno(libc::EINVAL);
+        return -1;
+    }
+    brkmalloc_core::report::malloc_info(&mut brkmalloc_core::report::CFile(stream));
+    0
+}
+
+/// glibc's `mallopt`: 1 on success, 0 for what it does not support.
+#[unsafe(no_mangle)]
+pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    api::mallopt(param, value)
+}
 
 /// C `malloc`.
 #[unsafe(no_mangle)]

@@ -1,0 +1,272 @@
+//! Runtime options, read once from `BRKMALLOC_CONF` in the environment without allocating.
+//!
+//! `BRKMALLOC_CONF="key:value,key:value"` (the shape of jemalloc's `MALLOC_CONF`). An unknown
+//! key or a bad value prints one warning line naming it and keeps the default. The options are
+//! documented in the README (option, effect, suggested value).
+//!
+//! Every option is a relaxed atomic: options are tuning values read on slow paths, and no data
+//! is published through them. They are set once at load time (and by `mallopt`).
+
+use crate::diag::Line;
+use crate::size_class::MAX_CLASS_REQUEST;
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
+
+/// `stats` values.
+pub const STATS_OFF: usize = 0;
+/// Human table at exit.
+pub const STATS_TEXT: usize = 1;
+/// One JSON object at exit.
+pub const STATS_JSON: usize = 2;
+
+/// Default `mmap_threshold` (glibc's `M_MMAP_THRESHOLD`).
+pub const DEFAULT_MMAP_THRESHOLD: usize = 128 << 10;
+/// Default `trim_threshold` (glibc's `M_TRIM_THRESHOLD`).
+pub const DEFAULT_TRIM_THRESHOLD: usize = crate::central::DEFAULT_TRIM_THRESHOLD;
+/// Default `tcache_max_bytes`: per-thread cache limit.
+pub const DEFAULT_TCACHE_MAX_BYTES: usize = crate::thread_cache::DEFAULT_MAX_BYTES;
+/// Default `purge_delay_ms`: free memory idle this long goes back to the OS.
+pub const DEFAULT_PURGE_DELAY_MS: usize = 1000;
+/// Byte written over new memory with `junk:1`.
+pub const JUNK_ALLOC: u8 = 0xa5;
+/// Byte written over freed memory with `junk:1`.
+pub const JUNK_FREE: u8 = 0x5a;
+
+/// Print statistics at exit: `STATS_OFF`, `STATS_TEXT`, `STATS_JSON`.
+pub static STATS: AtomicUsize = AtomicUsize::new(STATS_OFF);
+/// Print the options in force at start-up.
+pub static VERBOSE: AtomicBool = AtomicBool::new(false);
+/// Requests at least this large get their own mapping.
+pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
+/// Largest request served by the thread caches: `min(MAX_CLASS_REQUEST, mmap_threshold - 1)`.
+pub static SMALL_LIMIT: AtomicUsize = AtomicUsize::new(MAX_CLASS_REQUEST);
+/// A free top of the break at least this large is given back.
+pub static TRIM_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_TRIM_THRESHOLD);
+/// Extra bytes per heap growth and kept at the top by a trim (`M_TOP_PAD`).
+pub static TOP_PAD: AtomicUsize = AtomicUsize::new(crate::central::DEFAULT_TOP_PAD);
+/// Per-thread cache limit in bytes.
+pub static TCACHE_MAX_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_TCACHE_MAX_BYTES);
+/// Thread caches on (`tcache:1`) or off.
+pub static TCACHE: AtomicBool = AtomicBool::new(true);
+/// Idle free memory is purged after this many milliseconds.
+pub static PURGE_DELAY_MS: AtomicUsize = AtomicUsize::new(DEFAULT_PURGE_DELAY_MS);
+/// Start a background thread that purges idle memory.
+pub static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
+/// Fill new and freed memory with junk bytes.
+pub static JUNK: AtomicBool = AtomicBool::new(false);
+/// Run the heap verifier every this many central-heap operations (0 = never).
+pub static CHECK_EVERY: AtomicUsize = AtomicUsize::new(0);
+/// Abort on a detected misuse (default), or report it, leak the block and go on.
+pub static ABORT_ON_ERROR: AtomicBool = AtomicBool::new(true);
+
+/// Load state: not yet, in progress, done.
+static LOAD_STATE: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads `BRKMALLOC_CONF` once. Cheap after the first call: one relaxed load.
+#[inline]
+pub fn ensure_loaded() {
+    // Relaxed: the options themselves are relaxed values; a thread that sees 2 may see
+    // defaults for a moment, which is harmless.
+    if LOAD_STATE.load(Ordering::Relaxed) != 2 {
+        load();
+    }
+}
+
+/// Whether `BRKMALLOC_CONF` has been read.
+pub fn loaded() -> bool {
+    LOAD_STATE.load(Ordering::Relaxed) == 2
+}
+
+#[cold]
+#[inline(never)]
+fn load() {
+    // SAFETY: reading the `environ` pointer; libc sets it before any constructor runs.
+    let env = unsafe { libc::environ };
+    if env.is_null() {
+        return; // Too early (only possible inside the dynamic loader): try again later.
+    }
+    // Relaxed: one thread parses; a concurrent caller just proceeds with the defaults.
+    if LOAD_STATE.compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return;
+    }
+    let mut i = 0;
+    loop {
+        // SAFETY: `environ` is a NULL-terminated array of C strings.
+        let entry = unsafe { *env.add(i) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: a NUL-terminated C string owned by libc for the process's life.
+        let bytes = unsafe { core::ffi::CStr::from_ptr(entry) }.to_bytes();
+        if let Some(value) = bytes.strip_prefix(b"BRKMALLOC_CONF=") {
+            parse(value);
+        }
+        i += 1;
+    }
+    LOAD_STATE.store(2, Ordering::Relaxed);
+    if VERBOSE.load(Ordering::Relaxed) {
+        print_options();
+    }
+}
+
+/// Applies every `key:value` of `conf`; warns about what it cannot use.
+pub fn parse(conf: &[u8]) {
+    for item in conf.split(|&b| b == b',') {
+        if item.is_empty() {
+            continue;
+        }
+        let mut kv = item.splitn(2, |&b| b == b':');
+        let key = kv.next().unwrap_or(b"");
+        let Some(value) = kv.next() else {
+            warn(b"option without a value (expected key:value): ", item);
+            continue;
+        };
+        if !apply(key, value) {
+            warn(b"bad value for option, default kept: ", item);
+        }
+    }
+    SMALL_LIMIT.store(small_limit(MMAP_THRESHOLD.load(Ordering::Relaxed)), Ordering::Relaxed);
+}
+
+/// The cache limit implied by an mmap threshold.
+pub fn small_limit(mmap_threshold: usize) -> usize {
+    MAX_CLASS_REQUEST.min(mmap_threshold.saturating_sub(1))
+}
+
+/// Sets one option; `false` for a bad value. Unknown keys warn here and return `true`.
+fn apply(key: &[u8], value: &[u8]) -> bool {
+    match key {
+        b"stats" => match value {
+            b"0" | b"off" | b"false" => STATS.store(STATS_OFF, Ordering::Relaxed),
+            b"1" | b"on" | b"true" | b"text" => STATS.store(STATS_TEXT, Ordering::Relaxed),
+            b"json" => STATS.store(STATS_JSON, Ordering::Relaxed),
+            _ => return false,
+        },
+        b"verbose" => return set_bool(&VERBOSE, value),
+        b"mmap_threshold" => return set_size(&MMAP_THRESHOLD, value, 1),
+        b"trim_threshold" => return set_size(&TRIM_THRESHOLD, value, 0),
+        b"top_pad" => return set_size(&TOP_PAD, value, 0),
+        b"tcache_max_bytes" => return set_size(&TCACHE_MAX_BYTES, value, 0),
+        b"tcache" => return set_bool(&TCACHE, value),
+        b"purge_delay_ms" => return set_size(&PURGE_DELAY_MS, value, 0),
+        b"background_purge" => return set_bool(&BACKGROUND_PURGE, value),
+        b"junk" => return set_bool(&JUNK, value),
+        b"check" => return set_size(&CHECK_EVERY, value, 0),
+        b"abort_on_error" => return set_bool(&ABORT_ON_ERROR, value),
+        _ => warn(b"unknown option ignored: ", key),
+    }
+    true
+}
+
+fn set_bool(slot: &AtomicBool, value: &[u8]) -> bool {
+    let v = match value {
+        b"1" | b"true" | b"on" | b"yes" => true,
+        b"0" | b"false" | b"off" | b"no" => false,
+        _ => return false,
+    };
+    slot.store(v, Ordering::Relaxed);
+    true
+}
+
+fn set_size(slot: &AtomicUsize, value: &[u8], min: usize) -> bool {
+    match parse_size(value) {
+        Some(v) if v >= min => {
+            slot.store(v, Ordering::Relaxed);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A decimal number with an optional `k`, `m` or `g` suffix (powers of 1024).
+pub fn parse_size(value: &[u8]) -> Option<usize> {
+    let (digits, shift) = match value.last()? {
+        b'k' | b'K' => (&value[..value.len() - 1], 10),
+        b'm' | b'M' => (&value[..value.len() - 1], 20),
+        b'g' | b'G' => (&value[..value.len() - 1], 30),
+        _ => (value, 0),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: usize = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add((d - b'0') as usize)?;
+    }
+    n.checked_mul(1 << shift)
+}
+
+fn warn(what: &[u8], item: &[u8]) {
+    let mut line = Line::new();
+    line.str("brkmalloc: BRKMALLOC_CONF: ").str(ascii(what)).str("'").str(ascii(item)).str("'\n");
+    line.write_stderr();
+}
+
+/// The printable ASCII prefix of `b` (options are ASCII; anything else is cut, not printed raw).
+fn ascii(b: &[u8]) -> &str {
+    let end = b.iter().position(|c| !(0x20..0x7f).contains(c)).unwrap_or(b.len());
+    core::str::from_utf8(&b[..end]).unwrap_or("")
+}
+
+/// Prints the options in force (`verbose:1`).
+pub fn print_options() {
+    let r = Ordering::Relaxed;
+    let mut l = Line::new();
+    l.str("brkmalloc: options: stats:")
+        .dec(STATS.load(r))
+        .str(" mmap_threshold:")
+        .dec(MMAP_THRESHOLD.load(r))
+        .str(" trim_threshold:")
+        .dec(TRIM_THRESHOLD.load(r))
+        .str(" tcache:")
+        .dec(TCACHE.load(r) as usize)
+        .str(" tcache_max_bytes:")
+        .dec(TCACHE_MAX_BYTES.load(r))
+        .str(" purge_delay_ms:")
+        .dec(PURGE_DELAY_MS.load(r))
+        .str(" background_purge:")
+        .dec(BACKGROUND_PURGE.load(r) as usize)
+        .str(" junk:")
+        .dec(JUNK.load(r) as usize)
+        .str(" check:")
+        .dec(CHECK_EVERY.load(r))
+        .str(" abort_on_error:")
+        .dec(ABORT_ON_ERROR.load(r) as usize)
+        .str("\n");
+    l.write_stderr();
+}
+
+/// Whether the thread caches may be used: off with `tcache:0`, and with `junk` or `check`,
+/// whose work happens on the central paths.
+pub fn caches_enabled() -> bool {
+    let r = Ordering::Relaxed;
+    TCACHE.load(r) && !JUNK.load(r) && CHECK_EVERY.load(r) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size(b"4096"), Some(4096));
+        assert_eq!(parse_size(b"64k"), Some(64 << 10));
+        assert_eq!(parse_size(b"2M"), Some(2 << 20));
+        assert_eq!(parse_size(b"1g"), Some(1 << 30));
+        assert_eq!(parse_size(b""), None);
+        assert_eq!(parse_size(b"k"), None);
+        assert_eq!(parse_size(b"12x"), None);
+        assert_eq!(parse_size(b"-1"), None);
+        assert_eq!(parse_size(b"99999999999999999999999"), None);
+        assert_eq!(parse_size(b"18014398509481984k"), None, "overflow in the suffix");
+    }
+
+    #[test]
+    fn small_limit_follows_the_mmap_threshold() {
+        assert_eq!(small_limit(4096), 4095);
+        assert_eq!(small_limit(1 << 20), MAX_CLASS_REQUEST);
+        assert_eq!(small_limit(0), 0);
+    }
+}
