@@ -167,8 +167,13 @@ pub(crate) fn misuse(func: &str, what: Misuse, p: NonNull<u8>) {
 /// Frees `p` (a block of ours), aborting with a message naming `func` on misuse.
 #[inline(always)]
 pub fn dealloc(p: NonNull<u8>, func: &str) {
-    // SAFETY: the word before any block we handed out is its header; see `large::validate`
-    // for the foreign-pointer caveat.
+    // A page-aligned pointer's header word lies on the previous page, which may not be
+    // mapped for a pointer we never handed out: validate such pointers (rare: only page-
+    // aligned allocations) on the central path, which checks ranges before reading.
+    if p.addr().get() % PAGE == 0 {
+        return dealloc_central(p, func);
+    }
+    // SAFETY: `p - 8` lies on the same page as `p`, which the program can access.
     let Ok(h) = (unsafe { header_for_free(p) }) else { return dealloc_central(p, func) };
     let Some(c) = class_for_free(BlockPtr::size_of(h)) else { return dealloc_central(p, func) };
     let Some(tc) = tcache_fast() else { return dealloc_small_slow(p, c, func) };
@@ -237,13 +242,11 @@ fn dealloc_validated(p: NonNull<u8>, func: &str) {
     let r = heap().free(p);
     match r {
         Ok(()) => {}
+        // Not in a heap segment: a large block, checked against the registry before its
+        // memory is touched.
         Err(Misuse::NotOurs) => {
-            // SAFETY: not a heap pointer; a pointer the program got from us as a large block
-            // has readable header words before it.
-            match unsafe { large::validate(p) } {
-                // SAFETY: validated large block, given up by the program.
-                Ok(blk) => unsafe { large::free(blk) },
-                Err(e) => misuse(func, e, p),
+            if let Err(e) = large::free(p) {
+                misuse(func, e, p);
             }
         }
         Err(e) => misuse(func, e, p),
@@ -255,9 +258,8 @@ pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
     let r = heap().usable_size(p);
     match r {
         Ok(n) => n,
-        // SAFETY: as in `dealloc`.
-        Err(Misuse::NotOurs) => match unsafe { large::validate(p) } {
-            Ok(blk) => blk.usable(),
+        Err(Misuse::NotOurs) => match large::usable(p) {
+            Ok(n) => n,
             Err(e) => {
                 misuse(func, e, p);
                 0
@@ -277,8 +279,10 @@ pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
 /// to the result).
 pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
     // Same size class: nothing to do, no lock taken.
-    // SAFETY: as in `dealloc`.
-    if let Ok(h) = unsafe { header_for_free(p) } {
+    if p.addr().get() % PAGE != 0
+        // SAFETY: as in `dealloc`: `p - 8` is on `p`'s page (page-aligned pointers skip this).
+        && let Ok(h) = unsafe { header_for_free(p) }
+    {
         let bs = BlockPtr::size_of(h);
         if let (Some(need), Some(have)) = (block_size_for(n), class_for_free(bs)) {
             if need <= bs && class_for_alloc(need) == Some(have) {
@@ -291,19 +295,22 @@ pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
         Ok(true) => return Some(p),
         Ok(false) => usable_size(p, "realloc"),
         Err(Misuse::NotOurs) => {
-            // SAFETY: as in `dealloc`.
-            let blk = match unsafe { large::validate(p) } {
-                Ok(blk) => blk,
+            let r = if n >= mmap_threshold() / 2 {
+                large::realloc(p, n)
+            } else {
+                large::usable(p).map(|_| None)
+            };
+            match r {
+                Ok(Some(q)) => return Some(q),
+                Ok(None) => match large::usable(p) {
+                    Ok(u) => u,
+                    Err(_) => return None,
+                },
                 Err(e) => {
                     misuse("realloc", e, p);
                     return None;
                 }
-            };
-            if n >= mmap_threshold() / 2 {
-                // SAFETY: validated large block.
-                return unsafe { large::realloc(blk, n) };
             }
-            blk.usable()
         }
         Err(e) => {
             misuse("realloc", e, p);

@@ -83,6 +83,11 @@ pub enum Misuse {
     /// A neighbour's header or footer disagrees with this block (a buffer overflow or
     /// underflow damaged them).
     CorruptTags,
+    /// Not a live block: never allocated here, or already freed (large blocks, checked
+    /// against the registry of mappings).
+    NotAllocated,
+    /// A thread-cache link does not decode to a block (a write after free damaged it).
+    CorruptLink,
 }
 
 impl Misuse {
@@ -93,6 +98,8 @@ impl Misuse {
             Misuse::BadHeader => "invalid pointer or corrupted block header",
             Misuse::DoubleFree => "double free detected",
             Misuse::CorruptTags => "corrupted boundary tags (heap overflow?)",
+            Misuse::NotAllocated => "invalid pointer or double free",
+            Misuse::CorruptLink => "corrupted thread cache link (write after free?)",
         }
     }
 }

@@ -91,7 +91,7 @@ impl Line {
         } else {
             return self;
         };
-        let tenths = (v as u128 * 10 >> shift) as usize;
+        let tenths = ((v as u128 * 10) >> shift) as usize;
         self.str(" (").dec(tenths / 10).str(".").dec(tenths % 10).str(unit)
     }
 

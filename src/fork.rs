@@ -8,6 +8,7 @@
 //! since no constructor of an rlib is guaranteed to be linked in.
 
 use crate::global::HEAP;
+use crate::large::REGISTRY;
 use crate::sync::{AtomicBool, Ordering};
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -30,20 +31,30 @@ pub fn ensure_installed() {
     }
 }
 
-/// Before `fork`: take every lock in the documented order (`sync.rs`): CENTRAL.
+/// Before `fork`: take every lock in the documented order (`sync.rs`): CENTRAL, then LARGE.
 extern "C" fn prepare() {
     HEAP.raw().lock();
+    REGISTRY.raw().lock();
 }
 
 /// In the parent after `fork`: release in reverse order.
 extern "C" fn parent() {
-    // SAFETY: `prepare` took the lock on this thread.
-    unsafe { HEAP.raw().unlock() };
+    // SAFETY: `prepare` took both locks on this thread.
+    unsafe {
+        REGISTRY.raw().unlock();
+        HEAP.raw().unlock();
+    }
 }
 
-/// In the child after `fork`: the lock was taken by `prepare` in the thread that forked, which
-/// is the child's only thread; release it. The heap is consistent (nobody was inside it).
+/// In the child after `fork`: the locks were taken by `prepare` in the thread that forked,
+/// which is the child's only thread; release them. The heap and the registry are consistent
+/// (nobody was inside them). The forking thread's cache stays valid; the other threads'
+/// caches are gone with their threads, and the blocks they held stay allocated (leaked) in the
+/// child.
 extern "C" fn child() {
     // SAFETY: see above; no other thread exists in the child.
-    unsafe { HEAP.raw().unlock() };
+    unsafe {
+        REGISTRY.raw().unlock();
+        HEAP.raw().unlock();
+    }
 }

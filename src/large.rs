@@ -18,7 +18,7 @@ use core::ptr::NonNull;
 use crate::block::{ALIGN, BlockPtr, HEADER, MAPPED, USED};
 use crate::central::Misuse;
 use crate::os::{self, PAGE, align_up};
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// Live large blocks (statistics; Relaxed is enough: nothing is ordered by them).
 pub static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
@@ -38,12 +38,12 @@ fn count_map(len: usize) {
     MAX_BYTES.fetch_max(bytes, Ordering::Relaxed);
 }
 
-/// A validated large block.
+/// A large block, as read from its header under the registry lock.
 ///
 /// # Invariants
 /// - L1: `[base, base + len)` is one mapping of ours; `user = base + offset`, `16 <= offset < len`.
 #[derive(Clone, Copy, Debug)]
-pub struct Large {
+struct Large {
     base: NonNull<u8>,
     len: usize,
     offset: usize,
@@ -51,7 +51,7 @@ pub struct Large {
 
 impl Large {
     /// Bytes the program may use.
-    pub fn usable(&self) -> usize {
+    fn usable(&self) -> usize {
         self.len - self.offset
     }
 }
@@ -69,6 +69,153 @@ unsafe fn write_header(user: NonNull<u8>, len: usize, offset: usize) {
     }
 }
 
+/// Reads and checks the header of a registered block.
+///
+/// # Safety
+/// `user` is in the registry (so its mapping and header words exist).
+unsafe fn read(user: NonNull<u8>) -> Result<Large, Misuse> {
+    let addr = user.addr().get();
+    // SAFETY: forwarded contract.
+    let b = unsafe { BlockPtr::from_user(user) };
+    // SAFETY: forwarded contract.
+    let h = unsafe { b.header() };
+    if !b.tag_ok(h) || h & 0xf != USED | MAPPED {
+        return Err(Misuse::BadHeader);
+    }
+    let len = BlockPtr::size_of(h);
+    // SAFETY: forwarded contract.
+    let offset = unsafe { b.offset_back(8).ptr().cast::<usize>().read() };
+    if len % PAGE != 0 || offset < 2 * HEADER || offset >= len || (addr - offset) % PAGE != 0 {
+        return Err(Misuse::BadHeader);
+    }
+    // SAFETY: `offset <= addr` and `user` carries the mapping's provenance.
+    let base = unsafe { user.sub(offset) };
+    Ok(Large { base, len, offset })
+}
+
+/// The set of live large blocks (their user pointers): an open-addressing hash table in a
+/// mapping of its own, so `free` of a pointer we never mapped, or of a large block already
+/// freed, is recognised without touching the pointer's memory.
+///
+/// # Invariants
+/// - R1: `slots[..cap]` holds each live block's user pointer exactly once, `EMPTY` or `TOMB`
+///   elsewhere; `cap` is zero or a power of two; `len + tombs < cap * 3 / 4`.
+pub struct Registry {
+    slots: *mut usize,
+    cap: usize,
+    len: usize,
+    tombs: usize,
+}
+
+const EMPTY: usize = 0;
+const TOMB: usize = 1;
+
+// SAFETY: the table is owned by the registry, which lives in a Mutex.
+unsafe impl Send for Registry {}
+
+impl Registry {
+    /// An empty registry (no table mapped yet).
+    pub const fn new() -> Self {
+        Self { slots: core::ptr::null_mut(), cap: 0, len: 0, tombs: 0 }
+    }
+
+    fn start(&self, key: usize) -> usize {
+        ((key >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7) & (self.cap - 1)
+    }
+
+    /// The slot holding `key`, if any.
+    fn find(&self, key: usize) -> Option<usize> {
+        if self.cap == 0 {
+            return None;
+        }
+        let mut i = self.start(key);
+        loop {
+            // SAFETY: R1 — `i < cap`, inside the table.
+            let v = unsafe { *self.slots.add(i) };
+            if v == key {
+                return Some(i);
+            }
+            if v == EMPTY {
+                return None;
+            }
+            i = (i + 1) & (self.cap - 1);
+        }
+    }
+
+    /// Whether `key` is registered.
+    pub fn contains(&self, key: usize) -> bool {
+        self.find(key).is_some()
+    }
+
+    /// Registers `key` (not yet present); `false` if the table cannot grow.
+    pub fn insert(&mut self, key: usize) -> bool {
+        if (self.len + self.tombs + 1) * 4 >= self.cap * 3 && !self.grow() {
+            return false;
+        }
+        let mut i = self.start(key);
+        loop {
+            // SAFETY: R1 — `i < cap`.
+            let slot = unsafe { &mut *self.slots.add(i) };
+            if *slot == EMPTY || *slot == TOMB {
+                if *slot == TOMB {
+                    self.tombs -= 1;
+                }
+                *slot = key;
+                self.len += 1;
+                return true;
+            }
+            i = (i + 1) & (self.cap - 1);
+        }
+    }
+
+    /// Unregisters `key`; `false` if it was not registered.
+    pub fn remove(&mut self, key: usize) -> bool {
+        match self.find(key) {
+            Some(i) => {
+                // SAFETY: R1 — `i < cap`.
+                unsafe { *self.slots.add(i) = TOMB };
+                self.len -= 1;
+                self.tombs += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Doubles the table (or rebuilds it without tombstones).
+    fn grow(&mut self) -> bool {
+        let new_cap =
+            if self.len * 2 < self.cap { self.cap.max(512) } else { (self.cap * 2).max(512) };
+        let Some(table) = os::map(new_cap * size_of::<usize>()) else { return false };
+        let old = (self.slots, self.cap);
+        self.slots = table.as_ptr().cast();
+        self.cap = new_cap;
+        self.len = 0;
+        self.tombs = 0;
+        for i in 0..old.1 {
+            // SAFETY: R1 of the old table.
+            let v = unsafe { *old.0.add(i) };
+            if v != EMPTY && v != TOMB {
+                self.insert(v);
+            }
+        }
+        if let Some(p) = NonNull::new(old.0.cast::<u8>()) {
+            // SAFETY: the old table is ours and no longer used.
+            unsafe { os::unmap(p, old.1 * size_of::<usize>()) };
+        }
+        true
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The live large blocks (lock `LARGE`, after `CENTRAL` in the lock order; no path holds both).
+pub(crate) static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
+
 /// Maps a block with at least `n` payload bytes aligned to `align` (a power of two).
 pub fn alloc(n: usize, align: usize) -> Option<NonNull<u8>> {
     let align = align.max(ALIGN);
@@ -82,72 +229,136 @@ pub fn alloc(n: usize, align: usize) -> Option<NonNull<u8>> {
     let user = unsafe { base.add(offset) };
     // SAFETY: `offset >= 16`, so both header words lie inside the mapping.
     unsafe { write_header(user, len, offset) };
+    if !REGISTRY.lock().insert(user_addr) {
+        // SAFETY: our fresh mapping, never handed out.
+        unsafe { os::unmap(base, len) };
+        return None;
+    }
     count_map(len);
     Some(user)
 }
 
-/// Checks that `user` is a large block of ours.
-///
-/// # Safety
-/// The 16 bytes before `user` are readable (true for every block we handed out; a foreign
-/// pointer at the very start of a mapping would fault here, as it does in glibc).
-pub unsafe fn validate(user: NonNull<u8>) -> Result<Large, Misuse> {
-    let addr = user.addr().get();
-    if addr % ALIGN != 0 || addr < 2 * HEADER {
-        return Err(Misuse::InvalidPointer);
-    }
-    // SAFETY: forwarded contract.
-    let b = unsafe { BlockPtr::from_user(user) };
-    // SAFETY: forwarded contract.
-    let h = unsafe { b.header() };
-    if !b.tag_ok(h) || h & 0xf != USED | MAPPED {
-        return Err(Misuse::BadHeader);
-    }
-    let len = BlockPtr::size_of(h);
-    // SAFETY: forwarded contract.
-    let offset = unsafe { b.offset_back(8).ptr().cast::<usize>().read() };
-    if len % PAGE != 0 || offset < 2 * HEADER || offset >= len || offset > addr {
-        return Err(Misuse::BadHeader);
-    }
-    if (addr - offset) % PAGE != 0 {
-        return Err(Misuse::BadHeader);
-    }
-    // SAFETY: `offset <= addr` and `user` carries the mapping's provenance.
-    let base = unsafe { user.sub(offset) };
-    Ok(Large { base, len, offset })
+/// Whether `user` is a live large block.
+pub fn owns(user: NonNull<u8>) -> bool {
+    REGISTRY.lock().contains(user.addr().get())
 }
 
-/// Unmaps a validated block.
+/// Usable bytes of the large block `user`.
 ///
-/// # Safety
-/// `blk` came from [`validate`] and the program no longer uses it.
-pub unsafe fn free(blk: Large) {
-    // SAFETY: L1 — one whole mapping of ours.
+/// # Errors
+/// `NotAllocated` for a pointer that is not a live large block; `BadHeader` for a damaged one.
+pub fn usable(user: NonNull<u8>) -> Result<usize, Misuse> {
+    let reg = REGISTRY.lock();
+    if !reg.contains(user.addr().get()) {
+        return Err(Misuse::NotAllocated);
+    }
+    // SAFETY: registered, so its mapping exists until it is removed (we hold the lock).
+    let blk = unsafe { read(user) }?;
+    drop(reg);
+    Ok(blk.usable())
+}
+
+/// Unmaps the large block `user`. The check and the removal happen under one lock, so two
+/// racing frees of one block cannot both unmap.
+///
+/// # Errors
+/// As [`usable`]; the registry is unchanged then.
+pub fn free(user: NonNull<u8>) -> Result<(), Misuse> {
+    let mut reg = REGISTRY.lock();
+    if !reg.contains(user.addr().get()) {
+        return Err(Misuse::NotAllocated);
+    }
+    // SAFETY: registered (see `usable`).
+    let blk = unsafe { read(user) }?;
+    reg.remove(user.addr().get());
+    drop(reg);
+    // SAFETY: L1 — one whole mapping of ours, now unregistered.
     unsafe { os::unmap(blk.base, blk.len) };
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);
+    Ok(())
 }
 
-/// Resizes a validated block to `n` payload bytes with `mremap`, moving it if needed; `None`
-/// leaves it untouched. The result keeps 16-byte alignment (the offset is unchanged), not any
-/// larger alignment the block had.
+/// Resizes the large block `user` to `n` payload bytes with `mremap`, moving it if needed;
+/// `Ok(None)` leaves it untouched. The result keeps 16-byte alignment (the offset is
+/// unchanged), not any larger alignment the block had.
 ///
-/// # Safety
-/// `blk` came from [`validate`].
-pub unsafe fn realloc(blk: Large, n: usize) -> Option<NonNull<u8>> {
-    let new_len = align_up(n.checked_add(blk.offset)?, PAGE)?;
-    if new_len == blk.len {
-        // SAFETY: L1.
-        return Some(unsafe { blk.base.add(blk.offset) });
+/// # Errors
+/// As [`usable`].
+pub fn realloc(user: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misuse> {
+    let mut reg = REGISTRY.lock();
+    if !reg.contains(user.addr().get()) {
+        return Err(Misuse::NotAllocated);
     }
-    // SAFETY: L1 — exactly one mapping of ours.
-    let base = unsafe { os::remap(blk.base, blk.len, new_len)? };
+    // SAFETY: registered (see `usable`).
+    let blk = unsafe { read(user) }?;
+    let Some(new_len) = n.checked_add(blk.offset).and_then(|v| align_up(v, PAGE)) else {
+        return Ok(None);
+    };
+    if new_len == blk.len {
+        return Ok(Some(user));
+    }
+    // SAFETY: L1 — exactly one mapping of ours; on failure it is untouched.
+    let Some(base) = (unsafe { os::remap(blk.base, blk.len, new_len) }) else { return Ok(None) };
     // SAFETY: `offset < new_len` since `new_len >= n + offset`, and offset >= 16.
-    let user = unsafe { base.add(blk.offset) };
+    let new_user = unsafe { base.add(blk.offset) };
     // SAFETY: as above, the header words lie inside the new mapping.
-    unsafe { write_header(user, new_len, blk.offset) };
+    unsafe { write_header(new_user, new_len, blk.offset) };
+    reg.remove(user.addr().get());
+    // A removal just freed a slot, so this insert needs no growth.
+    reg.insert(new_user.addr().get());
+    drop(reg);
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);
     count_map(new_len);
-    Some(user)
+    Ok(Some(new_user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_insert_find_remove_and_grow() {
+        let mut r = Registry::new();
+        for i in 1..5000usize {
+            assert!(r.insert(i * 4096 + 16));
+        }
+        for i in 1..5000usize {
+            assert!(r.contains(i * 4096 + 16));
+            assert!(!r.contains(i * 4096 + 32));
+        }
+        for i in (1..5000usize).step_by(2) {
+            assert!(r.remove(i * 4096 + 16));
+            assert!(!r.remove(i * 4096 + 16), "removed twice");
+        }
+        for i in 1..5000usize {
+            assert_eq!(r.contains(i * 4096 + 16), i % 2 == 0);
+        }
+        // Churn through tombstones without unbounded growth.
+        for round in 0..20usize {
+            for i in 0..1000usize {
+                let k = (1 << 30) + (round * 1000 + i) * 4096 + 16;
+                assert!(r.insert(k));
+                assert!(r.remove(k));
+            }
+        }
+        assert!(r.cap <= 16384, "cap {}", r.cap);
+    }
+
+    #[test]
+    fn large_blocks_are_registered_and_checked() {
+        let p = alloc(300_000, 64).unwrap();
+        assert_eq!(p.addr().get() % 64, 0);
+        assert!(owns(p));
+        assert!(usable(p).unwrap() >= 300_000);
+        let q = realloc(p, 3 << 20).unwrap().unwrap();
+        assert!(owns(q));
+        assert!(q == p || !owns(p));
+        free(q).unwrap();
+        assert_eq!(free(q), Err(Misuse::NotAllocated), "double free is caught");
+        let mut local = [0u64; 4];
+        let foreign = NonNull::new(local.as_mut_ptr().cast::<u8>()).unwrap();
+        assert_eq!(usable(foreign), Err(Misuse::NotAllocated));
+    }
 }

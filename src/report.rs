@@ -337,7 +337,9 @@ pub fn mallinfo() -> libc::mallinfo {
 pub fn malloc_info(out: &mut impl Sink) {
     let s = stats();
     let h = &s.heap;
-    let lines: [(&str, Option<(usize, usize)>, &str); 11] = [
+    // (text before, optional (count, size) — count usize::MAX means none, text after)
+    type XmlLine<'a> = (&'a str, Option<(usize, usize)>, &'a str);
+    let lines: [XmlLine<'_>; 11] = [
         ("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n", None, ""),
         ("<total type=\"fast\" count=\"0\" size=\"0\"/>\n", None, ""),
         ("<total type=\"rest\" count=\"", Some((h.free_blocks, h.free_bytes)), "\"/>\n"),

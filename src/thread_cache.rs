@@ -52,6 +52,34 @@ pub enum State {
 /// cache. A freed block that carries it is looked up in the cache: found, it is a double free.
 pub const CACHE_KEY: usize = 0x6b72_6263_6163_6865 ^ 0x5a5a_0000_0000_a5a5;
 
+/// Reads the link word of cached block `slot`, decoding glibc's safe-linking: the word holds
+/// the next pointer XOR (the slot's address >> 12), so a program that overwrites a freed
+/// block cannot make `malloc` return an address of its choice. `Err` when the decoded pointer
+/// is not 16-byte aligned (the word was damaged).
+///
+/// # Safety
+/// `slot` is a cached block (T1).
+#[inline(always)]
+unsafe fn read_link(slot: NonNull<u8>) -> Result<*mut u8, Misuse> {
+    // SAFETY: forwarded contract: the first payload word is the link.
+    let v = unsafe { slot.cast::<usize>().read() } ^ (slot.addr().get() >> 12);
+    if v % crate::block::ALIGN != 0 {
+        return Err(Misuse::CorruptLink);
+    }
+    Ok(ptr::with_exposed_provenance_mut(v))
+}
+
+/// Writes the link word of `slot` (see [`read_link`]).
+///
+/// # Safety
+/// `slot` is an in-use block owned by the cache (T1).
+#[inline(always)]
+unsafe fn write_link(slot: NonNull<u8>, next: *mut u8) {
+    let v = next.expose_provenance() ^ (slot.addr().get() >> 12);
+    // SAFETY: forwarded contract.
+    unsafe { slot.cast::<usize>().write(v) };
+}
+
 /// The list of one size class.
 ///
 /// # Invariants
@@ -163,7 +191,7 @@ impl ThreadCache {
     }
 
     /// Pops a block of class `c`; `None` when the list is empty (then call
-    /// [`Self::alloc_slow`]).
+    /// [`Self::alloc_slow`]). A damaged link (a write after free) aborts with a message.
     #[inline(always)]
     pub fn pop(&mut self, c: usize) -> Option<NonNull<u8>> {
         debug_assert!(c < NCLASSES);
@@ -173,7 +201,10 @@ impl ThreadCache {
         // SAFETY: T1 — `p` is a cached block of ours: its first word is the next link, its
         // second the key, which leaving the cache clears.
         unsafe {
-            bin.head = p.cast::<*mut u8>().read();
+            bin.head = match read_link(p) {
+                Ok(next) => next,
+                Err(e) => corrupt_link(e, p),
+            };
             p.cast::<usize>().add(1).write(0);
         }
         bin.count -= 1;
@@ -196,12 +227,15 @@ impl ThreadCache {
     /// free) rather than a program that happened to store the key.
     pub fn contains(&self, p: NonNull<u8>, c: usize) -> bool {
         let mut cur = self.bins[c].head;
-        while !cur.is_null() {
-            if cur == p.as_ptr() {
+        while let Some(b) = NonNull::new(cur) {
+            if b == p {
                 return true;
             }
             // SAFETY: T1 — list members are cached blocks with a link word.
-            cur = unsafe { cur.cast::<*mut u8>().read() };
+            cur = match unsafe { read_link(b) } {
+                Ok(next) => next,
+                Err(e) => corrupt_link(e, b),
+            };
         }
         false
     }
@@ -223,7 +257,7 @@ impl ThreadCache {
         // SAFETY: contract — the block is ours and nobody else uses it now; its payload holds
         // at least three words (MIN_BLOCK), so link and key fit (T1).
         unsafe {
-            p.cast::<*mut u8>().write(bin.head);
+            write_link(p, bin.head);
             p.cast::<usize>().add(1).write(CACHE_KEY);
         }
         bin.head = p.as_ptr();
@@ -257,7 +291,7 @@ impl ThreadCache {
         let (head, n) = heap.lock().alloc_batch(class_size(c), want, |b, next| {
             // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
             unsafe {
-                b.cast::<*mut u8>().write(next);
+                write_link(b, next);
                 b.cast::<usize>().add(1).write(CACHE_KEY);
             }
         });
@@ -320,12 +354,13 @@ impl ThreadCache {
             let mut cur = bin.head;
             for _ in 1..keep {
                 // SAFETY: T1 — `keep <= count`, so each link read is a cached block.
-                cur = unsafe { cur.cast::<*mut u8>().read() };
+                cur = unsafe { read_link(NonNull::new_unchecked(cur)) }?;
             }
             // SAFETY: as above; cut the list after the `keep`-th block.
             unsafe {
-                let r = cur.cast::<*mut u8>().read();
-                cur.cast::<*mut u8>().write(ptr::null_mut());
+                let last = NonNull::new_unchecked(cur);
+                let r = read_link(last)?;
+                write_link(last, ptr::null_mut());
                 r
             }
         };
@@ -335,7 +370,7 @@ impl ThreadCache {
             // SAFETY: T1 — a cached block; read its link and clear the key before the heap
             // reuses the words.
             unsafe {
-                rest = p.cast::<*mut u8>().read();
+                rest = read_link(p)?;
                 p.cast::<usize>().add(1).write(0);
             }
             heap.free(p)?;
@@ -403,6 +438,13 @@ impl Default for ThreadCache {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A damaged cache link: the list cannot be trusted any further.
+#[cold]
+#[inline(never)]
+fn corrupt_link(e: Misuse, slot: NonNull<u8>) -> ! {
+    crate::diag::fatal("malloc", e.message(), slot.addr().get())
 }
 
 /// Reads and checks the header of a block the program hands to `free`: returns it when it is
