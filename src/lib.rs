@@ -60,3 +60,5 @@ pub mod report;
 
 #[cfg(not(loom))]
 pub use global::{BrkMalloc, check_heap, flush_thread_cache, heap_stats};
+#[cfg(not(loom))]
+pub use report::{Stats, stats};
