@@ -244,13 +244,30 @@ fn dealloc_validated(p: NonNull<u8>, func: &str) {
         Ok(()) => {}
         // Not in a heap segment: a large block, checked against the registry before its
         // memory is touched.
-        Err(Misuse::NotOurs) => {
-            if let Err(e) = large::free(p) {
-                misuse(func, e, p);
-            }
-        }
+        Err(Misuse::NotOurs) => match large::free(p) {
+            Ok(len) => raise_mmap_threshold(len),
+            Err(e) => misuse(func, e, p),
+        },
         Err(e) => misuse(func, e, p),
     }
+}
+
+/// glibc's dynamic mmap threshold: freeing a mapped block larger than the threshold (up to
+/// 32 MiB) raises the threshold to its size, and the trim threshold to twice that, so a
+/// program that keeps allocating blocks of that size gets them from the heap, not from an
+/// mmap/munmap pair (and its page faults) each time. Off once the user sets a threshold.
+fn raise_mmap_threshold(len: usize) {
+    let r = Ordering::Relaxed;
+    if config::MMAP_THRESHOLD_FIXED.load(r)
+        || len <= mmap_threshold()
+        || len > config::MMAP_THRESHOLD_MAX
+    {
+        return;
+    }
+    config::MMAP_THRESHOLD.store(len, r);
+    config::SMALL_LIMIT.store(config::small_limit(len), r);
+    config::TRIM_THRESHOLD.store(2 * len, r);
+    crate::global::apply_config();
 }
 
 /// Usable size of the live block `p`.
@@ -278,17 +295,36 @@ pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
 /// `p` is a live block of ours; on `Some`, the old pointer must no longer be used (unless equal
 /// to the result).
 pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
-    // Same size class: nothing to do, no lock taken.
     if p.addr().get() % PAGE != 0
         // SAFETY: as in `dealloc`: `p - 8` is on `p`'s page (page-aligned pointers skip this).
         && let Ok(h) = unsafe { header_for_free(p) }
     {
         let bs = BlockPtr::size_of(h);
-        if let (Some(need), Some(have)) = (block_size_for(n), class_for_free(bs)) {
-            if need <= bs && class_for_alloc(need) == Some(have) {
+        let old_usable = bs - crate::block::HEADER;
+        if let Some(have) = class_for_free(bs) {
+            // Same size class: nothing to do, no lock taken.
+            if let Some(need) = block_size_for(n)
+                && need <= bs
+                && class_for_alloc(need) == Some(have)
+            {
                 return Some(p);
             }
+            // A cached size class moving to another small one: through the caches, no lock
+            // (growing in place would need the central lock on every call).
+            if n <= config::SMALL_LIMIT.load(Ordering::Relaxed) {
+                return move_block(p, old_usable, n);
+            }
         }
+        // A larger heap block: try in place (one lock acquisition), else move.
+        let r = heap().resize_in_place(p, n);
+        return match r {
+            Ok(true) => Some(p),
+            Ok(false) => move_block(p, old_usable, n),
+            Err(e) => {
+                misuse("realloc", e, p);
+                None
+            }
+        };
     }
     let r = heap().resize_in_place(p, n);
     let old_usable = match r {
@@ -317,6 +353,12 @@ pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
             return None;
         }
     };
+    move_block(p, old_usable, n)
+}
+
+/// realloc by moving: a new block of `n` bytes, the contents copied, the old block freed.
+/// `None` (memory exhausted) leaves `p` untouched.
+fn move_block(p: NonNull<u8>, old_usable: usize, n: usize) -> Option<NonNull<u8>> {
     let new = alloc(n)?;
     // SAFETY: distinct live blocks; the old one has `old_usable` bytes, the new one >= n.
     unsafe { ptr::copy_nonoverlapping(p.as_ptr(), new.as_ptr(), old_usable.min(n)) };
@@ -476,10 +518,14 @@ pub fn mallopt(param: i32, value: i32) -> i32 {
     let Ok(v) = usize::try_from(value) else { return 0 };
     match param {
         libc::M_MMAP_THRESHOLD => {
+            config::MMAP_THRESHOLD_FIXED.store(true, r);
             config::MMAP_THRESHOLD.store(v, r);
             config::SMALL_LIMIT.store(config::small_limit(v), r);
         }
-        libc::M_TRIM_THRESHOLD => config::TRIM_THRESHOLD.store(v, r),
+        libc::M_TRIM_THRESHOLD => {
+            config::MMAP_THRESHOLD_FIXED.store(true, r);
+            config::TRIM_THRESHOLD.store(v, r);
+        }
         libc::M_TOP_PAD => config::TOP_PAD.store(v, r),
         libc::M_ARENA_MAX => return 1,
         _ => return 0,

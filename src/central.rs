@@ -41,6 +41,8 @@ pub const DEFAULT_TOP_PAD: usize = 128 << 10;
 /// Default for [`CentralHeap::purge_threshold`]: free runs this large have their whole pages
 /// given back with `MADV_DONTNEED`.
 pub const DEFAULT_PURGE_THRESHOLD: usize = 128 << 10;
+/// Byte offset, from a free run's header, of the word holding its purge generation.
+const PURGE_GEN_OFFSET: usize = HEADER + 16;
 /// Default for [`CentralHeap::purge_interval`]: bytes freed between two purge passes.
 pub const DEFAULT_PURGE_INTERVAL: usize = 4 << 20;
 
@@ -183,8 +185,9 @@ impl Segment {
 ///   them all.
 /// - C5: `stats` equals what a walk of the segments counts (checked by `check`).
 /// - C6: after each purge pass (every `purge_interval` bytes freed), every free block of at
-///   least `purge_threshold` bytes is `PURGED` or `FRESH`: its whole inner pages were purged
-///   or never touched (a performance assumption: breaking it only costs RSS).
+///   least `purge_threshold` bytes that has not changed since the previous pass is `PURGED`
+///   or `FRESH`: its whole inner pages were purged or never touched (a performance
+///   assumption: breaking it only costs RSS). The idle purge and `trim` purge every run.
 pub struct CentralHeap<S> {
     source: S,
     group_map: u64,
@@ -197,6 +200,8 @@ pub struct CentralHeap<S> {
     stats: HeapStats,
     /// Bytes freed since the last purge pass.
     freed_since_purge: usize,
+    /// Purge passes so far (C6: runs record the generation in which they last changed).
+    purge_gen: usize,
     /// A free tail of the break at least this large is given back (default 128 KiB).
     pub trim_threshold: usize,
     /// Bytes kept at the top after a trim, and added to each growth.
@@ -235,6 +240,7 @@ impl<S: MemorySource> CentralHeap<S> {
                 grows: 0,
             },
             freed_since_purge: 0,
+            purge_gen: 0,
             trim_threshold: DEFAULT_TRIM_THRESHOLD,
             top_pad: DEFAULT_TOP_PAD,
             purge_threshold: DEFAULT_PURGE_THRESHOLD,
@@ -283,6 +289,11 @@ impl<S: MemorySource> CentralHeap<S> {
             b.set_links(None, old);
             if let Some(o) = old {
                 o.set_prev_free(Some(b));
+            }
+            // C6: a purgeable run remembers the purge generation in which it last changed
+            // (payload word 2, clear of links, footer and the pages a purge touches).
+            if size >= self.purge_threshold && b.flags() & (FRESH | PURGED) == 0 {
+                b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().write(self.purge_gen);
             }
         }
         self.bins[idx] = b.ptr().as_ptr();
@@ -656,7 +667,7 @@ impl<S: MemorySource> CentralHeap<S> {
             return false;
         }
         let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
-        self.purge_large_runs();
+        self.purge_runs(true);
         for i in 0..self.nsegs {
             self.trim_segment(i, self.top_pad);
         }
@@ -761,6 +772,15 @@ impl<S: MemorySource> CentralHeap<S> {
             // All checks passed: from here on the heap changes.
             self.stats.used_bytes -= bs;
             self.stats.used_blocks -= 1;
+            // C6: a run that absorbs this block keeps the age of its oldest large part, so a
+            // big idle run that keeps growing by small frees still gets purged.
+            let mut generation = None;
+            if let Some((pb, ps)) = prev {
+                generation = self.older_gen(generation, pb, ps);
+            }
+            if let Some(ns) = next_free {
+                generation = self.older_gen(generation, next, ns);
+            }
             if let Some((pb, ps)) = prev {
                 self.bin_remove(pb, ps);
                 start = pb;
@@ -776,6 +796,11 @@ impl<S: MemorySource> CentralHeap<S> {
             let after = start.offset(size);
             after.set_flags(after.flags() & !PREV_USED);
             self.bin_insert(start, size);
+            if let Some(g) = generation
+                && size >= self.purge_threshold
+            {
+                start.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().write(g);
+            }
             self.freed_since_purge += bs;
             if self.freed_since_purge >= self.purge_interval && size >= self.purge_threshold {
                 self.purge_large_runs();
@@ -787,12 +812,50 @@ impl<S: MemorySource> CentralHeap<S> {
         Ok(())
     }
 
+    /// The older of `generation` and the purge generation of free block `b` (`size` bytes), if `b` is
+    /// a purgeable run; a purged or fresh run counts as older than any live generation.
+    ///
+    /// # Safety
+    /// `b` is a free block of this heap of `size` bytes.
+    unsafe fn older_gen(
+        &self,
+        generation: Option<usize>,
+        b: BlockPtr,
+        size: usize,
+    ) -> Option<usize> {
+        if size < self.purge_threshold {
+            return generation;
+        }
+        // SAFETY: forwarded contract; runs this large carry the generation word (bin_insert).
+        let g = unsafe {
+            if b.flags() & (PURGED | FRESH) != 0 {
+                self.purge_gen.wrapping_sub(1)
+            } else {
+                b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read()
+            }
+        };
+        let age = |x: usize| self.purge_gen.wrapping_sub(x);
+        Some(match generation {
+            Some(old) if age(old) >= age(g) => old,
+            _ => g,
+        })
+    }
+
     /// Purges the inner pages of every free block of at least `purge_threshold` bytes that is
     /// neither `PURGED` nor `FRESH` (C6). Runs once per `purge_interval` bytes freed, when a
     /// free leaves such a block, so a program that frees a lot gets its RSS back without a
     /// syscall on every `free`.
     fn purge_large_runs(&mut self) {
+        self.purge_runs(false);
+    }
+
+    /// The purge pass. Without `all`, runs that changed since the previous pass (generation
+    /// `purge_gen`) are skipped: a run freed a moment ago is likely reused soon, and purging it
+    /// would only trade a `madvise` now for page faults then (jemalloc's decay, by passes).
+    fn purge_runs(&mut self, all: bool) {
         self.freed_since_purge = 0;
+        let current = self.purge_gen;
+        self.purge_gen = self.purge_gen.wrapping_add(1);
         let mut idx = bin_index(self.purge_threshold);
         while let Some(i) = self.find_bin(idx) {
             let mut cur = self.head(i);
@@ -801,7 +864,10 @@ impl<S: MemorySource> CentralHeap<S> {
                 unsafe {
                     let size = b.size();
                     cur = b.next_free();
-                    if size >= self.purge_threshold && b.flags() & (PURGED | FRESH) == 0 {
+                    if size >= self.purge_threshold
+                        && b.flags() & (PURGED | FRESH) == 0
+                        && (all || b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read() != current)
+                    {
                         self.purge_block(b, size);
                     }
                 }
@@ -817,7 +883,7 @@ impl<S: MemorySource> CentralHeap<S> {
     /// # Safety
     /// `b` is a free block of this heap of `size` bytes.
     unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
-        self.purge_range(b.addr() + HEADER + 16, b.addr() + size - 8);
+        self.purge_range(b.addr() + PURGE_GEN_OFFSET + 8, b.addr() + size - 8);
         // SAFETY: forwarded contract.
         unsafe { b.set_flags((b.flags() & !FRESH) | PURGED) };
     }

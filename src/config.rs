@@ -37,6 +37,11 @@ pub static STATS: AtomicUsize = AtomicUsize::new(STATS_OFF);
 pub static VERBOSE: AtomicBool = AtomicBool::new(false);
 /// Requests at least this large get their own mapping.
 pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
+/// Whether the mmap threshold was set by the user (`mmap_threshold` or `mallopt`); otherwise
+/// it rises dynamically, as glibc's does.
+pub static MMAP_THRESHOLD_FIXED: AtomicBool = AtomicBool::new(false);
+/// The dynamic mmap threshold never rises above this (glibc's `DEFAULT_MMAP_THRESHOLD_MAX`).
+pub const MMAP_THRESHOLD_MAX: usize = 32 << 20;
 /// Largest request served by the thread caches: `min(MAX_CLASS_REQUEST, mmap_threshold - 1)`.
 pub static SMALL_LIMIT: AtomicUsize = AtomicUsize::new(MAX_CLASS_REQUEST);
 /// A free top of the break at least this large is given back.
@@ -142,8 +147,14 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
             _ => return false,
         },
         b"verbose" => return set_bool(&VERBOSE, value),
-        b"mmap_threshold" => return set_size(&MMAP_THRESHOLD, value, 1),
-        b"trim_threshold" => return set_size(&TRIM_THRESHOLD, value, 0),
+        b"mmap_threshold" => {
+            MMAP_THRESHOLD_FIXED.store(true, Ordering::Relaxed);
+            return set_size(&MMAP_THRESHOLD, value, 1);
+        }
+        b"trim_threshold" => {
+            MMAP_THRESHOLD_FIXED.store(true, Ordering::Relaxed);
+            return set_size(&TRIM_THRESHOLD, value, 0);
+        }
         b"top_pad" => return set_size(&TOP_PAD, value, 0),
         b"tcache_max_bytes" => return set_size(&TCACHE_MAX_BYTES, value, 0),
         b"tcache" => return set_bool(&TCACHE, value),

@@ -258,12 +258,12 @@ pub fn usable(user: NonNull<u8>) -> Result<usize, Misuse> {
     Ok(blk.usable())
 }
 
-/// Unmaps the large block `user`. The check and the removal happen under one lock, so two
-/// racing frees of one block cannot both unmap.
+/// Unmaps the large block `user` and returns the mapping's length. The check and the removal
+/// happen under one lock, so two racing frees of one block cannot both unmap.
 ///
 /// # Errors
 /// As [`usable`]; the registry is unchanged then.
-pub fn free(user: NonNull<u8>) -> Result<(), Misuse> {
+pub fn free(user: NonNull<u8>) -> Result<usize, Misuse> {
     let mut reg = REGISTRY.lock();
     if !reg.contains(user.addr().get()) {
         return Err(Misuse::NotAllocated);
@@ -276,7 +276,7 @@ pub fn free(user: NonNull<u8>) -> Result<(), Misuse> {
     unsafe { os::unmap(blk.base, blk.len) };
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);
-    Ok(())
+    Ok(blk.len)
 }
 
 /// Resizes the large block `user` to `n` payload bytes with `mremap`, moving it if needed;

@@ -1,0 +1,801 @@
+//! Thread-cache refill and flush accounting on a fixed arena.
+//!
+//! Several `ThreadCache`s are driven from one thread against one mutex-guarded central heap,
+//! standing in for threads. A shadow model mirrors every cache list (pop order included) and
+//! every block the "program" holds; after every step the test checks that each block is
+//! accounted for — `live + Σ count(c) == used_blocks` — and that the heap walker finds every
+//! invariant intact. Blocks handed out never overlap a live or cached block, and the program's
+//! data survives being cached (the cache owns only the first two payload words).
+#![allow(clippy::std_instead_of_core)]
+
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use brkmalloc::block::block_size_for;
+use brkmalloc::central::CentralHeap;
+use brkmalloc::os::FixedArena;
+use brkmalloc::size_class::{
+    MAX_CLASS_SIZE, NCLASSES, class_for_alloc, class_for_free, class_size,
+};
+use brkmalloc::sync::Mutex;
+use brkmalloc::thread_cache::{
+    CACHE_KEY, DEFAULT_MAX_BYTES, State, ThreadCache, has_cache_key, max_count,
+};
+
+/// Bytes before the user pointer (the block header).
+const HEADER: usize = 8;
+/// Payload bytes the cache may overwrite while a block is cached (link and key words).
+const CACHE_WORDS: usize = 16;
+
+/// xorshift64*: deterministic, seedable.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.next() % 1000 < per_mille
+    }
+}
+
+/// Byte `i` of the pattern `seed`.
+fn pattern(seed: u64, i: usize) -> u8 {
+    let x = seed.wrapping_add(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> 56) as u8 ^ (i >> 8) as u8
+}
+
+fn fill(p: NonNull<u8>, from: usize, to: usize, seed: u64) {
+    for i in from..to {
+        // SAFETY: callers pass ranges inside the block's usable bytes, owned by the program.
+        unsafe { p.as_ptr().add(i).write(pattern(seed, i)) };
+    }
+}
+
+fn verify(p: NonNull<u8>, from: usize, to: usize, seed: u64, what: &str) {
+    for i in from..to {
+        // SAFETY: as in `fill`.
+        let got = unsafe { p.as_ptr().add(i).read() };
+        assert_eq!(got, pattern(seed, i), "{what}: block {p:?} changed at offset {i} (of {to})");
+    }
+}
+
+/// A block the program holds: requested size, pattern seed, and whether the program stored
+/// [`CACHE_KEY`] in its second word (a program may store any value there).
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    n: usize,
+    seed: u64,
+    key: bool,
+    /// The cache ("thread") that allocated it.
+    owner: usize,
+}
+
+/// A cached block in the model; `content` is the pattern the program left in it (bytes from
+/// [`CACHE_WORDS`] on must survive the stay in the cache).
+#[derive(Clone, Copy, Debug)]
+struct Cached {
+    p: usize,
+    content: Option<(u64, usize)>,
+}
+
+/// The central heap, the caches, and the shadow model.
+struct World {
+    heap: Mutex<CentralHeap<FixedArena>>,
+    caches: Vec<ThreadCache>,
+    limits: Vec<usize>,
+    /// `model[i][c]`: the list of cache `i`, class `c`, oldest first (a pop takes the last).
+    model: Vec<Vec<Vec<Cached>>>,
+    /// Blocks the program holds, by user pointer.
+    live: BTreeMap<usize, Live>,
+    /// Every block held by the program or a cache: user pointer → usable bytes.
+    blocks: BTreeMap<usize, usize>,
+    next_seed: u64,
+    /// How often each path ran (the random test asserts each one was exercised).
+    hits: Hits,
+    _buf: Vec<u128>,
+}
+
+#[derive(Debug, Default)]
+struct Hits {
+    pops: usize,
+    refills: usize,
+    full_flushes: usize,
+    collected_blocks: usize,
+    cross_frees: usize,
+    central: usize,
+}
+
+impl World {
+    fn new(cap: usize, limits: &[usize]) -> Self {
+        let mut buf = vec![0u128; cap / 16];
+        let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: the buffer is zeroed, 16-aligned, owned by the world and outlives the heap
+        // (fields drop in declaration order; neither has a destructor that touches the other).
+        let arena = unsafe { FixedArena::new(base, cap) };
+        let mut w = Self {
+            heap: Mutex::new(CentralHeap::new(arena)),
+            caches: Vec::new(),
+            limits: limits.to_vec(),
+            model: Vec::new(),
+            live: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            next_seed: 1,
+            hits: Hits::default(),
+            _buf: buf,
+        };
+        // Activated in place: an active cache records its own address (T6).
+        w.caches = limits.iter().map(|_| ThreadCache::new()).collect();
+        for (tc, &l) in w.caches.iter_mut().zip(limits) {
+            assert_eq!(tc.state(), State::Uninit);
+            tc.activate(l);
+            assert_eq!(tc.state(), State::Active);
+            w.model.push(vec![Vec::new(); NCLASSES]);
+        }
+        w
+    }
+
+    fn cached_total(&self) -> usize {
+        self.caches.iter().map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>()).sum()
+    }
+
+    /// Every block accounted for, the model agrees with the caches, the heap is intact.
+    fn check(&self) {
+        for (i, tc) in self.caches.iter().enumerate() {
+            let mut bytes = 0;
+            for c in 0..NCLASSES {
+                assert_eq!(tc.count(c), self.model[i][c].len(), "cache {i} class {c}: count");
+                bytes += tc.count(c) * class_size(c);
+            }
+            assert_eq!(tc.bytes(), bytes, "cache {i}: bytes");
+            assert!(bytes <= self.limits[i], "cache {i} holds {bytes} B > {}", self.limits[i]);
+        }
+        let heap = self.heap.lock();
+        let st = heap.stats();
+        assert_eq!(
+            self.live.len() + self.cached_total(),
+            st.used_blocks,
+            "live {} + cached {} != used_blocks",
+            self.live.len(),
+            self.cached_total()
+        );
+        if let Err(e) = heap.check(true) {
+            panic!("heap invariant broken: {} at {:#x}", e.what, e.addr);
+        }
+    }
+
+    /// Every block of the model is really in its cache list (a walk per block: not cheap).
+    fn check_membership(&self) {
+        for (i, tc) in self.caches.iter().enumerate() {
+            for (c, list) in self.model[i].iter().enumerate() {
+                for b in list {
+                    let p = NonNull::new(b.p as *mut u8).unwrap();
+                    assert!(tc.contains(p, c), "cache {i} class {c} lost {p:?}");
+                    // SAFETY: a cached block: an in-use heap block of ours.
+                    assert!(unsafe { has_cache_key(p) }, "cached {p:?} lacks the key");
+                }
+            }
+        }
+    }
+
+    /// Verifies the contents of every live block.
+    fn verify_live(&self) {
+        for (&p, l) in &self.live {
+            verify_live_block(p, l, "live block");
+        }
+    }
+
+    fn usable(&self, p: usize) -> usize {
+        let p = NonNull::new(p as *mut u8).unwrap();
+        match self.heap.lock().usable_size(p) {
+            Ok(u) => u,
+            Err(e) => panic!("block {p:?} handed out is not a valid in-use block: {e:?}"),
+        }
+    }
+
+    /// Records a block newly handed out by the heap: it must not overlap any block the program
+    /// or a cache holds.
+    fn claim(&mut self, p: usize, usable: usize) {
+        assert_eq!(p % 16, 0, "{p:#x} misaligned");
+        let start = p - HEADER;
+        let end = p + usable;
+        if let Some((&q, &u)) = self.blocks.range(..=p).next_back() {
+            assert!(q + u <= start, "block {p:#x}+{usable} overlaps held block {q:#x}+{u}");
+        }
+        if let Some((&q, &u)) = self.blocks.range(p..).next() {
+            assert!(end <= q - HEADER, "block {p:#x}+{usable} overlaps held block {q:#x}+{u}");
+        }
+        self.blocks.insert(p, usable);
+    }
+
+    fn release(&mut self, p: usize) {
+        assert!(self.blocks.remove(&p).is_some(), "released {p:#x}, which nobody held");
+    }
+
+    /// Brings cache `i`'s model in line after an operation that may have flushed blocks back:
+    /// a flush returns the oldest blocks, so the newest `count(c)` stay.
+    fn sync_flushed(&mut self, i: usize) {
+        for c in 0..NCLASSES {
+            let n = self.caches[i].count(c);
+            let len = self.model[i][c].len();
+            assert!(n <= len, "cache {i} class {c} grew from {len} to {n} in a flush");
+            let gone: Vec<Cached> = self.model[i][c].drain(..len - n).collect();
+            for b in gone {
+                self.release(b.p);
+            }
+        }
+    }
+
+    fn seed(&mut self) -> u64 {
+        self.next_seed += 1;
+        self.next_seed
+    }
+
+    fn central_alloc(&mut self, n: usize) -> NonNull<u8> {
+        self.hits.central += 1;
+        let (p, _) = self.heap.lock().alloc(n, false).expect("arena exhausted");
+        let u = self.usable(p.addr().get());
+        self.claim(p.addr().get(), u);
+        p
+    }
+
+    /// Runs a collection on cache `i` and syncs the model.
+    fn collect(&mut self, i: usize) {
+        let before = self.caches[i].bytes();
+        let used = self.heap.lock().stats().used_blocks;
+        self.caches[i].collect(&self.heap).expect("collect found a damaged block");
+        assert!(self.caches[i].bytes() <= before);
+        self.hits.collected_blocks += used - self.heap.lock().stats().used_blocks;
+        self.sync_flushed(i);
+    }
+
+    /// Pops (or refills) a block of class `c` through cache `i`, as `malloc` does; `None` when
+    /// the cache does not serve the class.
+    fn cache_alloc(&mut self, i: usize, c: usize) -> Option<NonNull<u8>> {
+        if let Some(p) = self.caches[i].pop(c) {
+            let b = self.model[i][c].pop().expect("popped from a list the model says is empty");
+            assert_eq!(p.addr().get(), b.p, "cache {i} class {c}: pop order (LIFO) broken");
+            assert!(!self.live.contains_key(&b.p), "popped {p:?}, which the program holds");
+            self.hits.pops += 1;
+            if let Some((seed, n)) = b.content {
+                verify(p, CACHE_WORDS, n, seed, "content of a cached block");
+            }
+            if self.caches[i].gc_due() {
+                self.collect(i);
+            }
+            return Some(p);
+        }
+        assert!(self.model[i][c].is_empty(), "pop found nothing in a non-empty list");
+        let p = self.caches[i].alloc_slow(c, &self.heap)?;
+        // A refill: a batch carved from one free run, linked in address order.
+        self.hits.refills += 1;
+        let size = class_size(c);
+        let k = self.caches[i].count(c);
+        assert!(k < max_count(c, self.limits[i]) as usize, "refill overfilled class {c}");
+        let pu = self.usable(p.addr().get());
+        assert!(pu + HEADER >= size);
+        if k > 0 {
+            assert_eq!(pu + HEADER, size, "first block of a batch is exactly the class size");
+        }
+        self.claim(p.addr().get(), pu);
+        let mut batch = Vec::with_capacity(k);
+        for j in 1..=k {
+            let q = p.addr().get() + j * size;
+            let u = self.usable(q);
+            if j < k {
+                assert_eq!(u + HEADER, size, "refill block {j} of {k} at {q:#x}: size");
+            } else {
+                assert!(u + HEADER >= size && u + HEADER < size + 32, "last refill block size");
+            }
+            self.claim(q, u);
+            batch.push(Cached { p: q, content: None });
+        }
+        batch.reverse();
+        self.model[i][c] = batch;
+        if self.caches[i].gc_due() {
+            self.collect(i);
+        }
+        Some(p)
+    }
+
+    /// The program allocates `n` bytes through cache `i`.
+    fn alloc(&mut self, i: usize, n: usize, key: bool) -> NonNull<u8> {
+        let bs = block_size_for(n).unwrap();
+        let p = match class_for_alloc(bs) {
+            Some(c) => match self.cache_alloc(i, c) {
+                Some(p) => {
+                    // SAFETY: an in-use block of ours.
+                    assert!(!unsafe { has_cache_key(p) }, "a popped block still has the key");
+                    assert!(!self.caches[i].contains(p, c), "a popped block is still listed");
+                    p
+                }
+                None => {
+                    assert_eq!(self.caches[i].count(c), 0);
+                    self.central_alloc(n)
+                }
+            },
+            None => self.central_alloc(n),
+        };
+        let addr = p.addr().get();
+        assert!(self.blocks[&addr] >= n, "block {p:?} too small for {n}");
+        let seed = self.seed();
+        fill(p, 0, n, seed);
+        let key = key && n >= CACHE_WORDS;
+        if key {
+            // SAFETY: the block has at least 16 usable bytes.
+            unsafe { p.cast::<usize>().add(1).write(CACHE_KEY) };
+        }
+        let old = self.live.insert(addr, Live { n, seed, key, owner: i });
+        assert!(old.is_none(), "{p:?} handed out twice");
+        p
+    }
+
+    /// The program frees `p` through cache `i` (any cache: a cross-thread free), as `free`
+    /// does: push, flush the older half of a full list, or go to the central heap.
+    fn free(&mut self, i: usize, p: usize) {
+        let l = self.live.remove(&p).expect("freeing a block the program does not hold");
+        verify_live_block(p, &l, "live block at free");
+        let bs = self.blocks[&p] + HEADER;
+        let np = NonNull::new(p as *mut u8).unwrap();
+        let Some(c) = class_for_free(bs) else {
+            self.heap.lock().free(np).expect("central free");
+            self.release(p);
+            return;
+        };
+        assert!(class_size(c) <= bs);
+        // The double-free probe: a block the program holds is in no cache, whatever it stores.
+        // SAFETY: an in-use block of ours.
+        if unsafe { has_cache_key(np) } {
+            assert!(l.key, "the cache key appeared in a block the program holds");
+            for tc in &self.caches {
+                assert!(!tc.contains(np, c), "a live block is listed in a cache");
+            }
+        }
+        let content = Some((l.seed, l.n));
+        // SAFETY: an in-use block of class `c`, given up by the program, in no cache.
+        if unsafe { self.caches[i].push(np, c) } {
+            self.model[i][c].push(Cached { p, content });
+        } else {
+            let full = self.model[i][c].len();
+            // SAFETY: as above.
+            let pushed = unsafe { self.caches[i].free_slow(np, c, &self.heap) }
+                .expect("flush found a damaged block");
+            if pushed {
+                self.hits.full_flushes += 1;
+                assert_eq!(full, max_count(c, self.limits[i]) as usize, "push refused early");
+                let n = self.caches[i].count(c);
+                assert!(n >= 1 && n <= full, "after a flush: {n} of {full}");
+                // The older blocks went back; the newest stay, then `p` on top.
+                let gone: Vec<Cached> = self.model[i][c].drain(..full + 1 - n).collect();
+                for b in gone {
+                    self.release(b.p);
+                }
+                self.model[i][c].push(Cached { p, content });
+            } else {
+                assert!(
+                    max_count(c, self.limits[i]) == 0 || self.caches[i].state() != State::Active,
+                    "an active cache refused class {c}"
+                );
+                self.heap.lock().free(np).expect("central free");
+                self.release(p);
+                return;
+            }
+        }
+        assert!(self.caches[i].contains(np, c), "a pushed block is not found by contains");
+        // SAFETY: a cached block of ours.
+        assert!(unsafe { has_cache_key(np) }, "a pushed block lacks the key");
+    }
+
+    fn flush_all(&mut self, i: usize) {
+        let state = self.caches[i].state();
+        self.caches[i].flush_all(&self.heap).expect("flush_all");
+        assert_eq!(self.caches[i].bytes(), 0);
+        assert_eq!(self.caches[i].state(), state, "flush_all changed the state");
+        self.sync_flushed(i);
+    }
+
+    /// Thread exit: cache `i` tears down, and a fresh cache takes its place (a new thread).
+    fn tear_down_and_replace(&mut self, i: usize) {
+        self.caches[i].tear_down(&self.heap).expect("tear_down");
+        assert_eq!(self.caches[i].state(), State::TornDown);
+        assert_eq!(self.caches[i].bytes(), 0);
+        self.sync_flushed(i);
+        self.caches[i] = ThreadCache::new();
+        self.caches[i].activate(self.limits[i]);
+    }
+
+    /// Frees everything the program holds, flushes every cache, and checks the heap is empty.
+    fn drain(&mut self) {
+        let ps: Vec<usize> = self.live.keys().copied().collect();
+        for (k, p) in ps.into_iter().enumerate() {
+            self.free(k % self.caches.len(), p);
+        }
+        self.check();
+        for i in 0..self.caches.len() {
+            self.flush_all(i);
+        }
+        self.check();
+        assert!(self.blocks.is_empty());
+        let st = self.heap.lock().stats();
+        assert_eq!(st.used_blocks, 0);
+        assert_eq!(st.used_bytes, 0);
+        assert_eq!(st.free_blocks, 1, "everything merged back into one free block: {st:?}");
+    }
+}
+
+fn verify_live_block(p: usize, l: &Live, what: &str) {
+    let p = NonNull::new(p as *mut u8).unwrap();
+    if l.key {
+        // SAFETY: the block has at least 16 usable bytes.
+        assert_eq!(unsafe { p.cast::<usize>().add(1).read() }, CACHE_KEY, "{what}: key word");
+        verify(p, 0, 8, l.seed, what);
+        verify(p, CACHE_WORDS, l.n, l.seed, what);
+    } else {
+        verify(p, 0, l.n, l.seed, what);
+    }
+}
+
+/// A request size: mostly small, some mid-sized, a few beyond the cached classes.
+fn request_size(rng: &mut Rng) -> usize {
+    match rng.below(100) {
+        0..=69 => rng.below(200),
+        70..=89 => 200 + rng.below(900),
+        90..=97 => 1100 + rng.below(7000),
+        _ => rng.below(MAX_CLASS_SIZE + 8000),
+    }
+}
+
+const ARENA: usize = 32 << 20;
+
+#[test]
+fn refill_carves_adjacent_blocks_from_one_run() {
+    let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES]);
+    for n in [1usize, 24, 40, 100, 500, 1000, 3000, 10_000] {
+        let c = class_for_alloc(block_size_for(n).unwrap()).unwrap();
+        if max_count(c, DEFAULT_MAX_BYTES) < 4 {
+            continue;
+        }
+        // Three refills in a row: each batch is adjacent (checked in `cache_alloc`), and the
+        // batches grow (slow start) up to half the list limit.
+        let mut last_batch = 0;
+        for round in 0..3 {
+            assert_eq!(w.caches[0].count(c), 0);
+            let p = w.alloc(0, n, false);
+            let batch = w.caches[0].count(c) + 1;
+            assert!(batch >= 2, "n={n}: a refill of one block ({round})");
+            assert!(batch >= last_batch, "n={n}: batch shrank from {last_batch} to {batch}");
+            assert!(batch <= (max_count(c, DEFAULT_MAX_BYTES) as usize / 2).max(1));
+            last_batch = batch;
+            w.check();
+            let mut got = vec![p.addr().get()];
+            while w.caches[0].count(c) > 0 {
+                got.push(w.alloc(0, n, false).addr().get());
+                w.check();
+            }
+            for pair in got.windows(2) {
+                assert_eq!(pair[1] - pair[0], class_size(c), "n={n}: batch not adjacent");
+            }
+        }
+    }
+    // A fragmented heap: free runs of assorted sizes between held blocks; every refill still
+    // comes from one run (adjacent blocks), whatever its size.
+    let mut holes = Vec::new();
+    for k in 0..200 {
+        let p = w.central_alloc(32 + (k * 37) % 700);
+        w.live.insert(p.addr().get(), Live { n: 0, seed: 0, key: false, owner: 0 });
+        holes.push(p.addr().get());
+    }
+    for (k, p) in holes.into_iter().enumerate() {
+        if k % 2 == 0 {
+            w.free(0, p);
+        }
+    }
+    w.flush_all(0);
+    w.check();
+    for n in [1usize, 40, 200, 600] {
+        for _ in 0..40 {
+            w.alloc(0, n, false);
+            w.check();
+        }
+    }
+    w.drain();
+}
+
+#[test]
+fn full_list_flushes_its_older_half() {
+    // A small cache: class 0 (32 bytes) holds `max_count` blocks.
+    let limit = 64 << 10;
+    let mut w = World::new(ARENA, &[limit]);
+    let c = 0;
+    let max = max_count(c, limit) as usize;
+    assert!(max >= 4, "the test wants a list of a few blocks, got {max}");
+    let ps: Vec<usize> = (0..=max).map(|_| w.central_alloc(16).addr().get()).collect();
+    for &p in &ps {
+        w.live.insert(p, Live { n: 0, seed: 0, key: false, owner: 0 });
+    }
+    w.check();
+    for (k, &p) in ps[..max].iter().enumerate() {
+        w.free(0, p);
+        assert_eq!(w.caches[0].count(c), k + 1);
+        w.check();
+    }
+    // The list is full: the next free flushes the older half, then pushes.
+    let used = w.heap.lock().stats().used_blocks;
+    w.free(0, ps[max]);
+    let kept = w.caches[0].count(c);
+    assert_eq!(kept, max / 2 + 1, "the newest half stays, plus the freed block");
+    assert_eq!(w.heap.lock().stats().used_blocks, used - (max + 1 - kept));
+    w.check();
+    // Pop order: the freed block, then the newest pushes, newest first.
+    let mut expect = vec![ps[max]];
+    expect.extend(ps[max - (kept - 1)..max].iter().rev());
+    for &e in &expect {
+        let p = w.caches[0].pop(c).unwrap();
+        assert_eq!(p.addr().get(), e, "pop order after a flush");
+        w.model[0][c].pop();
+        w.live.insert(e, Live { n: 0, seed: 0, key: false, owner: 0 });
+        w.check();
+    }
+    assert!(w.caches[0].pop(c).is_none());
+    w.drain();
+}
+
+#[test]
+fn cross_thread_frees_land_in_the_freeing_cache() {
+    let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES, DEFAULT_MAX_BYTES]);
+    let c = class_for_alloc(block_size_for(100).unwrap()).unwrap();
+    let max = max_count(c, DEFAULT_MAX_BYTES) as usize;
+    let ps: Vec<usize> = (0..max).map(|_| w.alloc(0, 100, false).addr().get()).collect();
+    w.check();
+    let a_count = w.caches[0].count(c);
+    for (k, &p) in ps.iter().enumerate() {
+        w.free(1, p);
+        assert_eq!(w.caches[1].count(c), k + 1, "B caches what it frees");
+        assert_eq!(w.caches[0].count(c), a_count, "A is untouched by B's frees");
+        w.check();
+    }
+    // B reuses A's blocks, newest first, with the program's data intact past the cache words.
+    for &p in ps.iter().rev() {
+        let q = w.alloc(1, 100, false);
+        assert_eq!(q.addr().get(), p);
+        w.check();
+    }
+    // And back again: A frees B's allocations, with a full list flushing to the heap.
+    let live: Vec<usize> = w.live.keys().copied().collect();
+    for p in live {
+        w.free(0, p);
+        w.check();
+    }
+    w.check_membership();
+    w.drain();
+}
+
+#[test]
+fn collect_returns_idle_blocks_and_keeps_busy_ones() {
+    let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES]);
+    let idle = class_for_alloc(block_size_for(40).unwrap()).unwrap();
+    let busy = class_for_alloc(block_size_for(300).unwrap()).unwrap();
+    let fill_class = |w: &mut World, n: usize, c: usize| {
+        let k = max_count(c, DEFAULT_MAX_BYTES) as usize;
+        let ps: Vec<usize> = (0..k).map(|_| w.alloc(0, n, false).addr().get()).collect();
+        for p in ps {
+            w.free(0, p);
+        }
+        w.check();
+    };
+    fill_class(&mut w, 40, idle);
+    fill_class(&mut w, 300, busy);
+    let busy_count = w.caches[0].count(busy);
+    let mut last = w.caches[0].count(idle);
+    assert!(last >= 8);
+    let mut rounds_without_progress = 0;
+    for round in 0..20 {
+        // The busy class is drained and refilled between visits: its low-water mark is 0.
+        let ps: Vec<usize> = (0..busy_count).map(|_| w.alloc(0, 300, false).addr().get()).collect();
+        for p in ps {
+            w.free(0, p);
+        }
+        // One visit to every class.
+        for _ in 0..NCLASSES {
+            w.collect(0);
+            w.check();
+        }
+        assert_eq!(w.caches[0].count(busy), busy_count, "round {round}: a busy list lost blocks");
+        let now = w.caches[0].count(idle);
+        assert!(now <= last, "round {round}: idle list grew");
+        if now == last {
+            rounds_without_progress += 1;
+            assert!(now == 0 || rounds_without_progress < 3, "round {round}: idle list stuck");
+        } else {
+            rounds_without_progress = 0;
+        }
+        last = now;
+    }
+    assert_eq!(last, 0, "an idle list is eventually returned entirely");
+    w.drain();
+}
+
+#[test]
+fn tear_down_returns_everything_and_refuses_later_pushes() {
+    let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES]);
+    // Uninit: every operation takes the slow path, and the slow path does nothing.
+    let mut fresh = ThreadCache::new();
+    assert!(fresh.alloc_slow(0, &w.heap).is_none());
+    let mut rng = Rng::new(7);
+    for _ in 0..2000 {
+        let n = request_size(&mut rng) % 3000;
+        w.alloc(0, n, false);
+        if rng.chance(500) {
+            let k = rng.below(w.live.len());
+            let p = *w.live.keys().nth(k).unwrap();
+            w.free(0, p);
+        }
+    }
+    w.check();
+    let cached = w.cached_total();
+    assert!(cached > 50, "the cache should hold blocks by now ({cached})");
+    let used = w.heap.lock().stats().used_blocks;
+    w.caches[0].tear_down(&w.heap).expect("tear_down");
+    w.sync_flushed(0);
+    assert_eq!(w.caches[0].state(), State::TornDown);
+    assert_eq!(w.caches[0].bytes(), 0);
+    assert_eq!(w.heap.lock().stats().used_blocks, used - cached);
+    w.check();
+    // Later operations fall through to the central heap.
+    let p = *w.live.keys().next().unwrap();
+    let np = NonNull::new(p as *mut u8).unwrap();
+    let c = class_for_free(w.blocks[&p] + HEADER).unwrap();
+    for tc in [&mut w.caches[0], &mut fresh] {
+        // SAFETY: a live in-use block of class `c`; both calls refuse it.
+        assert!(!unsafe { tc.push(np, c) });
+        // SAFETY: as above.
+        assert!(!unsafe { tc.free_slow(np, c, &w.heap) }.unwrap());
+        assert!(tc.alloc_slow(c, &w.heap).is_none());
+        assert!(!tc.contains(np, c));
+        assert_eq!(tc.bytes(), 0);
+    }
+    assert_eq!(fresh.state(), State::Uninit, "the slow paths do not activate a cache");
+    assert_eq!(w.caches[0].state(), State::TornDown);
+    w.check();
+    // The program's blocks are intact; `drain` frees them through the torn-down cache (which
+    // sends each to the central heap).
+    w.verify_live();
+    w.drain();
+}
+
+#[test]
+fn flush_all_returns_everything_and_stays_active() {
+    let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES, 256 << 10]);
+    let mut rng = Rng::new(11);
+    for step in 0..3000 {
+        let i = rng.below(2);
+        if w.live.len() < 300 || rng.chance(550) {
+            let n = request_size(&mut rng);
+            w.alloc(i, n, false);
+        } else {
+            let p = *w.live.keys().nth(rng.below(w.live.len())).unwrap();
+            w.free(rng.below(2), p);
+        }
+        if step % 500 == 499 {
+            let before = w.heap.lock().stats().used_blocks;
+            let cached = (0..NCLASSES).map(|c| w.caches[i].count(c)).sum::<usize>();
+            w.flush_all(i);
+            assert_eq!(w.heap.lock().stats().used_blocks, before - cached);
+            // Still active: the next allocation refills.
+            let n = 64;
+            let c = class_for_alloc(block_size_for(n).unwrap()).unwrap();
+            w.alloc(i, n, false);
+            assert!(w.caches[i].count(c) > 0, "an active cache refills after flush_all");
+        }
+        w.check();
+    }
+    w.verify_live();
+    w.drain();
+}
+
+#[test]
+fn double_free_probe_finds_exactly_the_cached_blocks() {
+    let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES, DEFAULT_MAX_BYTES]);
+    let c = class_for_alloc(block_size_for(50).unwrap()).unwrap();
+    let a = w.alloc(0, 50, false);
+    let b = w.alloc(0, 50, true);
+    // The program stored the key in `b`: the probe must look it up and not find it.
+    // SAFETY: live in-use blocks of ours.
+    unsafe {
+        assert!(!has_cache_key(a));
+        assert!(has_cache_key(b));
+    }
+    assert!(!w.caches[0].contains(a, c) && !w.caches[0].contains(b, c));
+    w.free(0, a.addr().get());
+    assert!(w.caches[0].contains(a, c), "a freed block is found: a second free is caught");
+    assert!(!w.caches[1].contains(a, c), "another cache does not hold it");
+    assert!(!w.caches[0].contains(a, c + 1), "other classes do not hold it");
+    w.free(1, b.addr().get());
+    assert!(w.caches[1].contains(b, c) && !w.caches[0].contains(b, c));
+    w.check();
+    w.check_membership();
+    // Popped blocks lose the key and leave the list.
+    let a2 = w.alloc(0, 50, false);
+    assert_eq!(a2, a);
+    // SAFETY: a live in-use block of ours.
+    assert!(!unsafe { has_cache_key(a2) });
+    assert!(!w.caches[0].contains(a2, c));
+    w.check();
+    w.drain();
+}
+
+/// Random churn through three caches of different sizes, with cross-"thread" frees,
+/// collections, flushes and thread exits; every step fully checked.
+#[test]
+fn random_churn_keeps_every_block_accounted_for() {
+    for seed in 1..=6u64 {
+        let mut rng = Rng::new(seed);
+        let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES, 64 << 10, 256 << 10]);
+        let ncaches = w.caches.len();
+        let (lo, hi) = (50 + rng.below(100), 300 + rng.below(300));
+        for step in 0..6000 {
+            let i = rng.below(ncaches);
+            let grow = w.live.len() < lo || (w.live.len() < hi && rng.chance(520));
+            if grow {
+                let n = request_size(&mut rng);
+                let key = rng.chance(60);
+                w.alloc(i, n, key);
+            } else {
+                let (&p, l) = w.live.iter().nth(rng.below(w.live.len())).unwrap();
+                // 3 in 4 frees go to the allocating cache, the others to another "thread".
+                let owner = l.owner;
+                let j = if rng.chance(750) {
+                    owner
+                } else {
+                    (owner + 1 + rng.below(ncaches - 1)) % ncaches
+                };
+                w.hits.cross_frees += usize::from(j != owner);
+                w.free(j, p);
+            }
+            if rng.chance(20) {
+                // A burst of collections: half a round-robin pass over the classes.
+                let k = rng.below(ncaches);
+                for _ in 0..NCLASSES / 2 {
+                    w.collect(k);
+                }
+            }
+            if rng.chance(3) {
+                w.flush_all(rng.below(ncaches));
+            }
+            if rng.chance(1) {
+                w.tear_down_and_replace(rng.below(ncaches));
+            }
+            w.check();
+            if step % 500 == 0 {
+                w.check_membership();
+                w.verify_live();
+            }
+        }
+        w.check_membership();
+        w.verify_live();
+        w.drain();
+        let h = &w.hits;
+        eprintln!("seed {seed}: {h:?}");
+        assert!(
+            h.pops > 1000
+                && h.refills > 100
+                && h.full_flushes > 10
+                && h.collected_blocks > 100
+                && h.cross_frees > 200
+                && h.central > 100,
+            "seed {seed}: a path was not exercised: {h:?}"
+        );
+    }
+}
