@@ -43,6 +43,9 @@ pub const DEFAULT_TOP_PAD: usize = 128 << 10;
 pub const DEFAULT_PURGE_THRESHOLD: usize = 128 << 10;
 /// Byte offset, from a free run's header, of the word holding its purge generation.
 const PURGE_GEN_OFFSET: usize = HEADER + 16;
+/// Smallest free run worth purging: one with a whole page inside, clear of its header, links,
+/// generation word and footer. Such runs carry a purge generation.
+const PURGE_MIN: usize = 2 * PAGE + PURGE_GEN_OFFSET + 16;
 /// Default for [`CentralHeap::purge_interval`]: bytes freed between two purge passes.
 pub const DEFAULT_PURGE_INTERVAL: usize = 4 << 20;
 
@@ -202,6 +205,8 @@ pub struct CentralHeap<S> {
     freed_since_purge: usize,
     /// Purge passes so far (C6: runs record the generation in which they last changed).
     purge_gen: usize,
+    /// The last pass skipped a run for being too young.
+    purge_pending: bool,
     /// A free tail of the break at least this large is given back (default 128 KiB).
     pub trim_threshold: usize,
     /// Bytes kept at the top after a trim, and added to each growth.
@@ -241,6 +246,7 @@ impl<S: MemorySource> CentralHeap<S> {
             },
             freed_since_purge: 0,
             purge_gen: 0,
+            purge_pending: false,
             trim_threshold: DEFAULT_TRIM_THRESHOLD,
             top_pad: DEFAULT_TOP_PAD,
             purge_threshold: DEFAULT_PURGE_THRESHOLD,
@@ -292,7 +298,7 @@ impl<S: MemorySource> CentralHeap<S> {
             }
             // C6: a purgeable run remembers the purge generation in which it last changed
             // (payload word 2, clear of links, footer and the pages a purge touches).
-            if size >= self.purge_threshold && b.flags() & (FRESH | PURGED) == 0 {
+            if size >= PURGE_MIN && b.flags() & (FRESH | PURGED) == 0 {
                 b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().write(self.purge_gen);
             }
         }
@@ -659,11 +665,11 @@ impl<S: MemorySource> CentralHeap<S> {
         total
     }
 
-    /// Purges idle memory: every unpurged free run of at least `purge_threshold` bytes and
-    /// the free tops of the break, if anything was freed since the last pass. Returns whether
+    /// Purges idle memory: every unpurged free run with a whole page inside that has not
+    /// changed since the previous pass, and the free tops of the break, if anything was freed since the last pass. Returns whether
     /// it did anything (the idle purge of `purge_delay_ms`, and the background thread).
     pub fn purge_idle(&mut self) -> bool {
-        if self.freed_since_purge == 0 {
+        if self.freed_since_purge == 0 && !self.purge_pending {
             return false;
         }
         let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
@@ -797,7 +803,7 @@ impl<S: MemorySource> CentralHeap<S> {
             after.set_flags(after.flags() & !PREV_USED);
             self.bin_insert(start, size);
             if let Some(g) = generation
-                && size >= self.purge_threshold
+                && size >= PURGE_MIN
             {
                 start.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().write(g);
             }
@@ -823,7 +829,7 @@ impl<S: MemorySource> CentralHeap<S> {
         b: BlockPtr,
         size: usize,
     ) -> Option<usize> {
-        if size < self.purge_threshold {
+        if size < PURGE_MIN {
             return generation;
         }
         // SAFETY: forwarded contract; runs this large carry the generation word (bin_insert).
@@ -849,14 +855,19 @@ impl<S: MemorySource> CentralHeap<S> {
         self.purge_runs(false);
     }
 
-    /// The purge pass. Without `all`, runs that changed since the previous pass (generation
-    /// `purge_gen`) are skipped: a run freed a moment ago is likely reused soon, and purging it
-    /// would only trade a `madvise` now for page faults then (jemalloc's decay, by passes).
-    fn purge_runs(&mut self, all: bool) {
+    /// The purge pass. Runs that changed since the previous pass (generation `purge_gen`) are
+    /// skipped: a run freed a moment ago is likely reused soon, and purging it would only trade
+    /// a `madvise` now for page faults then (jemalloc's decay, by passes).
+    fn purge_runs(&mut self, idle: bool) {
         self.freed_since_purge = 0;
+        self.purge_pending = false;
         let current = self.purge_gen;
         self.purge_gen = self.purge_gen.wrapping_add(1);
-        let mut idx = bin_index(self.purge_threshold);
+        // The idle purge takes every run with a whole page inside; the passes during activity
+        // only the large runs. Either way a run must have stayed unchanged for a whole pass
+        // interval: for the idle purge, one `purge_delay_ms`.
+        let min = if idle { PURGE_MIN } else { self.purge_threshold };
+        let mut idx = bin_index(min);
         while let Some(i) = self.find_bin(idx) {
             let mut cur = self.head(i);
             while let Some(b) = cur {
@@ -864,11 +875,13 @@ impl<S: MemorySource> CentralHeap<S> {
                 unsafe {
                     let size = b.size();
                     cur = b.next_free();
-                    if size >= self.purge_threshold
-                        && b.flags() & (PURGED | FRESH) == 0
-                        && (all || b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read() != current)
-                    {
-                        self.purge_block(b, size);
+                    if size >= min && b.flags() & (PURGED | FRESH) == 0 {
+                        if b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read() != current {
+                            self.purge_block(b, size);
+                        } else {
+                            // Too young this time: the next idle pass must come back for it.
+                            self.purge_pending = true;
+                        }
                     }
                 }
             }

@@ -147,14 +147,10 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
             _ => return false,
         },
         b"verbose" => return set_bool(&VERBOSE, value),
-        b"mmap_threshold" => {
-            MMAP_THRESHOLD_FIXED.store(true, Ordering::Relaxed);
-            return set_size(&MMAP_THRESHOLD, value, 1);
-        }
-        b"trim_threshold" => {
-            MMAP_THRESHOLD_FIXED.store(true, Ordering::Relaxed);
-            return set_size(&TRIM_THRESHOLD, value, 0);
-        }
+        // Setting either threshold turns glibc's dynamic threshold off, as in glibc (only
+        // when the value is valid: a rejected value keeps the defaults, dynamics included).
+        b"mmap_threshold" => return fix_threshold(set_size(&MMAP_THRESHOLD, value, 1)),
+        b"trim_threshold" => return fix_threshold(set_size(&TRIM_THRESHOLD, value, 0)),
         b"top_pad" => return set_size(&TOP_PAD, value, 0),
         b"tcache_max_bytes" => return set_size(&TCACHE_MAX_BYTES, value, 0),
         b"tcache" => return set_bool(&TCACHE, value),
@@ -166,6 +162,13 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
         _ => warn(b"unknown option ignored: ", key),
     }
     true
+}
+
+fn fix_threshold(ok: bool) -> bool {
+    if ok {
+        MMAP_THRESHOLD_FIXED.store(true, Ordering::Relaxed);
+    }
+    ok
 }
 
 fn set_bool(slot: &AtomicBool, value: &[u8]) -> bool {

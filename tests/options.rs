@@ -1,0 +1,814 @@
+//! The `BRKMALLOC_CONF` options, glibc's introspection calls and memory going
+//! back to the OS, checked from outside under `LD_PRELOAD` (issue 6).
+//!
+//! The harness is the one of `tests/preload.rs`: the first test to get here
+//! builds the cdylib in `target/preload-test` (its own target directory), and
+//! compiles the C programs below with gcc into `target/preload-test/cbin-options/`.
+//! Every child runs with a timeout, with `BRKMALLOC_CONF` taken from the test
+//! only (never inherited). JSON and XML are parsed with python3's standard
+//! library, in a process that runs without the preload.
+//!
+//! - `opt_*`: each option changes what it says, next to a control run without
+//!   it (so each check can fail): `tests/c/opts.c` and `tests/c/introspect.c`.
+//! - `glibc_*`: `mallinfo2`, `mallinfo`, `malloc_stats`, `malloc_info`,
+//!   `mallopt` and `malloc_trim` with real numbers (`tests/c/introspect.c`);
+//!   where glibc's own behaviour agrees, the program runs on glibc first as a
+//!   control that the program is right.
+//! - `rss_*`: `malloc_trim(0)`, the idle purge (from a loop of central calls,
+//!   and from a loop of one small block served by the thread cache) and the
+//!   background purge lower the resident set size (`tests/c/idle.c`), each next
+//!   to a control in which the same program without that mechanism keeps its
+//!   memory. Run with `--nocapture` to see the numbers.
+//!
+//! Most of these are not meaningful on glibc (no options, other numbers), so
+//! the option and RSS tests run only under the preload.
+#![allow(clippy::std_instead_of_core)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The C programs in `tests/c/` that these tests run.
+const C_PROGRAMS: &[&str] = &["opts", "introspect", "idle"];
+
+/// Generous per-process limit: nothing here takes more than a few seconds,
+/// but the machine may be busy with other tests.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Setup {
+    /// Absolute path of `libbrkmalloc.so`.
+    so: PathBuf,
+    /// Directory with the compiled C programs.
+    cbin: PathBuf,
+    /// Root of the per-test scratch directories.
+    tmp: PathBuf,
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
+    match SETUP.get_or_init(build_all) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_all() -> Result<Setup, String> {
+    let root = workspace();
+    let out = root.join("target").join("preload-test");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = Command::new(&cargo)
+        .args(["build", "--release", "-p", "brkmalloc-preload", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&out)
+        .env_remove("LD_PRELOAD")
+        .env_remove("BRKMALLOC_CONF")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cargo:?}: {e}"))?;
+    if !build.status.success() {
+        return Err(format!(
+            "building libbrkmalloc.so failed ({}):\n{}",
+            build.status,
+            String::from_utf8_lossy(&build.stderr)
+        ));
+    }
+    let so = out.join("release").join("libbrkmalloc.so");
+    if !so.is_file() {
+        return Err(format!("the build succeeded but {} is missing", so.display()));
+    }
+
+    if let Some(msg) = missing("gcc", "gcc") {
+        return Err(msg);
+    }
+    let cbin = out.join("cbin-options");
+    fs::create_dir_all(&cbin).map_err(|e| format!("mkdir {}: {e}", cbin.display()))?;
+    let mut jobs = Vec::new();
+    for name in C_PROGRAMS {
+        let src = root.join("tests").join("c").join(format!("{name}.c"));
+        let child = Command::new("gcc")
+            .args(["-O1", "-g", "-pthread", "-Wall", "-o"])
+            .arg(cbin.join(name))
+            .arg(&src)
+            .env_remove("LD_PRELOAD")
+            .env_remove("BRKMALLOC_CONF")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run gcc: {e}"))?;
+        jobs.push((src, child));
+    }
+    let mut errors = String::new();
+    for (src, child) in jobs {
+        let res = child.wait_with_output().map_err(|e| format!("gcc on {}: {e}", src.display()))?;
+        if !res.status.success() {
+            let _ = write!(
+                errors,
+                "gcc failed on {}:\n{}\n",
+                src.display(),
+                String::from_utf8_lossy(&res.stderr)
+            );
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let tmp = out.join("tmp").join("options");
+    fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
+    Ok(Setup { so, cbin, tmp })
+}
+
+/// `None` when `prog` is an executable on PATH, else a message naming the
+/// Debian package to install.
+fn missing(prog: &str, package: &str) -> Option<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        fs::metadata(dir.join(prog))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    });
+    (!found).then(|| {
+        format!(
+            "`{prog}` is not on PATH; install the Debian package `{package}` \
+             (apt-get install {package})"
+        )
+    })
+}
+
+/// Panics with the Debian package to install when `prog` is not on PATH.
+fn require(prog: &str, package: &str) {
+    if let Some(msg) = missing(prog, package) {
+        panic!("{msg}");
+    }
+}
+
+/// Which allocator a child process runs on; `Brk` carries the `BRKMALLOC_CONF`
+/// value ("" = unset).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Alloc<'a> {
+    Glibc,
+    Brk(&'a str),
+}
+
+impl Alloc<'_> {
+    fn apply(self, cmd: &mut Command) {
+        cmd.env_remove("BRKMALLOC_CONF");
+        match self {
+            Alloc::Glibc => {
+                cmd.env_remove("LD_PRELOAD").env_remove("CTEST_EXPECT_BRKMALLOC");
+            }
+            Alloc::Brk(conf) => {
+                cmd.env("LD_PRELOAD", &setup().so).env("CTEST_EXPECT_BRKMALLOC", "1");
+                if !conf.is_empty() {
+                    cmd.env("BRKMALLOC_CONF", conf);
+                }
+            }
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Alloc::Glibc => "on plain glibc (no preload)".into(),
+            Alloc::Brk("") => "under LD_PRELOAD=libbrkmalloc.so".into(),
+            Alloc::Brk(conf) => {
+                format!("under LD_PRELOAD=libbrkmalloc.so BRKMALLOC_CONF={conf}")
+            }
+        }
+    }
+}
+
+/// What a finished child process left behind.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    timed_out: bool,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.status.success() && !self.timed_out
+    }
+
+    /// "exit 0", "signal 6 (SIGABRT)", ... plus a note on a timeout.
+    fn how(&self) -> String {
+        let mut s = describe(self.status);
+        if self.timed_out {
+            let _ = write!(s, " (killed after the {}s timeout: hung?)", TIMEOUT.as_secs());
+        }
+        s
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "ended with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.how(),
+            tail(&self.stdout, 6000),
+            tail(&self.stderr, 6000)
+        )
+    }
+
+    /// The number after `key=` on stdout (the programs' `key=value` lines).
+    fn value(&self, key: &str) -> i64 {
+        let prefix = format!("{key}=");
+        self.stdout
+            .lines()
+            .chain(self.stderr.lines())
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{key}=N` line in the output; {}", self.report()))
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit {code}");
+    }
+    let sig = status.signal().unwrap_or(0);
+    let name = match sig {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGKILL => "SIGKILL",
+        _ => "?",
+    };
+    format!("signal {sig} ({name})")
+}
+
+/// The last `max` bytes of `s` (on a char boundary).
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Runs `cmd` to completion with [`TIMEOUT`], capturing stdout and stderr. The
+/// child gets its own process group, and the whole group is killed on a
+/// timeout (so grandchildren holding the pipes cannot hang the test).
+fn run(cmd: &mut Command) -> Run {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            // SAFETY: kill(2) on the process group we created for this child.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            break child.wait().expect("wait");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    if !timed_out {
+        while !(out_reader.is_finished() && err_reader.is_finished()) {
+            if Instant::now() >= deadline {
+                // SAFETY: as above; the group id is the child's pid.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+                timed_out = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let stdout = String::from_utf8_lossy(&out_reader.join().expect("stdout reader")).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned();
+    Run { status, stdout, stderr, timed_out }
+}
+
+/// A fresh, empty scratch directory `target/preload-test/tmp/options/<name>`.
+fn scratch(name: &str) -> PathBuf {
+    let dir = setup().tmp.join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
+}
+
+/// Runs the C program `name` with `args` under `alloc`.
+fn c_run(name: &str, args: &[&str], alloc: Alloc) -> Run {
+    let mut cmd = Command::new(setup().cbin.join(name));
+    cmd.args(args).stdin(Stdio::null());
+    alloc.apply(&mut cmd);
+    run(&mut cmd)
+}
+
+/// Runs the C program and asserts that it exited 0.
+fn c_pass(name: &str, args: &[&str], alloc: Alloc) -> Run {
+    let r = c_run(name, args, alloc);
+    let blame = match alloc {
+        Alloc::Glibc => " (the test program itself is wrong)",
+        Alloc::Brk(_) => "",
+    };
+    assert!(r.ok(), "tests/c/{name}.c {args:?} failed {}{blame}; {}", alloc.describe(), r.report());
+    r
+}
+
+/// Runs `python3 -c script path` without the preload (a parser for our output).
+fn python_check(script: &str, data: &str, what: &str) -> String {
+    require("python3", "python3");
+    let dir = scratch(what);
+    let path = dir.join("data");
+    fs::write(&path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).arg(&path).stdin(Stdio::null());
+    Alloc::Glibc.apply(&mut cmd);
+    let r = run(&mut cmd);
+    assert!(r.ok(), "{what}: python3 rejected the output; {}\n--- input ---\n{}", r.report(), {
+        tail(data, 6000)
+    });
+    r.stdout
+}
+
+// ---- stats:json -------------------------------------------------------------
+
+/// Parses the one `stats:json` object on stderr with python3's json module and
+/// checks its shape; returns (classes listed, sum of cache_hits, sum of allocs).
+const JSON_CHECK: &str = r#"
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")]
+assert len(lines) == 1, "expected one JSON line, got %d" % len(lines)
+root = json.loads(lines[0])
+assert list(root) == ["brkmalloc"], list(root)
+d = root["brkmalloc"]
+for key in ("pid", "classes", "heap", "mmap", "peak_rss", "fragmentation_permille", "lock"):
+    assert key in d, "missing key " + key
+for key in ("bytes", "segments", "used_bytes", "used_blocks", "free_bytes", "free_blocks",
+            "trimmed_bytes", "unmapped_bytes", "purged_bytes"):
+    assert isinstance(d["heap"][key], int), "heap." + key
+for key in ("blocks", "bytes", "max_blocks", "max_bytes"):
+    assert isinstance(d["mmap"][key], int), "mmap." + key
+for key in ("acquisitions", "contended"):
+    assert isinstance(d["lock"][key], int), "lock." + key
+assert d["heap"]["bytes"] > 0 and d["peak_rss"] > 0
+for c in d["classes"]:
+    for key in ("class", "size", "allocs", "frees", "cache_hits", "refills", "flushes"):
+        assert isinstance(c[key], int), "classes[].%s" % key
+print(len(d["classes"]), sum(c["cache_hits"] for c in d["classes"]),
+      sum(c["allocs"] for c in d["classes"]))
+"#;
+
+struct JsonSummary {
+    classes: u64,
+    cache_hits: u64,
+    allocs: u64,
+}
+
+fn parse_stats_json(stderr: &str, what: &str) -> JsonSummary {
+    let out = python_check(JSON_CHECK, stderr, what);
+    let v: Vec<u64> = out.split_whitespace().map(|w| w.parse().expect("a number")).collect();
+    assert_eq!(v.len(), 3, "{what}: unexpected checker output {out:?}");
+    JsonSummary { classes: v[0], cache_hits: v[1], allocs: v[2] }
+}
+
+/// The `cache-hits` column of the `stats:1` table, summed.
+fn text_cache_hits(stderr: &str) -> u64 {
+    let mut in_table = false;
+    let mut sum = 0;
+    for line in stderr.lines() {
+        if line.trim_start().starts_with("class ") {
+            in_table = true;
+            continue;
+        }
+        if in_table {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() != 7 || cols.iter().any(|c| c.parse::<u64>().is_err()) {
+                break;
+            }
+            sum += cols[4].parse::<u64>().expect("checked");
+        }
+    }
+    assert!(in_table, "no statistics table on stderr:\n{}", tail(stderr, 4000));
+    sum
+}
+
+fn assert_text_stats(r: &Run, what: &str) {
+    for needle in ["brkmalloc statistics", "central heap:", "mmap blocks:", "central lock:"] {
+        assert!(r.stderr.contains(needle), "{what}: stats:1 printed no {needle:?}; {}", r.report());
+    }
+}
+
+// ---- options ----------------------------------------------------------------
+
+/// The reference run of the `work` program: default options.
+fn work_reference() -> &'static str {
+    static OUT: OnceLock<String> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let r = c_pass("opts", &["work"], Alloc::Brk(""));
+        assert!(r.stderr.is_empty(), "the default options print nothing; {}", r.report());
+        r.stdout
+    })
+}
+
+/// Runs `opts work` with `conf`: it must pass and print what the default run prints.
+fn work_with(conf: &str) -> Run {
+    let r = c_pass("opts", &["work"], Alloc::Brk(conf));
+    assert_eq!(r.stdout, work_reference(), "opts work: stdout differs with {conf}; {}", r.report());
+    r
+}
+
+#[test]
+fn opt_mmap_threshold() {
+    c_pass("introspect", &["mmap8k", "yes"], Alloc::Brk("mmap_threshold:4096"));
+    c_pass("introspect", &["mmap8k", "no"], Alloc::Brk(""));
+    c_pass("introspect", &["mmap8k", "no"], Alloc::Glibc);
+    // The option takes a size suffix too.
+    c_pass("introspect", &["mmap8k", "yes"], Alloc::Brk("mmap_threshold:4k"));
+}
+
+#[test]
+fn opt_stats_text_c() {
+    let r = work_with("stats:1");
+    assert_text_stats(&r, "opts work");
+    assert!(text_cache_hits(&r.stderr) > 0, "no cache hits with the defaults; {}", r.report());
+    // Nothing without the option.
+    assert!(work_with("stats:0").stderr.is_empty());
+}
+
+#[test]
+fn opt_stats_json_c() {
+    let r = work_with("stats:json");
+    let s = parse_stats_json(&r.stderr, "stats-json-c");
+    assert!(s.classes > 10 && s.allocs > 10_000, "too few allocations counted; {}", r.report());
+    assert!(s.cache_hits > 0, "no cache hits with the defaults; {}", r.report());
+}
+
+/// A Python program that allocates a lot through malloc (`PYTHONMALLOC=malloc`).
+const PY_SCRIPT: &str = "\
+import threading
+def work(k):
+    d = {str(i) * (i % 7 + 1): [i] * (i % 5) for i in range(40000)}
+    return sum(len(key) for key in sorted(d)) + k
+out = [0] * 3
+ts = [threading.Thread(target=lambda k=k: out.__setitem__(k, work(k))) for k in range(3)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(out)
+";
+
+/// The real python3 binary (`python3` on PATH may be a wrapper script, such as a
+/// pyenv shim, whose own processes would print statistics too).
+fn python_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        require("python3", "python3");
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", "import sys; print(sys.executable)"]).stdin(Stdio::null());
+        Alloc::Glibc.apply(&mut cmd);
+        let r = run(&mut cmd);
+        let exe = PathBuf::from(r.stdout.trim());
+        assert!(r.ok() && exe.is_absolute(), "cannot find python3's executable; {}", r.report());
+        exe
+    })
+}
+
+fn python(conf: Option<&str>) -> Run {
+    let mut cmd = Command::new(python_exe());
+    cmd.arg("-c")
+        .arg(PY_SCRIPT)
+        .env("PYTHONMALLOC", "malloc")
+        .env("PYTHONHASHSEED", "0")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    match conf {
+        Some(c) => Alloc::Brk(c).apply(&mut cmd),
+        None => Alloc::Glibc.apply(&mut cmd),
+    }
+    let r = run(&mut cmd);
+    assert!(r.ok(), "python3 failed with BRKMALLOC_CONF={conf:?}; {}", r.report());
+    r
+}
+
+#[test]
+fn opt_stats_python() {
+    let reference = python(None);
+    let text = python(Some("stats:1"));
+    assert_eq!(text.stdout, reference.stdout, "python3 output differs under stats:1");
+    assert_text_stats(&text, "python3");
+    let json = python(Some("stats:json"));
+    assert_eq!(json.stdout, reference.stdout, "python3 output differs under stats:json");
+    let s = parse_stats_json(&json.stderr, "stats-json-python");
+    assert!(
+        s.allocs > 100_000 && s.cache_hits > 0,
+        "python3: implausible counts; {}",
+        json.report()
+    );
+}
+
+#[test]
+fn opt_verbose() {
+    let r = work_with("verbose:1,mmap_threshold:64k,tcache_max_bytes:2m,purge_delay_ms:250");
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("brkmalloc: options: "))
+        .unwrap_or_else(|| panic!("verbose:1 printed no options line; {}", r.report()));
+    for item in [
+        "stats:0",
+        "mmap_threshold:65536",
+        "tcache:1",
+        "tcache_max_bytes:2097152",
+        "purge_delay_ms:250",
+        "abort_on_error:1",
+    ] {
+        assert!(line.split(' ').any(|w| w == item), "options line lacks {item:?}: {line:?}");
+    }
+    assert_eq!(r.stderr.lines().count(), 1, "verbose:1 prints one line; {}", r.report());
+    assert!(work_with("verbose:0").stderr.is_empty());
+}
+
+#[test]
+fn opt_tcache_off() {
+    let with = work_with("tcache:0,stats:json");
+    let s = parse_stats_json(&with.stderr, "tcache-off-json");
+    assert!(s.allocs > 10_000, "allocations not counted; {}", with.report());
+    assert_eq!(s.cache_hits, 0, "tcache:0 still hits a cache; {}", with.report());
+    let text = work_with("tcache:0,stats:1");
+    assert_eq!(text_cache_hits(&text.stderr), 0, "tcache:0: {}", text.report());
+    // The control: the defaults do hit the cache.
+    let def = work_with("stats:json");
+    let d = parse_stats_json(&def.stderr, "tcache-on-json");
+    assert!(d.cache_hits > 0, "the default run has no cache hits; {}", def.report());
+}
+
+#[test]
+fn opt_tcache_max_bytes_zero() {
+    let r = work_with("tcache_max_bytes:0,stats:json");
+    let s = parse_stats_json(&r.stderr, "tcache-max-0-json");
+    assert_eq!(s.cache_hits, 0, "a cache of 0 bytes served allocations; {}", r.report());
+    let r = c_pass("introspect", &["mallinfo"], Alloc::Brk("tcache_max_bytes:0"));
+    assert!(!r.stdout.contains("FAIL"), "{}", r.report());
+}
+
+#[test]
+fn opt_junk() {
+    let r = c_pass("opts", &["junk"], Alloc::Brk("junk:1"));
+    assert!(r.stdout.contains("junk: ok"), "{}", r.report());
+    // The control: without the option, reused blocks keep the program's bytes.
+    let r = c_run("opts", &["junk"], Alloc::Brk(""));
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "without junk:1 the reused blocks should not read 0xa5 (the control); {}",
+        r.report()
+    );
+    // Junk does not break programs.
+    work_with("junk:1");
+}
+
+#[test]
+fn opt_check() {
+    // A correct program still passes, every central operation verified.
+    work_with("check:1");
+    // The verifier runs on the very next central operation after damage...
+    let r = c_run("opts", &["overflow"], Alloc::Brk("check:1"));
+    assert_eq!(
+        r.status.signal(),
+        Some(libc::SIGABRT),
+        "check:1 did not catch a damaged block header on the next malloc; {}",
+        r.report()
+    );
+    assert!(r.stderr.contains("brkmalloc: check(): "), "no check() report; {}", r.report());
+    assert!(!r.stdout.contains("not detected"), "{}", r.report());
+    // ...which nothing else looks at (the control).
+    let r = c_pass("opts", &["overflow"], Alloc::Brk(""));
+    assert!(r.stdout.contains("overflow not detected"), "{}", r.report());
+    // And it costs: a heap walk per operation (CPU time, measured by the program itself).
+    let slow = c_pass("opts", &["churn"], Alloc::Brk("check:1")).value("cpu_us");
+    let fast = c_pass("opts", &["churn"], Alloc::Brk("")).value("cpu_us");
+    println!("opts churn CPU time: {slow} us with check:1, {fast} us with the defaults");
+    assert!(
+        slow >= 10_000 && slow >= 10 * fast,
+        "check:1 should make 20000 malloc/free pairs over 2000 live blocks much slower: \
+         {slow} us vs {fast} us"
+    );
+}
+
+#[test]
+fn opt_trim_threshold() {
+    // No idle purge during the run: it would trim the top whatever the threshold.
+    c_pass("introspect", &["toptrim", "trimmed"], Alloc::Glibc);
+    c_pass("introspect", &["toptrim", "trimmed"], Alloc::Brk(NO_IDLE_PURGE));
+    let conf = format!("{NO_IDLE_PURGE},trim_threshold:64m");
+    c_pass("introspect", &["toptrim", "kept"], Alloc::Brk(&conf));
+    // malloc_trim gives it back anyway (glibc_mallinfo2_pattern checks arena after it).
+}
+
+const DOUBLE_FREE: &str = "brkmalloc: free(): double free detected";
+
+#[test]
+fn opt_abort_on_error() {
+    let r = c_pass("opts", &["double-free"], Alloc::Brk("abort_on_error:0"));
+    assert!(r.stdout.contains("survived"), "{}", r.report());
+    let n = r.stderr.lines().filter(|l| l.starts_with(DOUBLE_FREE)).count();
+    assert_eq!(n, 2, "one report per double free (small and 64 KiB blocks); {}", r.report());
+    // The default aborts at the first one.
+    let r = c_run("opts", &["double-free"], Alloc::Brk(""));
+    assert_eq!(r.status.signal(), Some(libc::SIGABRT), "default: {}", r.report());
+    assert!(r.stderr.contains(DOUBLE_FREE), "{}", r.report());
+    assert!(!r.stdout.contains("survived"), "{}", r.report());
+}
+
+#[test]
+fn opt_bad_conf_warns_and_runs() {
+    let conf = "foo:1,mmap_threshold:abc,stats";
+    let r = work_with(conf);
+    let warnings: Vec<&str> =
+        r.stderr.lines().filter(|l| l.starts_with("brkmalloc: BRKMALLOC_CONF: ")).collect();
+    assert_eq!(warnings.len(), 3, "one warning per bad item; {}", r.report());
+    assert_eq!(r.stderr.lines().count(), 3, "nothing but the warnings; {}", r.report());
+    for (item, line) in ["'foo'", "'mmap_threshold:abc'", "'stats'"].iter().zip(&warnings) {
+        assert!(line.contains(item), "warning {line:?} should name {item}");
+    }
+    // The defaults were kept: 8 KiB is not mmapped, and no statistics appear.
+    let r = c_pass("introspect", &["mmap8k", "no"], Alloc::Brk(conf));
+    assert!(!r.stderr.contains("brkmalloc statistics"), "{}", r.report());
+    // A good item next to bad ones still applies.
+    c_pass("introspect", &["mmap8k", "yes"], Alloc::Brk("bogus:x,mmap_threshold:4096,,"));
+}
+
+// ---- glibc introspection ----------------------------------------------------
+
+#[test]
+fn glibc_mallinfo2_pattern() {
+    c_pass("introspect", &["mallinfo"], Alloc::Glibc);
+    let r = c_pass("introspect", &["mallinfo"], Alloc::Brk(""));
+    println!("{}", r.stdout);
+}
+
+#[test]
+fn glibc_malloc_stats_lines() {
+    for alloc in [Alloc::Glibc, Alloc::Brk("")] {
+        let r = c_pass("introspect", &["stats"], alloc);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        let arena = lines.iter().position(|l| *l == "Arena 0:");
+        let total = lines.iter().position(|l| *l == "Total (incl. mmap):");
+        let (Some(a), Some(t)) = (arena, total) else {
+            panic!("malloc_stats {}: no Arena 0 / Total lines; {}", alloc.describe(), r.report())
+        };
+        assert!(a < t, "{}", r.report());
+        for l in lines[a + 1..t].iter().chain(&lines[t + 1..]) {
+            let (label, num) = l.split_once('=').unwrap_or_else(|| panic!("odd line {l:?}"));
+            assert!(!label.trim().is_empty() && num.trim().parse::<u64>().is_ok(), "{l:?}");
+        }
+        let max_regions = lines.iter().find(|l| l.starts_with("max mmap regions"));
+        assert!(
+            max_regions.is_some_and(|l| l.split('=').nth(1).map(str::trim) == Some("1")),
+            "one 1 MiB block was mmapped {}; {}",
+            alloc.describe(),
+            r.report()
+        );
+    }
+}
+
+/// Parses `malloc_info` output with python3's ElementTree; prints the root tag
+/// and the `count size` of the top-level `<total type="mmap">`.
+const XML_CHECK: &str = r#"
+import sys
+import xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+assert root.tag == "malloc", root.tag
+assert root.find("heap") is not None, "no <heap>"
+mm = [t for t in root.findall("total") if t.get("type") == "mmap"]
+assert len(mm) == 1, "one <total type=mmap>"
+print(root.tag, mm[0].get("count"), mm[0].get("size"))
+"#;
+
+#[test]
+fn glibc_malloc_info_xml() {
+    for alloc in [Alloc::Glibc, Alloc::Brk("")] {
+        let r = c_pass("introspect", &["info"], alloc);
+        assert!(r.stderr.contains("ok - malloc_info(1, stdout) returned"), "{}", r.report());
+        let out = python_check(XML_CHECK, &r.stdout, "malloc-info-xml");
+        let v: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(v.first(), Some(&"malloc"), "{out:?}");
+        assert_eq!(v.get(1), Some(&"1"), "one live mmapped block {}: {out:?}", alloc.describe());
+        let size: u64 = v.get(2).and_then(|s| s.parse().ok()).expect("a size");
+        assert!(size >= 1 << 20, "mmap size {size} {}", alloc.describe());
+    }
+    // Under the preload, -1 and errno (its manual page); glibc 2.36 returns EINVAL itself.
+    let r = c_pass("introspect", &["info"], Alloc::Brk(""));
+    assert!(r.stderr.contains("returned -1 with EINVAL"), "{}", r.report());
+}
+
+#[test]
+fn glibc_mallopt() {
+    let r = c_pass("introspect", &["mallopt"], Alloc::Brk(""));
+    println!("{}", r.stdout);
+}
+
+#[test]
+fn glibc_malloc_trim_returns_1() {
+    c_pass("introspect", &["trim"], Alloc::Glibc);
+    c_pass("introspect", &["trim"], Alloc::Brk(""));
+}
+
+// ---- memory goes back ---------------------------------------------------------
+
+/// RSS after freeing must be below this (the program's own floor is about 4 MiB:
+/// its 1.6 MiB index array, libc and the .so).
+const RSS_BOUND_KIB: i64 = 32 << 10;
+/// A control run must keep at least this much of its ~208 MiB.
+const RSS_KEPT_KIB: i64 = 150 << 10;
+
+/// Runs `idle MODE` and returns (peak, after the frees, final) RSS in KiB.
+fn idle(mode: &str, conf: &str) -> (i64, i64, i64) {
+    let r = c_pass("idle", &[mode], Alloc::Brk(conf));
+    let v = (r.value("rss_peak_kib"), r.value("rss_freed_kib"), r.value("rss_final_kib"));
+    println!(
+        "idle {mode} BRKMALLOC_CONF={conf:?}: RSS peak {} KiB, after the frees {} KiB, final {} KiB",
+        v.0, v.1, v.2
+    );
+    if mode == "trim" {
+        assert_eq!(r.value("trim_ret"), 1, "malloc_trim(0) after freeing 200 MiB; {}", r.report());
+    }
+    v
+}
+
+/// Long enough that no idle purge runs during a test.
+const NO_IDLE_PURGE: &str = "purge_delay_ms:1000000";
+
+#[test]
+fn rss_malloc_trim() {
+    // The control: the free pattern leaves the memory resident by itself.
+    let (_, _, kept) = idle("none", NO_IDLE_PURGE);
+    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB without malloc_trim");
+    let (peak, freed, after) = idle("trim", NO_IDLE_PURGE);
+    assert!(freed >= RSS_KEPT_KIB, "RSS fell to {freed} KiB before malloc_trim (peak {peak})");
+    assert!(after < RSS_BOUND_KIB, "RSS {after} KiB after malloc_trim(0) (peak {peak} KiB)");
+}
+
+/// The idle purge, run from the allocation slow paths: a loop of 40 KiB
+/// malloc/free (above the thread-cache limit: every call is a central one).
+#[test]
+fn rss_idle_purge_central_loop() {
+    let (_, _, kept) = idle("spin-central", NO_IDLE_PURGE);
+    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no idle purge");
+    let (peak, _, after) = idle("spin-central", "purge_delay_ms:100");
+    assert!(
+        after < RSS_BOUND_KIB,
+        "RSS {after} KiB after 0.5 s of 40 KiB malloc/free with purge_delay_ms:100 \
+         (peak {peak} KiB)"
+    );
+}
+
+/// The same with a loop of one small block, as issue 6 describes it: every
+/// call is served by the thread cache, and the idle purge must still run.
+#[test]
+fn rss_idle_purge_small_block_loop() {
+    let (_, _, kept) = idle("spin", NO_IDLE_PURGE);
+    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no idle purge");
+    let (peak, _, after) = idle("spin", "purge_delay_ms:100");
+    assert!(
+        after < RSS_BOUND_KIB,
+        "RSS {after} KiB after 0.5 s of malloc(24)/free with purge_delay_ms:100 (peak {peak} \
+         KiB): does the idle purge run when every call is served by the thread cache?"
+    );
+}
+
+#[test]
+fn rss_background_purge() {
+    let (_, _, kept) = idle("sleep", "purge_delay_ms:100");
+    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no background thread");
+    let (peak, _, after) = idle("sleep", "background_purge:1,purge_delay_ms:100");
+    assert!(
+        after < RSS_BOUND_KIB,
+        "RSS {after} KiB after sleeping 0.5 s with background_purge:1 (peak {peak} KiB)"
+    );
+}
