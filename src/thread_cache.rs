@@ -114,13 +114,16 @@ impl Bin {
     }
 }
 
-/// List limit of class `c` for a cache of at most `max_bytes`: an equal share of the bytes for
-/// each class (`max_bytes / NCLASSES`), at most 128 blocks. A class whose blocks exceed the
-/// share is not cached (limit 0): its blocks go straight to the central heap. The sum over the classes stays
-/// within `max_bytes` (T4, tested), so the fast path needs no byte accounting.
+/// List limit of class `c` for a cache of at most `max_bytes`: `max_bytes / 64` bytes of
+/// blocks per class, at most 128 blocks, and at least 2 blocks for classes up to
+/// `max_bytes / 32` (so that with the default 1 MiB even 32 KiB blocks are cached in pairs,
+/// and a program that frees and reallocates one of them never touches the lock). Larger
+/// classes than that are not cached (limit 0). The sum over the classes stays within
+/// `max_bytes` (T4, tested), so the fast path needs no byte accounting.
 pub fn max_count(c: usize, max_bytes: usize) -> u32 {
-    let share = max_bytes / NCLASSES;
-    (share / class_size(c)).min(128) as u32
+    let size = class_size(c);
+    let n = (max_bytes / 64 / size).min(128);
+    if n < 2 && 2 * size <= max_bytes / 16 { 2 } else { n as u32 }
 }
 
 /// One thread's cache.
