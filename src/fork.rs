@@ -9,14 +9,18 @@
 
 use crate::global::HEAP;
 use crate::large::REGISTRY;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::Claim;
 
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Claimed by the thread that registers the handlers (`sync::Claim`; loom model
+/// `once::claim_has_one_winner`). Another thread's first allocation may return before the
+/// winner has registered them: a `fork` in that window runs without the handlers. Programs
+/// using the preload library register from its constructor and never see the window.
+static INSTALLED: Claim = Claim::new();
 
 /// Registers the fork handlers once.
 pub fn install() {
-    // Relaxed: a lost race only means pthread_atfork is not called twice; swap is atomic.
-    if !INSTALLED.swap(true, Ordering::Relaxed) {
+    // Exactly one caller wins the claim, so pthread_atfork is called once.
+    if INSTALLED.claim() {
         // SAFETY: the handlers are `extern "C"` functions that live for the whole process.
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     }
@@ -25,8 +29,7 @@ pub fn install() {
 /// [`install`] unless it already ran; one relaxed load on the fast path.
 #[inline(always)]
 pub fn ensure_installed() {
-    // Relaxed: see `install`.
-    if !INSTALLED.load(Ordering::Relaxed) {
+    if !INSTALLED.is_claimed() {
         install();
     }
 }

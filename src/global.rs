@@ -14,7 +14,7 @@ use crate::block::ALIGN;
 use crate::central::{CentralHeap, Misuse};
 use crate::config;
 use crate::os::Sbrk;
-use crate::sync::{AtomicBool, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering, spin_hint};
+use crate::sync::{AtomicBool, AtomicUsize, Claim, Mutex, MutexGuard, Once, Ordering};
 use crate::thread_cache::{State, ThreadCache, has_cache_key};
 use core::sync::atomic::AtomicIsize;
 
@@ -38,8 +38,9 @@ std::thread_local! {
 /// Offset of this library's `TCACHE` from the thread pointer, once known to be usable; 0 means
 /// "use `thread_local!`". Relaxed: each thread re-checks the result through the canary (T6).
 static TLS_OFFSET: AtomicIsize = AtomicIsize::new(0);
-/// Whether the offset was computed already (or found unusable).
-static TLS_OFFSET_TRIED: AtomicBool = AtomicBool::new(false);
+/// Whether the offset was computed already (or found unusable): claimed by the one thread that
+/// computes it (`sync::Claim`; loom model `once::first_mallocs_race_for_the_key`).
+static TLS_OFFSET_TRIED: Claim = Claim::new();
 /// Offsets further below the thread pointer than this are not trusted: a library in the
 /// static TLS block sits within its first few KiB.
 const TLS_OFFSET_MAX: isize = 256 << 10;
@@ -83,9 +84,8 @@ pub(crate) fn tcache_fast() -> Option<*mut ThreadCache> {
 fn tcache_tls() -> Option<*mut ThreadCache> {
     let tc = TCACHE.try_with(UnsafeCell::get).ok()?;
     #[cfg(target_arch = "x86_64")]
-    // Relaxed: one thread wins the swap; others keep using this path until the offset shows.
-    if !TLS_OFFSET_TRIED.load(Ordering::Relaxed) && !TLS_OFFSET_TRIED.swap(true, Ordering::Relaxed)
-    {
+    // One thread wins the claim; others keep using this path until the offset shows.
+    if TLS_OFFSET_TRIED.claim() {
         let off = (tc.expose_provenance() as isize).wrapping_sub(thread_pointer() as isize);
         if (-TLS_OFFSET_MAX..0).contains(&off) {
             TLS_OFFSET.store(off, Ordering::Relaxed);
@@ -237,38 +237,20 @@ fn report_flush_error(e: Misuse, p: NonNull<u8>) -> ! {
     crate::diag::fatal("free", e.message(), p.addr().get())
 }
 
-/// pthread key for the thread-exit flush: `KEY_NONE` → `KEY_CREATING` → `KEY_READY` (or
-/// `KEY_FAILED`). Acquire/Release on the state publish `KEY`.
-static KEY_STATE: AtomicU32 = AtomicU32::new(KEY_NONE);
-static KEY: AtomicU32 = AtomicU32::new(0);
-const KEY_NONE: u32 = 0;
-const KEY_CREATING: u32 = 1;
-const KEY_READY: u32 = 2;
-const KEY_FAILED: u32 = 3;
+/// pthread key for the thread-exit flush, created by the first thread that needs it and
+/// published to the others (`sync::Once`: Acquire/Release; loom model
+/// `once::first_mallocs_race_for_the_key`).
+static EXIT_KEY: Once<libc::pthread_key_t> = Once::new();
 
-/// The thread-exit key, created on first need (`pthread_key_create` does not allocate).
+/// The thread-exit key, created on first need (`pthread_key_create` does not allocate, so the
+/// initialiser cannot re-enter `exit_key`).
 fn exit_key() -> Option<libc::pthread_key_t> {
-    loop {
-        // Acquire: pairs with the Release store below, making `KEY` visible.
-        match KEY_STATE.load(Ordering::Acquire) {
-            KEY_READY => return Some(KEY.load(Ordering::Relaxed)),
-            KEY_FAILED => return None,
-            KEY_NONE => {
-                if KEY_STATE
-                    .compare_exchange(KEY_NONE, KEY_CREATING, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    let mut key: libc::pthread_key_t = 0;
-                    // SAFETY: `key` is a valid out slot; the destructor lives forever.
-                    let r = unsafe { libc::pthread_key_create(&mut key, Some(cache_destructor)) };
-                    KEY.store(key, Ordering::Relaxed);
-                    // Release: publishes KEY; pairs with the Acquire load above.
-                    KEY_STATE.store(if r == 0 { KEY_READY } else { KEY_FAILED }, Ordering::Release);
-                }
-            }
-            _ => spin_hint(),
-        }
-    }
+    EXIT_KEY.get_or_init(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out slot; the destructor lives forever.
+        let r = unsafe { libc::pthread_key_create(&mut key, Some(cache_destructor)) };
+        (r == 0).then_some(key)
+    })
 }
 
 /// `Uninit` → `Active`: sets the limits, then registers the thread-exit destructor. The state
@@ -296,14 +278,22 @@ fn activate(tc: *mut ThreadCache) {
     }
 }
 
+/// Destructor round in which the cache tears down: the second last of glibc's
+/// `PTHREAD_DESTRUCTOR_ITERATIONS` (4). The last round is left alone: the sanitizers' runtimes
+/// (TSan, ASan/LSan) destroy their per-thread state in their own key's last round, and any
+/// instrumented code that runs after that faults (seen: TSan SEGV in `TraceSwitchPart` on
+/// entry to this function, in every thread exit of `tests/tsan_stress.rs`).
+const TEAR_DOWN_ROUND: usize = 3;
+
 /// Thread exit. glibc calls key destructors in up to `PTHREAD_DESTRUCTOR_ITERATIONS` (4)
 /// rounds while values remain set; other destructors of the same round may still allocate
 /// and free, so the cache re-arms itself and just flushes in the early rounds, and tears down
-/// in the last one. Frees after that go to the central heap.
+/// in round [`TEAR_DOWN_ROUND`] without re-arming. Frees and allocations after that go to the
+/// central heap.
 extern "C" fn cache_destructor(value: *mut c_void) {
     let round = value.addr();
     let Some(tc) = tcache() else { return };
-    if round < 4 {
+    if round < TEAR_DOWN_ROUND {
         if let Some(key) = exit_key() {
             // SAFETY: a valid key; the value is a round counter.
             unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(round + 1)) };

@@ -4,13 +4,26 @@
 //! allocator's real code; otherwise they are `core`'s plus a small futex mutex. No other module
 //! names `core::sync::atomic` or `core::cell::UnsafeCell` directly.
 //!
+//! Besides the lock, it holds the crate's other concurrency patterns as small types, so that the
+//! loom models run them as they are: [`Once`] (one-time initialisation that publishes a value),
+//! [`Claim`] (a flag exactly one caller wins) and [`Counter`] (a relaxed statistic). Every
+//! atomic access in this module says why its ordering is enough.
+//!
+//! # Sabotage twins
+//!
+//! Built with `--cfg brkmalloc_sabotage` (the loom job's second build, `ci/loom.sh`), the module
+//! also contains one deliberate defect per protocol, off until a test arms it with
+//! [`sabotage::arm`]. Each loom model is run once more with a defect armed and must then fail:
+//! a model that cannot fail is visible. Without the cfg, [`sabotage::armed`] is a constant
+//! `false` and the defects are not compiled.
+//!
 //! # Lock order
 //!
-//! Outer to inner: `CENTRAL` (the one [`Mutex`] around the central heap, `global.rs`). There is
-//! no other lock today; large blocks (`large.rs`) take none, and the thread-cache fast path will
-//! take none. A lock is never held across anything that can allocate, print, or touch a
-//! thread-local. The fork handlers (`fork.rs`) take every lock in this order in `prepare` and
-//! release them in reverse in `parent` and `child`.
+//! Outer to inner: `CENTRAL` (the [`Mutex`] around the central heap, `global.rs`), then `LARGE`
+//! (the registry of large blocks, `large.rs`). No code path holds one while taking the other,
+//! except the fork handlers (`fork.rs`), which take every lock in this order in `prepare` and
+//! release them in reverse in `parent` and `child`. The thread-cache fast paths take none. A
+//! lock is never held across anything that can allocate, print, or touch a thread-local.
 
 #[cfg(not(loom))]
 pub use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -61,11 +74,36 @@ pub fn spin_hint() {
     loom::thread::yield_now();
 }
 
+/// Rounds of optimistic spinning before a contended [`RawLock::lock`] sleeps. Under loom one
+/// round: every round runs the same load and compare-exchange, and 64 of them would multiply the
+/// interleavings (each load may read any store not yet superseded) without adding a new one.
+const SPINS: u32 = if cfg!(loom) { 1 } else { 64 };
+
 /// Lock word states of [`RawLock`].
 const UNLOCKED: u32 = 0;
 const LOCKED: u32 = 1;
 /// Locked, and some thread may sleep in `futex_wait`: the unlocker must wake one.
 const CONTENDED: u32 = 2;
+
+/// `Acquire`, the ordering of every access that takes [`RawLock`]; `Relaxed` in the
+/// `LockOrdering` sabotage twin.
+#[inline(always)]
+fn lock_acquire() -> Ordering {
+    if sabotage::armed(sabotage::Defect::LockOrdering) {
+        return Ordering::Relaxed;
+    }
+    Ordering::Acquire
+}
+
+/// `Release`, the ordering of the swap that releases [`RawLock`]; `Relaxed` in the
+/// `LockOrdering` sabotage twin.
+#[inline(always)]
+fn lock_release() -> Ordering {
+    if sabotage::armed(sabotage::Defect::LockOrdering) {
+        return Ordering::Relaxed;
+    }
+    Ordering::Release
+}
 
 /// A three-state futex lock (Drepper, "Futexes Are Tricky", mutex 2). It allocates nothing,
 /// is `const`-constructible, and can be force-released in a forked child.
@@ -75,13 +113,17 @@ const CONTENDED: u32 = 2;
 ///   holds the lock.
 /// - L2: a thread sleeps in `futex_wait` only after it observed or set `CONTENDED`, so an
 ///   unlock that swaps out `CONTENDED` wakes at least one sleeper.
+///
+/// Every acquisition is an `Acquire` read-modify-write that reads `UNLOCKED`, and every release
+/// a `Release` swap that writes it, so each owner's critical section happens before the next
+/// owner's (loom models `central`, `thread_cache`, `fork`; twins `Lock`, `LockOrdering`, `Wake`).
 #[derive(Debug)]
 pub struct RawLock {
     state: AtomicU32,
-    /// Counts acquisitions that found the lock taken (statistics only).
-    contended: AtomicUsize,
-    /// Counts acquisitions (statistics only; written only by the lock's holder).
-    acquisitions: AtomicUsize,
+    /// Acquisitions (statistics only); written only by the owner (`Counter::add_owned`).
+    acquisitions: Counter,
+    /// Acquisitions that found the lock taken (statistics only).
+    contended: Counter,
     /// loom has no futex: a mutex and condvar stand in, so a lost wake-up is a loom deadlock.
     #[cfg(loom)]
     park: (loom::sync::Mutex<()>, loom::sync::Condvar),
@@ -93,8 +135,8 @@ impl RawLock {
     pub const fn new() -> Self {
         Self {
             state: AtomicU32::new(UNLOCKED),
-            contended: AtomicUsize::new(0),
-            acquisitions: AtomicUsize::new(0),
+            acquisitions: Counter::new(),
+            contended: Counter::new(),
         }
     }
 
@@ -103,8 +145,8 @@ impl RawLock {
     pub fn new() -> Self {
         Self {
             state: AtomicU32::new(UNLOCKED),
-            contended: AtomicUsize::new(0),
-            acquisitions: AtomicUsize::new(0),
+            acquisitions: Counter::new(),
+            contended: Counter::new(),
             park: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
         }
     }
@@ -112,53 +154,50 @@ impl RawLock {
     /// Acquires the lock.
     #[inline]
     pub fn lock(&self) {
+        if sabotage::armed(sabotage::Defect::Lock) {
+            return self.lock_without_atomicity();
+        }
         // Acquire: pairs with the Release swap in `unlock`, so the previous owner's writes to
         // the protected data are visible to us.
-        if self
-            .state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        if self.state.compare_exchange(UNLOCKED, LOCKED, lock_acquire(), Ordering::Relaxed).is_err()
         {
             self.lock_contended();
         }
-        self.count_acquisition();
-    }
-
-    /// Counts one acquisition. Only the holder writes the counter, so a relaxed load and store
-    /// suffice (no read-modify-write); readers may see a slightly old value.
-    #[inline(always)]
-    fn count_acquisition(&self) {
-        #[cfg(not(loom))]
-        self.acquisitions.store(self.acquisitions.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
-    /// Number of acquisitions so far.
-    pub fn acquisitions(&self) -> usize {
-        // Relaxed: a statistic.
-        self.acquisitions.load(Ordering::Relaxed)
+        self.acquisitions.add_owned(1);
     }
 
     #[cold]
     #[inline(never)]
     fn lock_contended(&self) {
-        // Relaxed: a statistic, read only for reports.
-        self.contended.fetch_add(1, Ordering::Relaxed);
+        let _ = self.contended.add(1);
         // Spin briefly: critical sections of the central heap are short.
-        for _ in 0..64 {
+        for _ in 0..SPINS {
             spin_hint();
+            // Relaxed load: only a hint; the compare-exchange below is what acquires.
             if self.state.load(Ordering::Relaxed) == UNLOCKED
                 && self
                     .state
-                    .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(UNLOCKED, LOCKED, lock_acquire(), Ordering::Relaxed)
                     .is_ok()
             {
                 return;
             }
         }
         // Acquire: as in `lock`. Having set CONTENDED, we may sleep (L2).
-        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
+        while self.state.swap(CONTENDED, lock_acquire()) != UNLOCKED {
             self.futex_wait();
         }
+    }
+
+    /// The `Lock` sabotage twin: a test-and-set split into a load and a store, so two threads
+    /// can both see `UNLOCKED` and both enter.
+    #[cold]
+    fn lock_without_atomicity(&self) {
+        while self.state.load(Ordering::Acquire) != UNLOCKED {
+            spin_hint();
+        }
+        self.state.store(LOCKED, Ordering::Relaxed);
+        self.acquisitions.add_owned(1);
     }
 
     /// Tries to acquire the lock without waiting.
@@ -167,10 +206,10 @@ impl RawLock {
         // Acquire: as in `lock`.
         let ok = self
             .state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(UNLOCKED, LOCKED, lock_acquire(), Ordering::Relaxed)
             .is_ok();
         if ok {
-            self.count_acquisition();
+            self.acquisitions.add_owned(1);
         }
         ok
     }
@@ -183,15 +222,21 @@ impl RawLock {
     #[inline]
     pub unsafe fn unlock(&self) {
         // Release: publishes our writes to the protected data; pairs with the Acquire in `lock`.
-        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+        if self.state.swap(UNLOCKED, lock_release()) == CONTENDED
+            && !sabotage::armed(sabotage::Defect::Wake)
+        {
             self.futex_wake();
         }
     }
 
+    /// Number of acquisitions (a snapshot; it may lag the owner's latest by a few).
+    pub fn acquisitions(&self) -> usize {
+        self.acquisitions.get()
+    }
+
     /// Number of acquisitions that had to wait.
     pub fn contended_count(&self) -> usize {
-        // Relaxed: a statistic.
-        self.contended.load(Ordering::Relaxed)
+        self.contended.get()
     }
 
     #[cfg(not(loom))]
@@ -222,9 +267,13 @@ impl RawLock {
         }
     }
 
+    /// The futex's "compare and sleep" made atomic with the park mutex: `futex_wake` takes the
+    /// same mutex, so it cannot slip between the check and the sleep.
     #[cfg(loom)]
     fn futex_wait(&self) {
         let guard = self.park.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: the kernel's compare is not ordered either; the swap in `lock_contended`
+        // that follows the wake-up is what acquires.
         if self.state.load(Ordering::Relaxed) == CONTENDED {
             drop(self.park.1.wait(guard));
         }
@@ -237,10 +286,313 @@ impl RawLock {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for RawLock {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A statistic counter: relaxed atomics, read only for reports.
+///
+/// Relaxed is enough: no other data is published through a counter, so nothing needs its
+/// order. [`Self::add`] and [`Self::sub`] are atomic read-modify-writes, so no update is lost
+/// and the value read after every writer is joined is exact; and all writes to one counter form
+/// one modification order that every thread's reads follow (coherence), so a thread that adds
+/// before it subtracts (`large.rs` realloc: `add(new)`, then `sub(old)`) never lets any reader
+/// see the sum wrap below zero. [`Self::add_owned`] is for counters whose writers all hold one
+/// lock: the lock orders the writers, so a plain load and store lose nothing either (loom
+/// model `atomics::counters`, and the lock's own acquisition count in every heap model; twin
+/// `Counter`).
+#[derive(Debug)]
+pub struct Counter(AtomicUsize);
+
+impl Counter {
+    /// A counter at zero.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self(AtomicUsize::new(0))
+    }
+
+    /// A counter at zero.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self(AtomicUsize::new(0))
+    }
+
+    /// Adds `n` (wrapping); returns the new value.
+    #[inline]
+    pub fn add(&self, n: usize) -> usize {
+        if sabotage::armed(sabotage::Defect::Counter) {
+            // The `Counter` twin: a read and a write, so a concurrent update can be lost.
+            let v = self.0.load(Ordering::Relaxed).wrapping_add(n);
+            self.0.store(v, Ordering::Relaxed);
+            return v;
+        }
+        // Relaxed: see the type's documentation.
+        self.0.fetch_add(n, Ordering::Relaxed).wrapping_add(n)
+    }
+
+    /// Raises the value to `v` if it is lower (a peak: `large.rs`'s `MAX_BYTES`).
+    #[inline]
+    pub fn raise_to(&self, v: usize) {
+        // Relaxed: see the type's documentation; the read-modify-write keeps the largest.
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
+
+    /// Adds `n` (wrapping) with a load and a store, no locked instruction.
+    ///
+    /// Every writer of this counter must hold the same lock while it writes (the lock's
+    /// happens-before orders the writers); readers need not.
+    #[inline]
+    pub fn add_owned(&self, n: usize) {
+        // Relaxed: the lock orders the writers; see the type's documentation.
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` (wrapping); returns the new value.
+    #[inline]
+    pub fn sub(&self, n: usize) -> usize {
+        // Relaxed: see the type's documentation.
+        self.0.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n)
+    }
+
+    /// The current value.
+    #[inline]
+    pub fn get(&self) -> usize {
+        // Relaxed: see the type's documentation.
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A flag that exactly one caller wins, once in the flag's life: "do this once, and nobody
+/// waits for it" (registering the fork handlers, computing the TLS offset).
+///
+/// Relaxed is enough for "exactly one": the winning swap and every other swap are
+/// read-modify-writes of one location, so each reads the value the previous one wrote and only
+/// the first reads `false`. Relaxed orders nothing else: a loser may go on before the winner has
+/// done its work, so a claim must never be used to publish data (use [`Once`]) (loom model
+/// `once::claim_has_one_winner`; twin `Claim`).
+#[derive(Debug)]
+pub struct Claim(AtomicBool);
+
+impl Claim {
+    /// An unclaimed flag.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self(AtomicBool::new(false))
+    }
+
+    /// An unclaimed flag.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self(AtomicBool::new(false))
+    }
+
+    /// Whether someone claimed the flag (a cheap check before [`Self::claim`]).
+    #[inline(always)]
+    pub fn is_claimed(&self) -> bool {
+        // Relaxed: see the type's documentation.
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Claims the flag: `true` for exactly one caller.
+    #[inline]
+    pub fn claim(&self) -> bool {
+        if self.is_claimed() {
+            return false;
+        }
+        if sabotage::armed(sabotage::Defect::Claim) {
+            // The `Claim` twin: the check above and a plain store, so two callers can win.
+            self.0.store(true, Ordering::Relaxed);
+            return true;
+        }
+        // Relaxed: see the type's documentation; atomicity, not ordering, picks one winner.
+        !self.0.swap(true, Ordering::Relaxed)
+    }
+}
+
+impl Default for Claim {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`Once`] states: `NONE` → `RUNNING` (one thread runs the initialiser) → `READY` (the value is
+/// published) or `FAILED` (the initialiser returned `None`; every caller gets `None`).
+const ONCE_NONE: u32 = 0;
+const ONCE_RUNNING: u32 = 1;
+const ONCE_READY: u32 = 2;
+const ONCE_FAILED: u32 = 3;
+
+/// One-time initialisation of a `Copy` value from a `const` static, without allocating: the
+/// first caller runs the initialiser, concurrent callers spin until it is done, later callers
+/// read the value (the thread-exit key in `global.rs`).
+///
+/// # Invariants
+/// - O1: `value` is written once, by the thread that moved `state` from `NONE` to `RUNNING`,
+///   before its `Release` store of `READY`; it is read only after an `Acquire` load of `READY`.
+///
+/// The initialiser must not call `get_or_init` on the same `Once` (it would spin forever).
+/// (loom model `once::first_mallocs_race_for_the_key`; twin `OnceOrdering`.)
+pub struct Once<T> {
+    state: AtomicU32,
+    value: UnsafeCell<core::mem::MaybeUninit<T>>,
+}
+
+// SAFETY: O1 — the value is written by one thread before the Release store that publishes it
+// and read by others only after the pairing Acquire load, so sharing the `Once` only moves a
+// copy of `T` between threads (`T: Send`) and lets several threads read it (`T: Sync`).
+unsafe impl<T: Send + Sync> Sync for Once<T> {}
+
+/// `Acquire` for a read of [`Once`]'s state; `Relaxed` in the `OnceOrdering` twin.
+#[inline(always)]
+fn once_acquire() -> Ordering {
+    if sabotage::armed(sabotage::Defect::OnceOrdering) {
+        return Ordering::Relaxed;
+    }
+    Ordering::Acquire
+}
+
+/// `Release` for the store that publishes [`Once`]'s value; `Relaxed` in the `OnceOrdering`
+/// twin.
+#[inline(always)]
+fn once_release() -> Ordering {
+    if sabotage::armed(sabotage::Defect::OnceOrdering) {
+        return Ordering::Relaxed;
+    }
+    Ordering::Release
+}
+
+impl<T: Copy> Once<T> {
+    /// Not yet initialised.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self {
+            state: AtomicU32::new(ONCE_NONE),
+            value: UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+        }
+    }
+
+    /// Not yet initialised.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU32::new(ONCE_NONE),
+            value: UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+        }
+    }
+
+    /// The value, running `init` first if no caller has yet. `None` when the initialiser
+    /// failed (it is not retried).
+    pub fn get_or_init(&self, init: impl FnOnce() -> Option<T>) -> Option<T> {
+        loop {
+            // Acquire: pairs with the Release store below, so the value is visible (O1).
+            match self.state.load(once_acquire()) {
+                // SAFETY: O1 — READY was published after the value was written.
+                ONCE_READY => return Some(self.value.with(|p| unsafe { (*p).assume_init() })),
+                ONCE_FAILED => return None,
+                ONCE_NONE => {
+                    // Relaxed on success: the value is not read by the initialising thread
+                    // before it writes it, so nothing needs acquiring here; on failure we loop
+                    // and the Acquire load above decides.
+                    if self
+                        .state
+                        .compare_exchange(
+                            ONCE_NONE,
+                            ONCE_RUNNING,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        let v = init();
+                        if let Some(v) = v {
+                            // SAFETY: O1 — we moved the state to RUNNING, so we are the only
+                            // writer, and no reader looks before READY.
+                            self.value
+                                .with_mut(|p| unsafe { p.write(core::mem::MaybeUninit::new(v)) });
+                        }
+                        let done = if v.is_some() { ONCE_READY } else { ONCE_FAILED };
+                        // Release: publishes the value (O1); pairs with the Acquire load above.
+                        self.state.store(done, once_release());
+                        return v;
+                    }
+                }
+                _ => spin_hint(),
+            }
+        }
+    }
+}
+
+impl<T: Copy> Default for Once<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> core::fmt::Debug for Once<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Once").finish_non_exhaustive()
+    }
+}
+
+/// Deliberate defects for the loom job's expected-failure twins (`ci/loom.sh`).
+///
+/// Compiled only with `--cfg brkmalloc_sabotage`; a test arms one defect with [`arm`] before it
+/// runs a model, and that model must then fail. Without the cfg, [`armed`] is `false` and the
+/// defective paths are removed by the compiler. The switch is a plain `core` atomic, not a loom
+/// one: it is set before the model starts and is invisible to loom's exploration.
+pub mod sabotage {
+    /// One defect per protocol.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(u8)]
+    pub enum Defect {
+        /// No defect.
+        None = 0,
+        /// [`super::RawLock::lock`] tests and sets with a load and a store (no atomicity).
+        Lock,
+        /// [`super::RawLock`] acquires and releases with `Relaxed` (no happens-before).
+        LockOrdering,
+        /// [`super::RawLock::unlock`] never wakes a sleeper (a lost wake-up).
+        Wake,
+        /// [`super::Once`] publishes with `Relaxed`.
+        OnceOrdering,
+        /// [`super::Claim::claim`] claims with a load and a store.
+        Claim,
+        /// [`super::Counter::add`] adds with a load and a store.
+        Counter,
+    }
+
+    #[cfg(brkmalloc_sabotage)]
+    static ARMED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+    /// Arms `d` for every later operation of this process (until re-armed).
+    #[cfg(brkmalloc_sabotage)]
+    pub fn arm(d: Defect) {
+        // Relaxed: set before the model's threads exist; their spawning orders it.
+        ARMED.store(d as u8, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `d` is armed.
+    #[inline(always)]
+    pub fn armed(d: Defect) -> bool {
+        #[cfg(brkmalloc_sabotage)]
+        {
+            // Relaxed: see `arm`.
+            ARMED.load(core::sync::atomic::Ordering::Relaxed) == d as u8
+        }
+        #[cfg(not(brkmalloc_sabotage))]
+        {
+            let _ = d;
+            false
+        }
     }
 }
 
@@ -290,6 +642,19 @@ impl<T> Mutex<T> {
     /// The raw lock, for the fork handlers (which hold it across `fork` without a guard).
     pub fn raw(&self) -> &RawLock {
         &self.lock
+    }
+
+    /// Runs `f` on the data while the calling thread holds the lock through [`Self::raw`],
+    /// without a guard: between the fork handlers' `prepare` and `parent`/`child` (the loom
+    /// model of the fork protocol inspects the heap there, as the child would see it).
+    ///
+    /// # Safety
+    /// The calling thread took `self.raw()` with [`RawLock::lock`] or [`RawLock::try_lock`]
+    /// and has not released it, and no [`MutexGuard`] of this mutex exists (M1).
+    pub unsafe fn with_raw_locked<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: contract — we hold the lock and no guard exists, so this is the only
+        // reference to the data (M1).
+        self.data.with_mut(|p| f(unsafe { &mut *p }))
     }
 }
 
@@ -361,5 +726,54 @@ impl<T> Drop for MutexGuard<'_, T> {
         };
         // SAFETY: G1 — this thread holds the lock.
         unsafe { self.mutex.lock.unlock() };
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_runs_the_initialiser_once_and_keeps_a_failure() {
+        let ok: Once<u32> = Once::new();
+        assert_eq!(ok.get_or_init(|| Some(7)), Some(7));
+        assert_eq!(ok.get_or_init(|| panic!("ran twice")), Some(7));
+        let failed: Once<u32> = Once::new();
+        assert_eq!(failed.get_or_init(|| None), None);
+        assert_eq!(failed.get_or_init(|| Some(1)), None, "a failure is not retried");
+    }
+
+    #[test]
+    fn claim_and_counter() {
+        let c = Claim::new();
+        assert!(!c.is_claimed());
+        assert!(c.claim());
+        assert!(!c.claim());
+        assert!(c.is_claimed());
+        let n = Counter::new();
+        assert_eq!(n.add(5), 5);
+        assert_eq!(n.sub(2), 3);
+        n.add_owned(4);
+        n.raise_to(2);
+        assert_eq!(n.get(), 7);
+        n.raise_to(9);
+        assert_eq!(n.get(), 9);
+    }
+
+    #[test]
+    fn lock_counts_acquisitions() {
+        let m = Mutex::new(0u32);
+        *m.lock() += 1;
+        assert!(m.try_lock().is_some());
+        let g = m.lock();
+        assert!(m.try_lock().is_none());
+        drop(g);
+        assert_eq!(m.raw().acquisitions(), 3);
+        assert_eq!(m.raw().contended_count(), 0);
+        m.raw().lock();
+        // SAFETY: taken just above, no guard exists.
+        assert_eq!(unsafe { m.with_raw_locked(|v| *v) }, 1);
+        // SAFETY: as above.
+        unsafe { m.raw().unlock() };
     }
 }

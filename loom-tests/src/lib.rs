@@ -1,5 +1,361 @@
-//! Loom models of brkmalloc's locks and handoffs (run with `RUSTFLAGS="--cfg loom"`).
+//! Loom models of brkmalloc's locks and handoffs (run with `RUSTFLAGS="--cfg loom"`; the whole
+//! job is `ci/loom.sh`).
 //!
-//! The models arrive with the verification issue; today this crate only proves that the
-//! allocator's code builds under `--cfg loom` (its `sync` module switches to loom's types).
+//! The models drive brkmalloc's own code: under `--cfg loom`, `brkmalloc::sync` is built on
+//! loom's atomics, cells, mutex and condvar, so the central heap's [`Mutex`], the thread caches'
+//! refill and flush, and the one-time-initialisation types run unchanged under loom's scheduler.
+//! Memory comes from a [`FixedArena`] of a few pages per model iteration. What a model cannot run
+//! (the process-wide statics in `global.rs`, TLS, `pthread_*`, syscalls) it replaces with the
+//! smallest stand-in, and the helpers below that mirror glue code say which function they mirror.
+//!
+//! This file is the harness: [`check`] runs one model under a bounded exploration and reports how
+//! many interleavings it explored; [`Heap`] is a heap over its own arena; [`Ledger`] records
+//! every live block so that overlapping blocks are caught at once; `fill`/`verify` give every
+//! block contents that must survive until it is freed.
+//!
+//! # Bounds
+//!
+//! `LOOM_MAX_PREEMPTIONS` defaults to [`DEFAULT_PREEMPTIONS`] when unset (an unbounded model of
+//! this size does not finish). Models keep to 2–3 threads and 2–5 heap operations per thread.
+//!
+//! # Twins
+//!
+//! With `BRKMALLOC_SABOTAGE=<defect>` in the environment, [`check`] arms that defect of
+//! `brkmalloc::sync::sabotage` before the model runs, so every model doubles as its sabotage twin.
+//! That needs the twins' build (`--cfg brkmalloc_sabotage`); the plain model build refuses.
+#![cfg(loom)]
 #![deny(missing_docs)]
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
+
+use brkmalloc::block::HEADER;
+use brkmalloc::central::CentralHeap;
+use brkmalloc::os::{FixedArena, PAGE};
+use brkmalloc::size_class::{class_for_free, class_for_request};
+use brkmalloc::sync::Mutex;
+use brkmalloc::thread_cache::{ThreadCache, has_cache_key, header_for_free, max_count};
+
+/// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
+pub const DEFAULT_PREEMPTIONS: usize = 2;
+
+/// Runs `model` under loom: every interleaving of its threads up to the preemption bound.
+/// Prints `loom: <name>: <n> interleavings (preemption bound <b>)` on stderr, which
+/// `ci/loom.sh` collects.
+///
+/// # Panics
+/// When the model fails in some interleaving (loom re-raises the model's panic), or when
+/// `BRKMALLOC_SABOTAGE` names a defect and this build has none.
+pub fn check<F>(name: &str, model: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    arm_sabotage_from_env();
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(DEFAULT_PREEMPTIONS);
+    }
+    let bound = builder.preemption_bound;
+    // A process-wide count is fine: each test binary runs its models one after the other
+    // (ci/loom.sh passes --test-threads=1), and loom runs one iteration at a time.
+    static ITERATIONS: StdAtomicUsize = StdAtomicUsize::new(0);
+    ITERATIONS.store(0, StdOrdering::Relaxed);
+    EVENTS.lock().unwrap().clear();
+    builder.check(move || {
+        ITERATIONS.fetch_add(1, StdOrdering::Relaxed);
+        model();
+    });
+    let events: Vec<String> =
+        EVENTS.lock().unwrap().iter().map(|(k, v)| format!("{k} {v}")).collect();
+    eprintln!(
+        "loom: {name}: {} interleavings (preemption bound {}){}{}",
+        ITERATIONS.load(StdOrdering::Relaxed),
+        bound.map_or_else(|| "none".to_string(), |b| b.to_string()),
+        if events.is_empty() { "" } else { "; paths taken: " },
+        events.join(", ")
+    );
+}
+
+/// Paths the models took, summed over all interleavings of the current [`check`].
+static EVENTS: std::sync::Mutex<BTreeMap<&'static str, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Counts one occurrence of `what` (e.g. "realloc moved"); [`check`] prints the totals, so the
+/// report shows that each interesting path was explored.
+pub fn event(what: &'static str) {
+    *EVENTS.lock().unwrap().entry(what).or_default() += 1;
+}
+
+fn arm_sabotage_from_env() {
+    let Some(want) = std::env::var_os("BRKMALLOC_SABOTAGE") else { return };
+    let want = want.to_string_lossy().into_owned();
+    #[cfg(brkmalloc_sabotage)]
+    {
+        use brkmalloc::sync::sabotage::{Defect, arm};
+        let d = match want.as_str() {
+            "lock" => Defect::Lock,
+            "lock-ordering" => Defect::LockOrdering,
+            "wake" => Defect::Wake,
+            "once-ordering" => Defect::OnceOrdering,
+            "claim" => Defect::Claim,
+            "counter" => Defect::Counter,
+            other => panic!("BRKMALLOC_SABOTAGE={other}: unknown defect"),
+        };
+        arm(d);
+        eprintln!("loom: sabotage armed: {d:?}");
+    }
+    #[cfg(not(brkmalloc_sabotage))]
+    panic!(
+        "BRKMALLOC_SABOTAGE={want}, but this build has no defects (add --cfg brkmalloc_sabotage)"
+    );
+}
+
+/// A central heap over its own zeroed arena, as the models share it (in a loom `Arc`).
+pub struct Heap {
+    /// The heap behind brkmalloc's own mutex (the `CENTRAL` lock).
+    pub heap: Mutex<CentralHeap<FixedArena>>,
+    /// The arena's memory; declared after `heap`, so it is dropped after it.
+    _buf: Box<[u128]>,
+}
+
+impl Heap {
+    /// A heap over an arena of `pages` pages, with the top pad off so that each growth takes
+    /// one page and small models stay small.
+    pub fn new(pages: usize) -> Self {
+        let cap = pages * PAGE;
+        let mut buf = vec![0u128; cap / 16].into_boxed_slice();
+        let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: the buffer is zeroed, 16-aligned, owned by `Heap` and outlives the heap
+        // (field order).
+        let arena = unsafe { FixedArena::new(base, cap) };
+        let mut heap = CentralHeap::new(arena);
+        heap.top_pad = 0;
+        Self { heap: Mutex::new(heap), _buf: buf }
+    }
+
+    /// The end-of-model check: the heap invariants hold (deep walk), nothing is in use and
+    /// every byte merged back into one free block; the lock's acquisition count includes the
+    /// model's at least `min_locks` acquisitions and this check's own.
+    pub fn assert_all_free(&self, min_locks: usize) {
+        let h = self.heap.lock();
+        if let Err(e) = h.check(true) {
+            panic!("heap invariant broken: {} at {:#x}", e.what, e.addr);
+        }
+        let st = h.stats();
+        assert_eq!(st.used_blocks, 0, "blocks still in use: {st:?}");
+        assert_eq!(st.free_blocks, 1, "free space did not merge into one block: {st:?}");
+        assert_eq!(h.segment_count(), 1, "{st:?}");
+        drop(h);
+        if self.heap.raw().contended_count() > 0 {
+            event("lock contended");
+        }
+        // Counter::add_owned under the lock: every acquisition counted, none lost.
+        assert!(self.heap.raw().acquisitions() > min_locks, "lock acquisitions were not counted");
+    }
+
+    /// `api::alloc_central` for a small request: the central heap directly.
+    pub fn malloc(&self, n: usize) -> NonNull<u8> {
+        let r = self.heap.lock().alloc(n, false);
+        r.expect("arena exhausted").0
+    }
+
+    /// `api::dealloc_validated` for a heap block.
+    pub fn free(&self, p: NonNull<u8>) {
+        let r = self.heap.lock().free(p);
+        r.expect("free found misuse");
+    }
+
+    /// [`Self::malloc`], recorded in `ledger` and filled.
+    pub fn malloc_block(&self, ledger: &Ledger, n: usize, seed: u8) -> Block {
+        ledger.take(self.malloc(n), n, seed)
+    }
+
+    /// [`Self::free`] of a recorded block, after checking its contents.
+    pub fn free_block(&self, ledger: &Ledger, b: Block) {
+        ledger.give_back(&b);
+        self.free(b.ptr());
+    }
+
+    /// `api::realloc_raw` for a heap block: resize in place (one acquisition of the lock), else
+    /// allocate, copy and free (three more), as there. The ledger is updated before the heap
+    /// can hand any released memory to another thread.
+    pub fn realloc_block(&self, ledger: &Ledger, b: Block, n: usize) -> Block {
+        verify(&b);
+        if n < b.n {
+            // A shrink frees the tail inside `resize_in_place`: forget it first.
+            ledger.resize(&b, n);
+        }
+        let r = self.heap.lock().resize_in_place(b.ptr(), n);
+        if r.expect("realloc found misuse") {
+            event("realloc in place");
+            let b2 = Block { n, ..b };
+            if n > b.n {
+                ledger.resize(&b, n);
+            }
+            fill(&b2);
+            return b2;
+        }
+        event("realloc moved");
+        let old = self.heap.lock().usable_size(b.ptr()).expect("usable_size found misuse");
+        let new = self.malloc(n);
+        // SAFETY: two distinct live blocks of at least `old` and `n` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(b.ptr().as_ptr(), new.as_ptr(), old.min(n)) };
+        verify(&Block { p: new.addr().get(), n: b.n.min(n), seed: b.seed });
+        let b2 = ledger.take(new, n, b.seed);
+        self.free_block(ledger, b);
+        b2
+    }
+}
+
+/// The smallest byte limit for which `max_count` (the allocator's own sizing rule) gives class 0
+/// (32-byte blocks) a list of `max` blocks.
+pub fn class0_limit(max: u32) -> usize {
+    (16..1 << 20)
+        .step_by(16)
+        .find(|&b| max_count(0, b) == max)
+        .unwrap_or_else(|| panic!("no byte limit gives class 0 a list of {max}"))
+}
+
+/// An active cache whose class-0 list holds at most `max` blocks ([`class0_limit`]). Its refill
+/// batch is `min(4, max / 2)`; a full list flushes down to `max / 2`.
+pub fn active_cache(max: u32) -> ThreadCache {
+    let mut tc = ThreadCache::new();
+    tc.activate(class0_limit(max));
+    tc
+}
+
+/// `global::cache_alloc` + `api::alloc` for a small request `n`, over an explicit cache: pop,
+/// else refill (`ThreadCache::alloc_slow`), else the central heap.
+pub fn cache_malloc(tc: &mut ThreadCache, heap: &Heap, n: usize) -> NonNull<u8> {
+    assert!(n <= brkmalloc::size_class::MAX_CLASS_REQUEST);
+    // SAFETY: `n <= MAX_CLASS_REQUEST` (asserted).
+    let c = unsafe { class_for_request(n) };
+    match tc.pop(c) {
+        Some(p) => p,
+        None => tc.alloc_slow(c, &heap.heap).unwrap_or_else(|| heap.malloc(n)),
+    }
+}
+
+/// `api::dealloc` for a heap block, over an explicit cache: the header check of the free fast
+/// path (`header_for_free`, no lock), the class, the double-free key check, push; a full list
+/// goes through `ThreadCache::free_slow` (flush under the lock), an inactive cache to the
+/// central heap.
+///
+/// # Safety
+/// `p` is a live block of `heap` that the caller gives up.
+pub unsafe fn cache_free(tc: &mut ThreadCache, heap: &Heap, p: NonNull<u8>) {
+    // SAFETY: a live block of ours (contract): its header word is readable.
+    let h = unsafe { header_for_free(p) }.expect("free fast path rejected a live block");
+    let c = class_for_free(brkmalloc::block::BlockPtr::size_of(h)).expect("not a cached size");
+    // SAFETY: as above.
+    if unsafe { has_cache_key(p) } {
+        assert!(!tc.contains(p, c), "a live block was found in the cache (false double free)");
+    }
+    // SAFETY: as above.
+    if unsafe { tc.push(p, c) } {
+        return;
+    }
+    // SAFETY: as above.
+    let pushed = unsafe { tc.free_slow(p, c, &heap.heap) }.expect("flush found misuse");
+    if !pushed {
+        heap.free(p);
+    }
+}
+
+/// A live block as the models track it: address, length the program may use, pattern seed.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    /// Payload address.
+    pub p: usize,
+    /// Bytes written and checked.
+    pub n: usize,
+    /// Pattern seed.
+    pub seed: u8,
+}
+
+impl Block {
+    /// The payload pointer.
+    pub fn ptr(&self) -> NonNull<u8> {
+        NonNull::new(self.p as *mut u8).unwrap()
+    }
+}
+
+/// Every block that is live in this iteration, across threads. It is a `std` mutex, which
+/// loom does not see: it adds no happens-before edge to the model, and no loom operation
+/// happens while it is held, so it cannot block a loom thread.
+#[derive(Default)]
+pub struct Ledger(std::sync::Mutex<Vec<(usize, usize)>>);
+
+impl Ledger {
+    /// Records a block handed out by the allocator: it must not overlap any live block, header
+    /// included. Fills it with its pattern.
+    pub fn take(&self, p: NonNull<u8>, n: usize, seed: u8) -> Block {
+        let lo = p.addr().get() - HEADER;
+        let hi = p.addr().get() + n.max(1);
+        assert_eq!(p.addr().get() % 16, 0, "misaligned block");
+        {
+            let mut live = self.0.lock().unwrap();
+            for &(l, h) in live.iter() {
+                assert!(
+                    hi <= l || h <= lo,
+                    "block [{lo:#x}, {hi:#x}) overlaps live [{l:#x}, {h:#x})"
+                );
+            }
+            live.push((lo, hi));
+        }
+        let b = Block { p: p.addr().get(), n, seed };
+        fill(&b);
+        b
+    }
+
+    /// Checks a block's contents and forgets it (the caller frees it next).
+    pub fn give_back(&self, b: &Block) {
+        verify(b);
+        let lo = b.p - HEADER;
+        let mut live = self.0.lock().unwrap();
+        let i = live.iter().position(|&(l, _)| l == lo).expect("block not live");
+        live.swap_remove(i);
+    }
+
+    /// Changes the recorded length of a live block (a realloc in place), checking the new
+    /// range against every other live block.
+    pub fn resize(&self, b: &Block, n: usize) {
+        let lo = b.p - HEADER;
+        let hi = b.p + n.max(1);
+        let mut live = self.0.lock().unwrap();
+        let i = live.iter().position(|&(l, _)| l == lo).expect("block not live");
+        live.swap_remove(i);
+        for &(l, h) in live.iter() {
+            assert!(hi <= l || h <= lo, "block [{lo:#x}, {hi:#x}) overlaps live [{l:#x}, {h:#x})");
+        }
+        live.push((lo, hi));
+    }
+
+    /// Number of live blocks.
+    pub fn live(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+fn byte(seed: u8, i: usize) -> u8 {
+    seed.wrapping_mul(31).wrapping_add(i as u8)
+}
+
+/// Writes the block's pattern.
+pub fn fill(b: &Block) {
+    for i in 0..b.n {
+        // SAFETY: the block has `n` usable bytes and belongs to the caller.
+        unsafe { (b.p as *mut u8).add(i).write(byte(b.seed, i)) };
+    }
+}
+
+/// Checks the block's pattern.
+pub fn verify(b: &Block) {
+    for i in 0..b.n {
+        // SAFETY: as in `fill`.
+        let got = unsafe { (b.p as *const u8).add(i).read() };
+        assert_eq!(got, byte(b.seed, i), "block {:#x}: byte {i} changed", b.p);
+    }
+}

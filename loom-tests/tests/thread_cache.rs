@@ -1,0 +1,160 @@
+//! Thread caches in front of one central heap: batched refill, flush of a full list, blocks
+//! handed between threads and freed (and reused) there, and a thread's exit flush while another
+//! thread allocates. Each model drives brkmalloc's `ThreadCache` (pop, push, `alloc_slow`,
+//! `free_slow`, `flush_all`, `tear_down`) and the free fast path's header check
+//! (`header_for_free`); the glue that `global.rs`/`api.rs` put around them is mirrored by
+//! `loom_tests::{cache_malloc, cache_free}`.
+//!
+//! Every model ends with the heap walker and "all memory merged back into one free block", so a
+//! block lost or duplicated by a flush or a refill fails it; the ledger catches two threads
+//! holding overlapping blocks at the moment it happens.
+//!
+//! Twins (ci/loom.sh): `lock`, `lock-ordering`.
+#![cfg(loom)]
+
+use loom::sync::Arc;
+use loom::sync::mpsc::channel;
+use loom::thread;
+use loom_tests::{
+    Block, Heap, Ledger, active_cache as cache, cache_free, cache_malloc, check, event,
+};
+
+use brkmalloc::thread_cache::{State, ThreadCache};
+
+/// Arena pages (refills carve from the first page; the second absorbs interleavings in which
+/// memory sits in a cache while another thread needs some).
+const PAGES: usize = 2;
+/// Request size: class 0 (32-byte blocks).
+const N: usize = 24;
+
+/// `malloc` through the cache, recorded and filled.
+fn malloc(tc: &mut ThreadCache, heap: &Heap, ledger: &Ledger, seed: u8) -> Block {
+    ledger.take(cache_malloc(tc, heap, N), N, seed)
+}
+
+/// `free` through the cache of a recorded block.
+fn free(tc: &mut ThreadCache, heap: &Heap, ledger: &Ledger, b: Block) {
+    ledger.give_back(&b);
+    // SAFETY: a live block of `heap`, given up here.
+    unsafe { cache_free(tc, heap, b.ptr()) };
+}
+
+/// Thread A allocates two blocks through its cache (one batched refill) and sends them to
+/// thread B, then allocates again (a second refill) and exits (its exit flush returns what it
+/// still caches). B, whose smaller cache already holds one block, frees A's blocks into it: the
+/// second push finds the list full and flushes under the lock, racing A's refill or exit flush.
+/// B then allocates from its cache, reusing a block of A's, and exits.
+#[test]
+fn cross_thread_free() {
+    check("thread_cache::cross_thread_free", || {
+        let heap = Arc::new(Heap::new(PAGES));
+        let ledger = Arc::new(Ledger::default());
+        let (tx, rx) = channel::<[Block; 2]>();
+        let a = {
+            let (heap, ledger) = (heap.clone(), ledger.clone());
+            thread::spawn(move || {
+                let mut tc = cache(4);
+                let b1 = malloc(&mut tc, &heap, &ledger, 1); // refill: a batch of 2
+                let b2 = malloc(&mut tc, &heap, &ledger, 2); // pop
+                tx.send([b1, b2]).unwrap();
+                let b3 = malloc(&mut tc, &heap, &ledger, 3); // refill again
+                free(&mut tc, &heap, &ledger, b3);
+                tc.tear_down(&heap.heap).unwrap();
+            })
+        };
+        let mut tc = cache(2);
+        let own = malloc(&mut tc, &heap, &ledger, 4); // refill: a batch of 1
+        free(&mut tc, &heap, &ledger, own);
+        let got = rx.recv().unwrap();
+        for b in got {
+            free(&mut tc, &heap, &ledger, b); // the second one flushes
+        }
+        // A's blocks, now in B's cache, serve B's next malloc without the lock.
+        let again = malloc(&mut tc, &heap, &ledger, 9);
+        if got.iter().any(|b| b.p == again.p) {
+            event("reused a block freed by another thread");
+        }
+        free(&mut tc, &heap, &ledger, again);
+        tc.tear_down(&heap.heap).unwrap();
+        a.join().unwrap();
+        assert_eq!(ledger.live(), 0);
+        heap.assert_all_free(5);
+    });
+}
+
+/// Thread A's class-0 list is full; its next free flushes the two oldest blocks to the central
+/// heap while thread B refills its own empty cache from it. B may be handed memory that A has
+/// just flushed.
+#[test]
+fn flush_races_refill() {
+    check("thread_cache::flush_races_refill", || {
+        let heap = Arc::new(Heap::new(PAGES));
+        let ledger = Arc::new(Ledger::default());
+        // Set-up, before any thread exists: A's list full (4 of 4), plus one more live block.
+        let mut tc_a = cache(4);
+        let filled: Vec<Block> =
+            (0..4).map(|i| malloc(&mut tc_a, &heap, &ledger, 10 + i)).collect();
+        let extra = heap.malloc_block(&ledger, N, 20);
+        let cached: Vec<usize> = filled.iter().map(|b| b.p).collect();
+        for b in filled {
+            free(&mut tc_a, &heap, &ledger, b);
+        }
+        assert_eq!(tc_a.count(0), 4);
+        let a = {
+            let (heap, ledger) = (heap.clone(), ledger.clone());
+            thread::spawn(move || {
+                free(&mut tc_a, &heap, &ledger, extra); // full: flush 2, then push
+                assert_eq!(tc_a.count(0), 3);
+                tc_a.tear_down(&heap.heap).unwrap();
+            })
+        };
+        let mut tc_b = cache(4);
+        let b1 = malloc(&mut tc_b, &heap, &ledger, 30); // refill: a batch of 2
+        let b2 = malloc(&mut tc_b, &heap, &ledger, 31); // pop
+        if cached.contains(&b1.p) || cached.contains(&b2.p) {
+            event("refill got blocks another thread flushed");
+        }
+        free(&mut tc_b, &heap, &ledger, b1);
+        free(&mut tc_b, &heap, &ledger, b2);
+        tc_b.tear_down(&heap.heap).unwrap();
+        a.join().unwrap();
+        assert_eq!(ledger.live(), 0);
+        heap.assert_all_free(4);
+    });
+}
+
+/// Thread A exits while thread B allocates. A's exit runs `global.rs`'s destructor protocol:
+/// flush everything (rounds 1–3), then tear down (round 4); a free after that (another TLS
+/// destructor's) finds the cache torn down and goes to the central heap.
+#[test]
+fn thread_exit_while_others_allocate() {
+    check("thread_cache::thread_exit_while_others_allocate", || {
+        let heap = Arc::new(Heap::new(PAGES));
+        let ledger = Arc::new(Ledger::default());
+        let a = {
+            let (heap, ledger) = (heap.clone(), ledger.clone());
+            thread::spawn(move || {
+                let mut tc = cache(4);
+                let a1 = malloc(&mut tc, &heap, &ledger, 1); // refill
+                let a2 = malloc(&mut tc, &heap, &ledger, 2); // pop
+                free(&mut tc, &heap, &ledger, a1); // push
+                // Thread exit: `cache_destructor`, rounds 1..3, then round 4.
+                tc.flush_all(&heap.heap).unwrap();
+                tc.tear_down(&heap.heap).unwrap();
+                assert_eq!(tc.state(), State::TornDown);
+                // A later destructor frees: the torn-down cache sends it to the central heap.
+                free(&mut tc, &heap, &ledger, a2);
+                assert_eq!(tc.bytes(), 0);
+            })
+        };
+        let mut tc = cache(4);
+        let b1 = malloc(&mut tc, &heap, &ledger, 3); // refill
+        let big = heap.malloc_block(&ledger, 100, 4); // above the cache's class limit
+        free(&mut tc, &heap, &ledger, b1);
+        heap.free_block(&ledger, big);
+        tc.tear_down(&heap.heap).unwrap();
+        a.join().unwrap();
+        assert_eq!(ledger.live(), 0);
+        heap.assert_all_free(6);
+    });
+}
