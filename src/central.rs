@@ -46,6 +46,8 @@ const PURGE_GEN_OFFSET: usize = HEADER + 16;
 /// Smallest free run worth purging: one with a whole page inside, clear of its header, links,
 /// generation word and footer. Such runs carry a purge generation.
 const PURGE_MIN: usize = 2 * PAGE + PURGE_GEN_OFFSET + 16;
+/// Default for [`CentralHeap::dirty_slack`].
+pub const DEFAULT_DIRTY_SLACK: usize = 64 << 20;
 /// Default for [`CentralHeap::purge_interval`]: bytes freed between two purge passes.
 pub const DEFAULT_PURGE_INTERVAL: usize = 4 << 20;
 
@@ -131,6 +133,9 @@ pub struct HeapStats {
     pub free_bytes: usize,
     /// Number of free blocks.
     pub free_blocks: usize,
+    /// Bytes of free blocks whose pages are purged or were never touched (`PURGED`/`FRESH`):
+    /// `free_bytes - clean_bytes` is the dirty free memory still resident.
+    pub clean_bytes: usize,
     /// Bytes given back by shrinking the break, over the heap's life.
     pub trimmed_bytes: usize,
     /// Bytes given back by unmapping whole fallback segments.
@@ -187,10 +192,12 @@ impl Segment {
 /// - C4: `segs[..nsegs]` are the live segments (G1, G2), pairwise disjoint; `[lo, hi)` covers
 ///   them all.
 /// - C5: `stats` equals what a walk of the segments counts (checked by `check`).
-/// - C6: after each purge pass (every `purge_interval` bytes freed), every free block of at
-///   least `purge_threshold` bytes that has not changed since the previous pass is `PURGED`
-///   or `FRESH`: its whole inner pages were purged or never touched (a performance
-///   assumption: breaking it only costs RSS). The idle purge and `trim` purge every run.
+/// - C6: a purge pass runs when at least `purge_interval` bytes were freed since the last one
+///   and the dirty free memory exceeds four times the bytes in use plus `dirty_slack`; after it,
+///   every free block of at least `purge_threshold` bytes is `PURGED` or `FRESH`: its whole
+///   inner pages were purged or never touched (a performance assumption: breaking it only
+///   costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
+///   takes every run.
 pub struct CentralHeap<S> {
     source: S,
     group_map: u64,
@@ -215,6 +222,8 @@ pub struct CentralHeap<S> {
     pub purge_threshold: usize,
     /// Bytes freed between two purge passes.
     pub purge_interval: usize,
+    /// Dirty free memory kept beyond four times the bytes in use before a pass purges.
+    pub dirty_slack: usize,
 }
 
 // SAFETY: the raw pointers all point into memory owned by this heap (C4); moving the heap to
@@ -239,6 +248,7 @@ impl<S: MemorySource> CentralHeap<S> {
                 used_blocks: 0,
                 free_bytes: 0,
                 free_blocks: 0,
+                clean_bytes: 0,
                 trimmed_bytes: 0,
                 released_bytes: 0,
                 purged_bytes: 0,
@@ -251,6 +261,7 @@ impl<S: MemorySource> CentralHeap<S> {
             top_pad: DEFAULT_TOP_PAD,
             purge_threshold: DEFAULT_PURGE_THRESHOLD,
             purge_interval: DEFAULT_PURGE_INTERVAL,
+            dirty_slack: DEFAULT_DIRTY_SLACK,
         }
     }
 
@@ -307,6 +318,10 @@ impl<S: MemorySource> CentralHeap<S> {
         self.group_map |= 1 << (idx / 16);
         self.stats.free_bytes += size;
         self.stats.free_blocks += 1;
+        // SAFETY: `b`'s header is valid (contract).
+        if unsafe { b.flags() } & (PURGED | FRESH) != 0 {
+            self.stats.clean_bytes += size;
+        }
     }
 
     /// Unlinks free block `b` of `size` bytes from its bin.
@@ -337,6 +352,10 @@ impl<S: MemorySource> CentralHeap<S> {
         }
         self.stats.free_bytes -= size;
         self.stats.free_blocks -= 1;
+        // SAFETY: `b`'s header is valid (contract).
+        if unsafe { b.flags() } & (PURGED | FRESH) != 0 {
+            self.stats.clean_bytes -= size;
+        }
     }
 
     /// The first non-empty bin at or after `idx` (C3), in O(1).
@@ -808,7 +827,10 @@ impl<S: MemorySource> CentralHeap<S> {
                 start.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().write(g);
             }
             self.freed_since_purge += bs;
-            if self.freed_since_purge >= self.purge_interval && size >= self.purge_threshold {
+            if self.freed_since_purge >= self.purge_interval
+                && size >= self.purge_threshold
+                && self.too_dirty()
+            {
                 self.purge_large_runs();
             }
             if after.size() == 0 && size >= self.trim_threshold {
@@ -860,12 +882,14 @@ impl<S: MemorySource> CentralHeap<S> {
     /// a `madvise` now for page faults then (jemalloc's decay, by passes).
     fn purge_runs(&mut self, idle: bool) {
         self.freed_since_purge = 0;
-        self.purge_pending = false;
         let current = self.purge_gen;
-        self.purge_gen = self.purge_gen.wrapping_add(1);
-        // The idle purge takes every run with a whole page inside; the passes during activity
-        // only the large runs. Either way a run must have stayed unchanged for a whole pass
-        // interval: for the idle purge, one `purge_delay_ms`.
+        if idle {
+            self.purge_pending = false;
+            self.purge_gen = self.purge_gen.wrapping_add(1);
+        }
+        // The idle purge takes every run with a whole page inside that stayed unchanged for a
+        // whole `purge_delay_ms`; the passes during activity (the heap shrank a lot) take every
+        // large run at once.
         let min = if idle { PURGE_MIN } else { self.purge_threshold };
         let mut idx = bin_index(min);
         while let Some(i) = self.find_bin(idx) {
@@ -876,7 +900,8 @@ impl<S: MemorySource> CentralHeap<S> {
                     let size = b.size();
                     cur = b.next_free();
                     if size >= min && b.flags() & (PURGED | FRESH) == 0 {
-                        if b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read() != current {
+                        if !idle || b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read() != current
+                        {
                             self.purge_block(b, size);
                         } else {
                             // Too young this time: the next idle pass must come back for it.
@@ -898,7 +923,22 @@ impl<S: MemorySource> CentralHeap<S> {
     unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
         self.purge_range(b.addr() + PURGE_GEN_OFFSET + 8, b.addr() + size - 8);
         // SAFETY: forwarded contract.
-        unsafe { b.set_flags((b.flags() & !FRESH) | PURGED) };
+        unsafe {
+            if b.flags() & (PURGED | FRESH) == 0 {
+                self.stats.clean_bytes += size;
+            }
+            b.set_flags((b.flags() & !FRESH) | PURGED);
+        }
+    }
+
+    /// Whether the dirty free memory (free, resident, not purged) exceeds what the heap keeps
+    /// for reuse: four times the bytes in use, plus `dirty_slack`. A heap that churns a working set
+    /// keeps its free memory (purging it would only turn into page faults when it is reused;
+    /// the idle purge returns it once the program stops using it); one that freed most of
+    /// itself returns it at once (jemalloc's old `lg_dirty_mult`, on free bytes).
+    fn too_dirty(&self) -> bool {
+        let dirty = self.stats.free_bytes - self.stats.clean_bytes;
+        dirty > 4 * self.stats.used_bytes + self.dirty_slack
     }
 
     /// Purges the whole pages inside `[lo, hi)`.

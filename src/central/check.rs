@@ -2,7 +2,7 @@
 //! block). Unit tests, the fuzz driver and `check_heap` run it after every step.
 
 use super::{ALIGN, BlockPtr, CentralHeap, FRESH, GROUPS, HEADER, HeapError, HeapStats, MAPPED};
-use super::{MIN_BLOCK, NBINS, PREV_USED, USED, bin_index};
+use super::{MIN_BLOCK, NBINS, PREV_USED, PURGED, USED, bin_index};
 use crate::os::MemorySource;
 
 impl<S: MemorySource> CentralHeap<S> {
@@ -70,6 +70,9 @@ impl<S: MemorySource> CentralHeap<S> {
                     }
                     st.free_bytes += size;
                     st.free_blocks += 1;
+                    if h & (PURGED | FRESH) != 0 {
+                        st.clean_bytes += size;
+                    }
                     if deep && h & FRESH != 0 {
                         for off in (HEADER + 16..size - 8).step_by(8) {
                             // SAFETY: inside the free block's payload.

@@ -168,6 +168,7 @@ fn segments_are_fenced() {
 fn trim_returns_the_top_and_purge_the_middle() {
     let mut h = TestHeap::new(64 << 20);
     h.heap.purge_interval = 1 << 20;
+    h.heap.dirty_slack = 0;
     let ps: Vec<_> = (0..4000).map(|i| h.alloc(16 + (i % 64) * 16)).collect();
     let keep = h.alloc(64);
     let heap_before = h.heap.stats().heap_bytes;
