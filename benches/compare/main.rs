@@ -1,0 +1,560 @@
+//! `cargo bench --bench compare [-- --quick]`: brkmalloc against glibc,
+//! jemalloc, tcmalloc and mimalloc on the same workloads, interleaved, with
+//! a Markdown report and SVG charts in target/bench/.  See benches/README.md.
+
+mod allocs;
+mod callgrind;
+mod charts;
+mod machine;
+mod report;
+mod runner;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use allocs::Allocator;
+use report::{Cell, Results};
+use runner::Status;
+use workloads::{Ctx, Kind, Outcome};
+
+const USAGE: &str = "\
+usage: cargo bench --bench compare [-- OPTIONS]
+
+  --quick            quick mode (reduced work, about 3 minutes; CI's smoke test)
+  --rounds N         rounds (default 5)
+  --alloc LIST       allocators, comma separated (default glibc,jemalloc,tcmalloc,mimalloc,brkmalloc)
+  --only LIST        workloads, comma separated (churn,server,prodcons,falseshare,mixed,strings,
+                     large,threadchurn,python,sqlite,redis,memcached)
+  --threads LIST     thread counts for the threaded workloads (default 1,2,4,8)
+  --no-real          skip python, sqlite, redis and memcached
+  --no-callgrind     skip the callgrind instruction counts
+  --timeout SECS     per-run limit (default 60 quick, 300 full)
+  --save / --no-save copy report and charts to benches/results/ and update
+                     benches/README.md (default: on in full mode only)
+  --self-test        only check that the harness reports a corrupting, crashing
+                     and hanging allocator (also runs at the start of --quick)
+  --out DIR          output directory (default <target>/bench)
+
+Exit status: 1 when any run crashed or failed its checks (timeouts are
+reported but do not fail the run), or brkmalloc could not be built.
+";
+
+struct Opts {
+    quick: bool,
+    rounds: usize,
+    allocs: Vec<String>,
+    only: Option<Vec<String>>,
+    threads: Vec<u32>,
+    real: bool,
+    callgrind: bool,
+    timeout: Option<u64>,
+    save: Option<bool>,
+    self_test_only: bool,
+    out: Option<PathBuf>,
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+fn parse_args() -> Result<Option<Opts>, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // binary with no arguments: do nothing then rather than a full benchmark.
+    if args.is_empty() {
+        eprintln!("compare: no arguments; run it with `cargo bench --bench compare [-- --quick]`");
+        return Ok(None);
+    }
+    let mut o = Opts {
+        quick: false,
+        rounds: 5,
+        allocs: allocs::ALL_NAMES.iter().map(|s| s.to_string()).collect(),
+        only: None,
+        threads: vec![1, 2, 4, 8],
+        real: true,
+        callgrind: true,
+        timeout: None,
+        save: None,
+        self_test_only: false,
+        out: None,
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--bench" => {}
+            "--quick" => o.quick = true,
+            "--full" => o.quick = false,
+            "--rounds" => {
+                o.rounds = val("--rounds")?.parse().map_err(|_| "--rounds: not a number")?
+            }
+            "--alloc" => o.allocs = list(&val("--alloc")?),
+            "--only" => o.only = Some(list(&val("--only")?)),
+            "--threads" => {
+                o.threads = list(&val("--threads")?)
+                    .iter()
+                    .map(|t| t.parse::<u32>().map_err(|_| format!("--threads: bad '{t}'")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--no-real" => o.real = false,
+            "--no-callgrind" => o.callgrind = false,
+            "--timeout" => {
+                o.timeout = Some(val("--timeout")?.parse().map_err(|_| "--timeout: not a number")?)
+            }
+            "--save" => o.save = Some(true),
+            "--no-save" => o.save = Some(false),
+            "--self-test" => o.self_test_only = true,
+            "--out" => o.out = Some(PathBuf::from(val("--out")?)),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    if o.rounds == 0 || o.threads.is_empty() || o.threads.contains(&0) {
+        return Err("--rounds and --threads must be positive".into());
+    }
+    for a in &o.allocs {
+        if !allocs::ALL_NAMES.contains(&a.as_str()) {
+            return Err(format!("unknown allocator '{a}'"));
+        }
+    }
+    Ok(Some(o))
+}
+
+/// The repository root: where benches/workloads/ is.
+fn find_root() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        candidates.push(PathBuf::from(d));
+    }
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    if let Ok(cwd) = std::env::current_dir() {
+        candidates.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    candidates.into_iter().find(|d| d.join("benches/workloads/common.h").is_file())
+}
+
+/// The cargo target directory: $CARGO_TARGET_DIR, else from this
+/// executable's path (<target>/release/deps/compare-<hash>).
+fn find_target(root: &Path) -> PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        let t = PathBuf::from(t);
+        return if t.is_absolute() { t } else { root.join(t) };
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let profile = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().map(Path::to_path_buf)
+        } else {
+            Some(dir)
+        };
+        if let Some(t) = profile.and_then(|p| p.parent().map(Path::to_path_buf)) {
+            return t;
+        }
+    }
+    root.join("target")
+}
+
+/// Prove that the harness reports what it must: a corrupting allocator as
+/// VERIFY-FAIL, a crashing one as CRASH, a hanging one as TIMEOUT.
+fn self_test(bin_dir: &Path, log_dir: &Path) -> Result<String, String> {
+    callgrind::parser_self_check()?;
+    let shim = bin_dir.join("badalloc.so");
+    let churn = bin_dir.join("churn");
+    let cases = [
+        ("corrupt", Status::VerifyFail(3), 30u64),
+        ("crash", Status::Crash(libc::SIGSEGV), 30),
+        ("hang", Status::Timeout, 1),
+    ];
+    let mut seen = Vec::new();
+    for (mode, want, limit) in cases {
+        let mut cmd = std::process::Command::new(&churn);
+        cmd.args(["1", "100000"]).env("LD_PRELOAD", &shim).env("BADALLOC", mode);
+        let exit = runner::run(
+            &mut cmd,
+            &log_dir.join(format!("selftest-{mode}.log")),
+            Duration::from_secs(limit),
+        );
+        if exit.status != want {
+            return Err(format!(
+                "harness self-test: BADALLOC={mode} gave {} instead of {}",
+                exit.status, want
+            ));
+        }
+        seen.push(format!("{mode} → {}", exit.status.label()));
+    }
+    Ok(format!("passed (a broken malloc shim is reported: {})", seen.join(", ")))
+}
+
+fn ensure_real_programs(real: &[&str], notes: &mut Vec<String>) {
+    let mut missing: Vec<&str> = Vec::new();
+    for (prog, pkg) in workloads::REAL_PACKAGES {
+        let needed = match prog {
+            "sqlite3" => real.contains(&"sqlite"),
+            "memcached" => real.contains(&"memcached"),
+            _ => real.contains(&"redis"),
+        };
+        if needed && runner::which(prog).is_none() && !missing.contains(&pkg) {
+            missing.push(pkg);
+        }
+    }
+    if !missing.is_empty() && !allocs::apt_install(&missing) {
+        notes.push(format!(
+            "could not install {}; the workloads that need them are skipped (apt-get install -y {})",
+            missing.join(" "),
+            missing.join(" ")
+        ));
+    }
+}
+
+fn save_results(root: &Path, out: &Path, files: &[&str], date: &str, commit: &str, machine: &str) {
+    let dest = root.join("benches").join("results");
+    if let Err(e) = std::fs::create_dir_all(&dest) {
+        eprintln!("compare: cannot create {}: {e}", dest.display());
+        return;
+    }
+    for f in files {
+        if let Err(e) = std::fs::copy(out.join(f), dest.join(f)) {
+            eprintln!("compare: cannot copy {f} to {}: {e}", dest.display());
+        }
+    }
+    let readme = root.join("benches").join("README.md");
+    let Ok(text) = std::fs::read_to_string(&readme) else {
+        return;
+    };
+    let (start, end) = ("<!-- bench-results:start -->", "<!-- bench-results:end -->");
+    let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
+        return;
+    };
+    if b < a {
+        return;
+    }
+    let section = format!(
+        "{start}\nLatest full run: **{date}**, commit `{commit}`, on {machine}. \
+         Full report with every number: [results/report.md](results/report.md).\n\n\
+         ![time ratio vs glibc](results/time_ratio.svg)\n\n\
+         ![peak RSS ratio vs glibc](results/peak_rss_ratio.svg)\n\n\
+         ![throughput against threads](results/throughput.svg)\n"
+    );
+    let new = format!("{}{}{}", &text[..a], section, &text[b..]);
+    if let Err(e) = std::fs::write(&readme, new) {
+        eprintln!("compare: cannot update {}: {e}", readme.display());
+    }
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(Some(o)) => o,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("compare: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(opts: Opts) -> Result<ExitCode, String> {
+    let started = Instant::now();
+    let load_start = machine::loadavg();
+    let root = find_root().ok_or("cannot find the repository (benches/workloads/common.h)")?;
+    let target = find_target(&root);
+    let out = opts.out.clone().unwrap_or_else(|| target.join("bench"));
+    let bin_dir = out.join("bin");
+    let log_dir = out.join("logs");
+    let tmp_dir = out.join("tmp");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    for d in [&out, &bin_dir, &log_dir, &tmp_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    eprintln!("compare: output in {}", out.display());
+    workloads::compile_c(&root, &bin_dir)?;
+
+    let mut notes: Vec<String> = Vec::new();
+    let mut exit_fail = false;
+    let self_test = if opts.quick || opts.self_test_only {
+        match self_test(&bin_dir, &log_dir) {
+            Ok(s) => {
+                eprintln!("compare: self-test {s}");
+                Some(s)
+            }
+            Err(e) => {
+                eprintln!("compare: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    } else {
+        None
+    };
+    if opts.self_test_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Allocators, in the order of the interleaving.
+    let commit = machine::git_commit(&root);
+    let mut allocs: Vec<Allocator> = Vec::new();
+    if opts.allocs.iter().any(|a| a == "glibc") {
+        allocs.push(allocs::glibc());
+    }
+    allocs.extend(allocs::externals(&opts.allocs, &mut notes));
+    if opts.allocs.iter().any(|a| a == "brkmalloc") {
+        match allocs::brkmalloc(&root, &target, &commit) {
+            Ok(b) => allocs.push(b),
+            Err(e) => {
+                eprintln!("compare: brkmalloc unavailable: {e}");
+                notes.push(format!(
+                    "**brkmalloc could not be built; it is missing from every table**: {}",
+                    e.lines().next().unwrap_or("")
+                ));
+                exit_fail = true;
+            }
+        }
+    }
+    if allocs.is_empty() {
+        return Err("no allocator to run".into());
+    }
+
+    // Workloads and configurations.
+    let mut wls = workloads::all();
+    if let Some(only) = &opts.only {
+        for name in only {
+            if !wls.iter().any(|w| w.name == name) {
+                return Err(format!("unknown workload '{name}'"));
+            }
+        }
+        wls.retain(|w| only.iter().any(|o| o == w.name));
+    }
+    if !opts.real {
+        wls.retain(|w| !w.is_real());
+    }
+    let real: Vec<&str> = wls.iter().filter(|w| w.is_real()).map(|w| w.name).collect();
+    ensure_real_programs(&real, &mut notes);
+    let python = if real.contains(&"python") { workloads::find_python() } else { None };
+    wls.retain(|w| {
+        let have = match w.kind {
+            Kind::Synthetic => true,
+            Kind::Python => python.is_some(),
+            Kind::Sqlite => runner::which("sqlite3").is_some(),
+            Kind::Redis => ["redis-server", "redis-benchmark", "redis-cli"]
+                .iter()
+                .all(|p| runner::which(p).is_some()),
+            Kind::Memcached => runner::which("memcached").is_some(),
+        };
+        if !have {
+            notes.push(format!("workload {} skipped: its program is not installed", w.name));
+        }
+        have
+    });
+    let mut configs: Vec<(usize, u32)> = Vec::new();
+    for (i, w) in wls.iter().enumerate() {
+        if w.threaded {
+            configs.extend(opts.threads.iter().map(|&t| (i, t)));
+        } else {
+            configs.push((i, 1));
+        }
+    }
+
+    let ctx = Ctx {
+        root: root.clone(),
+        bin_dir: bin_dir.clone(),
+        log_dir: log_dir.clone(),
+        tmp_dir,
+        quick: opts.quick,
+        timeout: Duration::from_secs(opts.timeout.unwrap_or(if opts.quick { 60 } else { 300 })),
+        python: python.clone(),
+    };
+
+    // The interleaved rounds: for each round, every configuration, every allocator.
+    let mut runs: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); allocs.len()]; configs.len()];
+    let mut timed_out = vec![vec![false; allocs.len()]; configs.len()];
+    for round in 0..opts.rounds {
+        for (c, &(wi, threads)) in configs.iter().enumerate() {
+            let w = &wls[wi];
+            for (a, alloc) in allocs.iter().enumerate() {
+                if timed_out[c][a] {
+                    continue; // one hang per cell is enough; it is reported
+                }
+                let o = workloads::run_once(&ctx, w, threads, alloc, round + 1);
+                let rps = o.rps.map(|r| format!(" {r:.0} req/s")).unwrap_or_default();
+                eprintln!(
+                    "[{}/{}] {:<12} t={} {:<9} {:>8.3} s {:>8.1} MiB{} {}",
+                    round + 1,
+                    opts.rounds,
+                    w.name,
+                    threads,
+                    alloc.name,
+                    o.wall_s,
+                    o.maxrss_kib as f64 / 1024.0,
+                    rps,
+                    o.status
+                );
+                if !o.status.is_ok() {
+                    eprintln!("    reproduce: {}\n    log: {}", o.repro, o.log.display());
+                }
+                if o.status == Status::Timeout {
+                    timed_out[c][a] = true;
+                }
+                runs[c][a].push(o);
+            }
+        }
+    }
+    if timed_out.iter().flatten().any(|t| *t) {
+        notes.push("a configuration that timed out once is not run again in later rounds (its cell shows fewer runs)".into());
+    }
+
+    // Every run, raw, for anyone who wants to redo the statistics.
+    let mut csv = String::from("workload,threads,allocator,round,status,wall_s,maxrss_kib,rps\n");
+    for (c, &(wi, threads)) in configs.iter().enumerate() {
+        for (a, alloc) in allocs.iter().enumerate() {
+            for (r, o) in runs[c][a].iter().enumerate() {
+                csv.push_str(&format!(
+                    "{},{},{},{},{},{:.6},{},{}\n",
+                    wls[wi].name,
+                    threads,
+                    alloc.name,
+                    r + 1,
+                    o.status.label(),
+                    o.wall_s,
+                    o.maxrss_kib,
+                    o.rps.map(|v| format!("{v:.1}")).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    if let Err(e) = std::fs::write(out.join("runs.csv"), csv) {
+        eprintln!("compare: cannot write runs.csv: {e}");
+    }
+
+    // Fast-path instruction counts.
+    let cg_ops: u64 = if opts.quick { 200_000 } else { 1_000_000 };
+    let mut cg = Vec::new();
+    if opts.callgrind && wls.iter().any(|w| w.name == "churn") {
+        if runner::which("valgrind").is_some() {
+            for alloc in &allocs {
+                eprintln!("compare: callgrind churn under {}", alloc.name);
+                let r = callgrind::measure(
+                    alloc,
+                    &bin_dir.join("churn"),
+                    cg_ops,
+                    &out.join("callgrind"),
+                );
+                if let Some(e) = &r.error {
+                    eprintln!("    {e}");
+                }
+                cg.push(r);
+            }
+        } else {
+            notes.push(
+                "valgrind is not installed: no instruction counts (apt-get install -y valgrind)"
+                    .into(),
+            );
+        }
+    }
+
+    let res =
+        Results { workloads: wls, configs, allocs, runs, rounds: opts.rounds, quick: opts.quick };
+
+    // Charts.
+    let mut chart_files: Vec<(&str, &str)> = Vec::new();
+    let time_metric = |c: &Cell, rps: bool| c.cost(rps);
+    let rss_metric = |c: &Cell, _: bool| c.rss_mib.map(|r| r.med);
+    type Draw<'a> = Box<dyn Fn() -> Result<(), Box<dyn std::error::Error>> + 'a>;
+    let charts: [(&str, &str, Draw<'_>); 3] = [
+        (
+            "time_ratio.svg",
+            "time ratio vs glibc",
+            Box::new(|| {
+                charts::ratio_bars(
+                    &res,
+                    &out.join("time_ratio.svg"),
+                    "Time ÷ glibc time (median; lower is better; servers: glibc req/s ÷ req/s)",
+                    "ratio to glibc (log scale)",
+                    &time_metric,
+                )
+            }),
+        ),
+        (
+            "peak_rss_ratio.svg",
+            "peak RSS ratio vs glibc",
+            Box::new(|| {
+                charts::ratio_bars(
+                    &res,
+                    &out.join("peak_rss_ratio.svg"),
+                    "Peak RSS ÷ glibc peak RSS (median; lower is better)",
+                    "ratio to glibc (log scale)",
+                    &rss_metric,
+                )
+            }),
+        ),
+        (
+            "throughput.svg",
+            "throughput against threads",
+            Box::new(|| charts::throughput(&res, &out.join("throughput.svg"))),
+        ),
+    ];
+    for (file, alt, draw) in charts.iter() {
+        match draw() {
+            Ok(()) => chart_files.push((file, alt)),
+            Err(e) => {
+                eprintln!("compare: chart {file} failed: {e}");
+                notes.push(format!("chart {file} could not be drawn: {e}"));
+            }
+        }
+    }
+
+    let m = machine::probe(&commit, python.as_deref());
+    let load_end = machine::loadavg();
+    let md = report::markdown(
+        &res,
+        &report::Extra {
+            machine: &m,
+            notes: &notes,
+            callgrind: &cg,
+            callgrind_ops: cg_ops,
+            self_test: self_test.as_deref(),
+            charts: &chart_files,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            load: (&load_start, &load_end),
+        },
+    );
+    println!("{md}");
+    let report_path = out.join("report.md");
+    std::fs::write(&report_path, &md)
+        .map_err(|e| format!("write {}: {e}", report_path.display()))?;
+    eprintln!("compare: wrote {}", report_path.display());
+
+    if opts.save.unwrap_or(!opts.quick) {
+        let mut files = vec!["report.md", "runs.csv"];
+        files.extend(chart_files.iter().map(|(f, _)| *f));
+        save_results(&root, &out, &files, &m.date, &m.commit, &m.one_line());
+        eprintln!("compare: copied the report and charts to benches/results/");
+    }
+
+    let hard = res.hard_failures();
+    let timeouts = res.timeouts();
+    if timeouts > 0 {
+        eprintln!(
+            "compare: WARNING: {timeouts} run(s) timed out (reported, not counted as failure)"
+        );
+    }
+    let cg_fail = cg.iter().any(|c| c.error.is_some());
+    if cg_fail {
+        eprintln!("compare: WARNING: a callgrind measurement failed (see the report)");
+    }
+    if hard > 0 {
+        eprintln!("compare: FAILED: {hard} run(s) crashed or failed verification (see the report)");
+        exit_fail = true;
+    }
+    Ok(if exit_fail { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
