@@ -170,7 +170,7 @@ pub fn dealloc(p: NonNull<u8>, func: &str) {
     // A page-aligned pointer's header word lies on the previous page, which may not be
     // mapped for a pointer we never handed out: validate such pointers (rare: only page-
     // aligned allocations) on the central path, which checks ranges before reading.
-    if p.addr().get() % PAGE == 0 {
+    if crate::thread_cache::HARDENED && p.addr().get() % PAGE == 0 {
         return dealloc_central(p, func);
     }
     // SAFETY: `p - 8` lies on the same page as `p`, which the program can access.

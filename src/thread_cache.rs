@@ -52,6 +52,16 @@ pub enum State {
 /// cache. A freed block that carries it is looked up in the cache: found, it is a double free.
 pub const CACHE_KEY: usize = 0x6b72_6263_6163_6865 ^ 0x5a5a_0000_0000_a5a5;
 
+/// Whether the checks that cost on the fast paths are compiled in (cargo feature `hardening`,
+/// on by default; off only to measure what they cost).
+pub const HARDENED: bool = cfg!(feature = "hardening");
+
+/// The safe-linking mask of a link stored in `slot` (0 without `hardening`).
+#[inline(always)]
+fn link_mask(slot: NonNull<u8>) -> usize {
+    if HARDENED { slot.addr().get() >> 12 } else { 0 }
+}
+
 /// Reads the link word of cached block `slot`, decoding glibc's safe-linking: the word holds
 /// the next pointer XOR (the slot's address >> 12), so a program that overwrites a freed
 /// block cannot make `malloc` return an address of its choice. `Err` when the decoded pointer
@@ -62,8 +72,8 @@ pub const CACHE_KEY: usize = 0x6b72_6263_6163_6865 ^ 0x5a5a_0000_0000_a5a5;
 #[inline(always)]
 unsafe fn read_link(slot: NonNull<u8>) -> Result<*mut u8, Misuse> {
     // SAFETY: forwarded contract: the first payload word is the link.
-    let v = unsafe { slot.cast::<usize>().read() } ^ (slot.addr().get() >> 12);
-    if v % crate::block::ALIGN != 0 {
+    let v = unsafe { slot.cast::<usize>().read() } ^ link_mask(slot);
+    if HARDENED && v % crate::block::ALIGN != 0 {
         return Err(Misuse::CorruptLink);
     }
     Ok(ptr::with_exposed_provenance_mut(v))
@@ -75,7 +85,7 @@ unsafe fn read_link(slot: NonNull<u8>) -> Result<*mut u8, Misuse> {
 /// `slot` is an in-use block owned by the cache (T1).
 #[inline(always)]
 unsafe fn write_link(slot: NonNull<u8>, next: *mut u8) {
-    let v = next.expose_provenance() ^ (slot.addr().get() >> 12);
+    let v = next.expose_provenance() ^ link_mask(slot);
     // SAFETY: forwarded contract.
     unsafe { slot.cast::<usize>().write(v) };
 }
@@ -462,7 +472,11 @@ pub unsafe fn header_for_free(p: NonNull<u8>) -> Result<usize, Misuse> {
     let b = unsafe { BlockPtr::from_user(p) };
     // SAFETY: forwarded contract; an atomic read (B7).
     let h = unsafe { b.header() };
-    if h & (USED | MAPPED) == USED && b.tag_ok(h) { Ok(h) } else { Err(Misuse::NotOurs) }
+    if h & (USED | MAPPED) == USED && (!HARDENED || b.tag_ok(h)) {
+        Ok(h)
+    } else {
+        Err(Misuse::NotOurs)
+    }
 }
 
 /// Whether the in-use block `p` carries [`CACHE_KEY`] (then check [`ThreadCache::contains`]).
@@ -472,7 +486,7 @@ pub unsafe fn header_for_free(p: NonNull<u8>) -> Result<usize, Misuse> {
 #[inline(always)]
 pub unsafe fn has_cache_key(p: NonNull<u8>) -> bool {
     // SAFETY: forwarded contract.
-    unsafe { p.cast::<usize>().add(1).read() == CACHE_KEY }
+    HARDENED && unsafe { p.cast::<usize>().add(1).read() == CACHE_KEY }
 }
 
 #[cfg(test)]

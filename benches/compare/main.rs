@@ -321,6 +321,28 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
             }
         }
     }
+    // Extra builds to compare in the same run, e.g. brkmalloc without its hardening checks:
+    // BRKMALLOC_EXTRA="brkmalloc-nocheck=target/nocheck/release/libbrkmalloc.so[,name=path]".
+    if let Ok(extra) = std::env::var("BRKMALLOC_EXTRA") {
+        for item in extra.split(',').filter(|s| !s.is_empty()) {
+            match item.split_once('=') {
+                Some((name, path)) if std::path::Path::new(path).is_file() => {
+                    allocs.push(allocs::Allocator {
+                        name: Box::leak(name.to_string().into_boxed_str()),
+                        preload: Some(std::path::PathBuf::from(path)),
+                        version: format!("{path} (from BRKMALLOC_EXTRA)"),
+                        is_peer: false,
+                    });
+                }
+                _ => {
+                    eprintln!(
+                        "compare: BRKMALLOC_EXTRA item {item:?} ignored (name=path of a file)"
+                    );
+                    notes.push(format!("BRKMALLOC_EXTRA item `{item}` ignored"));
+                }
+            }
+        }
+    }
     if allocs.is_empty() {
         return Err("no allocator to run".into());
     }
