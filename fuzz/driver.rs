@@ -1,0 +1,679 @@
+//! The operation-sequence driver shared by the `heap_ops` fuzz target (`fuzz/fuzz_targets/`)
+//! and the stable test `tests/fuzz_model.rs`.
+//!
+//! [`run`] reads its input as a configuration header followed by a sequence of operations
+//! (malloc, free, realloc, aligned and zeroed allocation, in-place resize, cache and heap
+//! maintenance) and applies them to a `CentralHeap<FixedArena>` behind a
+//! `brkmalloc::sync::Mutex`, with several `ThreadCache`s driven from this one thread as if each
+//! were a thread: a block may be allocated from one cache and freed into another. The paths
+//! mimic `api.rs`/`global.rs` (class lookup, pop/push, `alloc_slow`/`free_slow`, activation,
+//! collection, tear-down, and `realloc_raw`'s routing: same class kept, small to small moved
+//! through the caches, anything else in place or moved).
+//!
+//! A shadow model keeps every live block with its requested size and fill pattern. After every
+//! operation the driver checks:
+//! - the heap walker, `check(true)` (C1–C5, B1–B6 including FRESH payloads being zero);
+//! - `used_blocks == live blocks + blocks in all caches` (nothing lost, nothing duplicated);
+//! - each active cache within its byte limit (T4);
+//!
+//! and on every allocation: alignment, `usable_size >= n`, no overlap with any live block; a
+//! zeroed allocation the heap reports fresh reads as zero. Contents are verified on free,
+//! realloc and at the end. At the end every cache is torn down, every block freed, and the heap
+//! must be back to one free block per segment with no block in use.
+//!
+//! The arena (4 MiB) is reused between inputs: only its used prefix is re-zeroed, so an input
+//! costs what it touches. Set `DRIVER_TRACE=1` to print each operation (to minimise a crash).
+#![allow(dead_code, clippy::std_instead_of_core)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use brkmalloc::block::{ALIGN, HEADER, block_size_for};
+use brkmalloc::central::CentralHeap;
+use brkmalloc::os::{FixedArena, PAGE};
+use brkmalloc::size_class::{
+    MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_free, class_for_request,
+};
+use brkmalloc::sync::Mutex;
+use brkmalloc::thread_cache::{State, ThreadCache, has_cache_key, header_for_free};
+
+/// Bytes of the arena behind the heap.
+pub const ARENA_BYTES: usize = 4 << 20;
+/// Most simulated threads (caches).
+pub const MAX_CACHES: usize = 4;
+/// Most operations taken from one input (keeps each execution short).
+pub const MAX_OPS: usize = 4096;
+
+/// One operation, decoded from the input.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// `malloc(n)` through cache `cache` (class lookup, pop, refill, or the central heap).
+    Malloc { cache: usize, n: usize },
+    /// `free` of live block `idx` (modulo the live count) into cache `cache`.
+    Free { idx: usize, cache: usize },
+    /// `realloc` of live block `idx` to `n` bytes: same-class shortcut, in place, or move (the
+    /// new block from `cache`, the old one freed into it).
+    Realloc { idx: usize, cache: usize, n: usize },
+    /// `CentralHeap::resize_in_place` alone.
+    Resize { idx: usize, n: usize },
+    /// `alloc_aligned(n, align)` on the central heap.
+    Aligned { n: usize, align: usize },
+    /// `CentralHeap::alloc(n, zero)` directly (the central path of malloc and calloc).
+    Central { n: usize, zero: bool },
+    /// `n` mallocs of one size from cache `from`, then frees of them all into cache `to`
+    /// (refill batches and flushes in few input bytes); `keep` of them stay live.
+    Burst { from: usize, to: usize, n: usize, count: usize, keep: usize },
+    /// `ThreadCache::flush_all`.
+    Flush { cache: usize },
+    /// `ThreadCache::collect` (the low-water-mark collection).
+    Collect { cache: usize },
+    /// Thread exit: `tear_down`, then a fresh `Uninit` cache takes its place (a new thread).
+    Exit { cache: usize },
+    /// `tear_down` only: the cache stays `TornDown` (frees after the TLS destructor).
+    TearDown { cache: usize },
+    /// `malloc_trim(pad)`: flush cache `cache`, then `CentralHeap::trim(pad)`.
+    Trim { cache: usize, pad: usize },
+    /// `CentralHeap::purge_idle`.
+    PurgeIdle,
+    /// The next growth of the arena leaves a gap (another `sbrk` user moved the break).
+    Gap,
+    /// Only `n` more growths succeed (`None`: no limit).
+    FailAfter { n: Option<usize> },
+    /// Verify the contents of every live block.
+    VerifyAll,
+}
+
+/// Heap and cache tuning, from the first bytes of the input.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Simulated threads.
+    pub ncaches: usize,
+    /// `tcache_max_bytes` of every cache.
+    pub cache_bytes: usize,
+    /// `CentralHeap::top_pad`.
+    pub top_pad: usize,
+    /// `CentralHeap::trim_threshold`.
+    pub trim_threshold: usize,
+    /// `CentralHeap::purge_threshold`.
+    pub purge_threshold: usize,
+    /// `CentralHeap::purge_interval`.
+    pub purge_interval: usize,
+}
+
+/// Reads bytes off the front of the input; `None` once it is used up.
+struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl Input<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.data.split_first()?;
+        self.data = rest;
+        Some(b)
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        Some(usize::from(self.u8()?) | usize::from(self.u8()?) << 8)
+    }
+
+    fn pick<T: Copy>(&mut self, choices: &[T]) -> Option<T> {
+        Some(choices[usize::from(self.u8()?) % choices.len()])
+    }
+
+    /// A request size: mostly small, often around the cache classes, sometimes large.
+    fn size(&mut self) -> Option<usize> {
+        let sel = self.u8()?;
+        let v = self.u16()?;
+        Some(match sel % 16 {
+            0..=5 => v % 128,
+            6..=9 => v % 1024,
+            10 | 11 => v % 8192,
+            12 | 13 => v % 40_000,
+            14 => MAX_CLASS_REQUEST - 64 + v % 128,
+            _ => (v * 8) % (384 << 10),
+        })
+    }
+
+    fn config(&mut self) -> Option<Config> {
+        Some(Config {
+            ncaches: 1 + usize::from(self.u8()?) % MAX_CACHES,
+            cache_bytes: self.pick(&[1 << 20, 64 << 10, 16 << 10, 4 << 10, 256 << 10])?,
+            top_pad: self.pick(&[0, 4096, 64, 16 << 10])?,
+            trim_threshold: self.pick(&[128 << 10, 4096, 0, 32 << 10])?,
+            purge_threshold: self.pick(&[128 << 10, 4096, 16 << 10, 64 << 10])?,
+            purge_interval: self.pick(&[4 << 20, 0, 16 << 10, 256 << 10])?,
+        })
+    }
+
+    fn op(&mut self, ncaches: usize) -> Option<Op> {
+        let b = self.u8()?;
+        let cache = usize::from(b >> 5) % ncaches;
+        Some(match b % 24 {
+            0..=6 => Op::Malloc { cache, n: self.size()? },
+            7..=11 => Op::Free { idx: self.u16()?, cache },
+            12 | 13 => Op::Realloc { idx: self.u16()?, cache, n: self.size()? },
+            14 => Op::Resize { idx: self.u16()?, n: self.size()? },
+            15 => {
+                let n = self.size()?;
+                let shift = 5 + usize::from(self.u8()?) % 12;
+                Op::Aligned { n, align: 1 << shift }
+            }
+            16 => {
+                let n = self.size()?;
+                Op::Central { n, zero: self.u8()? & 1 == 1 }
+            }
+            17 | 18 => {
+                let x = self.u8()?;
+                let n = self.size()? % (MAX_CLASS_REQUEST + 1);
+                let count = 1 + usize::from(self.u8()?) % 160;
+                Op::Burst {
+                    from: cache,
+                    to: usize::from(x) % ncaches,
+                    n,
+                    count,
+                    keep: usize::from(x >> 4),
+                }
+            }
+            19 => match self.u8()? % 4 {
+                0 => Op::Flush { cache },
+                1 => Op::Collect { cache },
+                2 => Op::Exit { cache },
+                _ => Op::TearDown { cache },
+            },
+            20 => Op::Trim { cache, pad: self.pick(&[0, 4096, 128 << 10])? },
+            21 => match self.u8()? % 8 {
+                0 => Op::PurgeIdle,
+                1 => Op::Gap,
+                2 => Op::FailAfter { n: Some(usize::from(self.u8()?) % 4) },
+                3 | 4 => Op::FailAfter { n: None },
+                5 => Op::VerifyAll,
+                _ => Op::PurgeIdle,
+            },
+            _ => Op::Collect { cache },
+        })
+    }
+}
+
+/// A live block of the model.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    p: NonNull<u8>,
+    /// Requested bytes: the ones filled and verified.
+    n: usize,
+    seed: u64,
+    /// `usable_size` when it was last checked: the block spans `[p - 8, p + usable)`.
+    usable: usize,
+}
+
+/// Bytes of the fill tape.
+const TAPE: usize = 8192;
+
+/// The fill tape: `TAPE` pseudo-random bytes, stored twice so that any `TAPE`-byte window
+/// starting in the first copy is contiguous.
+fn tape() -> &'static [u8; 2 * TAPE] {
+    static T: std::sync::OnceLock<[u8; 2 * TAPE]> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = [0u8; 2 * TAPE];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..TAPE {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t[i] = (x >> 32) as u8;
+            t[i + TAPE] = t[i];
+        }
+        t
+    })
+}
+
+/// The pattern of a block with `seed`: byte `i` is `tape[(seed + i) % TAPE]`. Fill and check
+/// go through `memcpy`/`memcmp` a tape window at a time: a per-byte loop would cost a traced
+/// comparison per iteration under the fuzzer's instrumentation.
+fn window(seed: u64, len: usize) -> &'static [u8] {
+    let o = (seed % TAPE as u64) as usize;
+    &tape()[o..o + len]
+}
+
+fn fill(p: NonNull<u8>, n: usize, seed: u64) {
+    let mut k = 0;
+    while k < n {
+        let len = (n - k).min(TAPE);
+        let src = window(seed, len);
+        // SAFETY: the block has at least `n` usable bytes; the tape is not inside it.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr().add(k), len) };
+        k += len;
+    }
+}
+
+fn verify(l: &Live, what: &str) {
+    let mut k = 0;
+    while k < l.n {
+        let len = (l.n - k).min(TAPE);
+        // SAFETY: the block is live with at least `l.n` bytes.
+        let got = unsafe { core::slice::from_raw_parts(l.p.as_ptr().add(k), len) };
+        let want = window(l.seed, len);
+        if got != want {
+            let i = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+            panic!(
+                "{what}: contents of block {:p} (n={}) changed at byte {}: {:#04x} != {:#04x}",
+                l.p,
+                l.n,
+                k + i,
+                got[i],
+                want[i]
+            );
+        }
+        k += len;
+    }
+}
+
+thread_local! {
+    /// The arena buffer, reused between inputs: all zero whenever it is in here.
+    static ARENA: RefCell<Option<Box<[u128]>>> = const { RefCell::new(None) };
+}
+
+/// The driver's state for one input.
+struct Driver {
+    heap: Mutex<CentralHeap<FixedArena>>,
+    caches: Vec<ThreadCache>,
+    cfg: Config,
+    live: Vec<Live>,
+    /// Start of every live block (`p - 8`) to its end (`p + usable`).
+    spans: BTreeMap<usize, usize>,
+    next_seed: u64,
+    trace: bool,
+    step: usize,
+}
+
+impl Driver {
+    fn check(&self, what: &str) {
+        let heap = self.heap.lock();
+        if let Err(e) = heap.check(true) {
+            panic!(
+                "step {} ({what}): heap invariant broken: {} at {:#x}",
+                self.step, e.what, e.addr
+            );
+        }
+        let cached: usize =
+            self.caches.iter().map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>()).sum();
+        let st = heap.stats();
+        assert_eq!(
+            st.used_blocks,
+            self.live.len() + cached,
+            "step {} ({what}): used_blocks != live {} + cached {cached}",
+            self.step,
+            self.live.len()
+        );
+        for tc in &self.caches {
+            if tc.state() == State::Active {
+                assert!(tc.bytes() <= self.cfg.cache_bytes, "T4: cache holds {} bytes", tc.bytes());
+            } else {
+                assert_eq!(tc.bytes(), 0, "T5: a cache that is not active holds blocks");
+            }
+        }
+    }
+
+    fn usable(&self, p: NonNull<u8>) -> usize {
+        match self.heap.lock().usable_size(p) {
+            Ok(u) => u,
+            Err(e) => panic!("step {}: usable_size({p:p}) of a live block: {e:?}", self.step),
+        }
+    }
+
+    /// Checks a block just handed out and adds it to the model, filled with a new pattern.
+    fn adopt(&mut self, p: NonNull<u8>, n: usize, align: usize, what: &str) {
+        let a = p.addr().get();
+        assert_eq!(a % align, 0, "step {} ({what}): {p:p} not aligned to {align}", self.step);
+        let usable = self.usable(p);
+        assert!(usable >= n, "step {} ({what}): usable {usable} < requested {n}", self.step);
+        let (start, end) = (a - HEADER, a + usable);
+        if let Some((&s, &e)) = self.spans.range(..end).next_back() {
+            assert!(
+                e <= start,
+                "step {} ({what}): new block [{start:#x}, {end:#x}) overlaps live [{s:#x}, {e:#x})",
+                self.step
+            );
+        }
+        self.spans.insert(start, end);
+        self.next_seed += 1;
+        let l = Live { p, n, seed: self.next_seed.wrapping_mul(0x2545_f491_4f6c_dd1d), usable };
+        fill(p, n, l.seed);
+        self.live.push(l);
+    }
+
+    /// Removes live block `i` from the model, verifying its contents first.
+    fn take(&mut self, i: usize, what: &str) -> Live {
+        let l = self.live.swap_remove(i);
+        verify(&l, what);
+        let start = l.p.addr().get() - HEADER;
+        assert_eq!(self.spans.remove(&start), Some(l.p.addr().get() + l.usable));
+        l
+    }
+
+    fn ensure_active(&mut self, ci: usize) {
+        // global.rs `activate`: an Uninit cache becomes Active on its first slow path.
+        if self.caches[ci].state() == State::Uninit {
+            self.caches[ci].activate(self.cfg.cache_bytes);
+        }
+    }
+
+    /// `api::alloc` with cache `ci` as the calling thread's cache.
+    fn malloc(&mut self, ci: usize, n: usize) -> Option<NonNull<u8>> {
+        if n > MAX_CLASS_REQUEST {
+            return self.heap.lock().alloc(n, false).map(|(p, _)| p);
+        }
+        // SAFETY: `n <= MAX_CLASS_REQUEST`.
+        let c = unsafe { class_for_request(n) };
+        let p = match self.caches[ci].pop(c) {
+            Some(p) => Some(p),
+            None => {
+                self.ensure_active(ci);
+                self.caches[ci].alloc_slow(c, &self.heap)
+            }
+        };
+        match p {
+            Some(p) => {
+                if self.caches[ci].gc_due() {
+                    if let Err(e) = self.caches[ci].collect(&self.heap) {
+                        panic!("step {}: collect: {e:?}", self.step);
+                    }
+                }
+                Some(p)
+            }
+            None => self.heap.lock().alloc(n, false).map(|(p, _)| p),
+        }
+    }
+
+    /// `api::dealloc` with cache `ci` as the calling thread's cache.
+    fn dealloc(&mut self, ci: usize, p: NonNull<u8>) {
+        let central = |d: &mut Self| {
+            if let Err(e) = d.heap.lock().free(p) {
+                panic!("step {}: free({p:p}) of a live block: {e:?}", d.step);
+            }
+        };
+        if p.addr().get() % PAGE == 0 {
+            return central(self);
+        }
+        // SAFETY: `p` is a live block of ours; its header word is readable.
+        let Ok(h) = (unsafe { header_for_free(p) }) else {
+            panic!("step {}: the header of live block {p:p} fails the fast-path check", self.step)
+        };
+        let Some(c) = class_for_free(brkmalloc::block::BlockPtr::size_of(h)) else {
+            return central(self);
+        };
+        // SAFETY: an in-use heap block.
+        if unsafe { has_cache_key(p) } && self.caches.iter().any(|tc| tc.contains(p, c)) {
+            panic!("step {}: live block {p:p} is also in a thread cache", self.step);
+        }
+        // SAFETY: an in-use heap block of class `c`, not cached, given up by the program.
+        if unsafe { self.caches[ci].push(p, c) } {
+            return;
+        }
+        self.ensure_active(ci);
+        // SAFETY: as above.
+        match unsafe { self.caches[ci].free_slow(p, c, &self.heap) } {
+            Ok(true) => {}
+            Ok(false) => central(self),
+            Err(e) => panic!("step {}: free_slow: {e:?}", self.step),
+        }
+    }
+
+    fn cache_result(&self, r: Result<(), brkmalloc::central::Misuse>, what: &str) {
+        if let Err(e) = r {
+            panic!("step {} ({what}): {e:?}", self.step);
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Malloc { cache, n } => {
+                if let Some(p) = self.malloc(cache, n) {
+                    self.adopt(p, n, ALIGN, "malloc");
+                }
+            }
+            Op::Free { idx, cache } => {
+                if !self.live.is_empty() {
+                    let l = self.take(idx % self.live.len(), "free");
+                    self.dealloc(cache, l.p);
+                }
+            }
+            Op::Realloc { idx, cache, n } => {
+                if self.live.is_empty() {
+                    return;
+                }
+                let i = idx % self.live.len();
+                let old = self.take(i, "realloc");
+                let p = old.p;
+                // api::realloc_raw: a block of a cache class keeps a same-class request without
+                // the lock, and moves through the caches to another small size; anything else
+                // tries in place (one lock acquisition), then moves.
+                // SAFETY: a live block of ours.
+                let class = match unsafe { header_for_free(p) } {
+                    Ok(h) if p.addr().get() % PAGE != 0 => {
+                        let bs = brkmalloc::block::BlockPtr::size_of(h);
+                        class_for_free(bs).map(|have| (bs, have))
+                    }
+                    _ => None,
+                };
+                let in_place = match class {
+                    Some((bs, have))
+                        if block_size_for(n).is_some_and(|need| {
+                            need <= bs && class_for_alloc(need) == Some(have)
+                        }) =>
+                    {
+                        true
+                    }
+                    Some(_) if n <= MAX_CLASS_REQUEST => false,
+                    _ => {
+                        let r = self.heap.lock().resize_in_place(p, n);
+                        match r {
+                            Ok(b) => b,
+                            Err(e) => {
+                                panic!("step {}: resize_in_place of a live block: {e:?}", self.step)
+                            }
+                        }
+                    }
+                };
+                let q = if in_place {
+                    Some(p)
+                } else {
+                    match self.malloc(cache, n) {
+                        Some(q) => {
+                            // SAFETY: distinct blocks, each with at least min(old.n, n) bytes.
+                            unsafe {
+                                core::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old.n.min(n))
+                            };
+                            self.dealloc(cache, p);
+                            Some(q)
+                        }
+                        None => None,
+                    }
+                };
+                match q {
+                    Some(q) => {
+                        let moved = Live { p: q, n: old.n.min(n), ..old };
+                        verify(&moved, "realloc (kept contents)");
+                        self.adopt(q, n, ALIGN, "realloc");
+                    }
+                    None => {
+                        // A failed realloc leaves the block as it was.
+                        let usable = self.usable(p);
+                        assert_eq!(usable, old.usable, "a failed realloc changed the block");
+                        self.spans.insert(p.addr().get() - HEADER, p.addr().get() + usable);
+                        self.live.push(old);
+                    }
+                }
+            }
+            Op::Resize { idx, n } => {
+                if self.live.is_empty() {
+                    return;
+                }
+                let old = self.take(idx % self.live.len(), "resize");
+                let r = self.heap.lock().resize_in_place(old.p, n);
+                match r {
+                    Ok(true) => {
+                        verify(&Live { n: old.n.min(n), ..old }, "resize (kept contents)");
+                        self.adopt(old.p, n, ALIGN, "resize");
+                    }
+                    Ok(false) => {
+                        assert_eq!(
+                            self.usable(old.p),
+                            old.usable,
+                            "a refused resize changed the block"
+                        );
+                        self.spans
+                            .insert(old.p.addr().get() - HEADER, old.p.addr().get() + old.usable);
+                        self.live.push(old);
+                    }
+                    Err(e) => panic!("step {}: resize_in_place of a live block: {e:?}", self.step),
+                }
+            }
+            Op::Aligned { n, align } => {
+                let r = self.heap.lock().alloc_aligned(n, align);
+                if let Some(p) = r {
+                    self.adopt(p, n, align, "alloc_aligned");
+                }
+            }
+            Op::Central { n, zero } => {
+                let r = self.heap.lock().alloc(n, zero);
+                if let Some((p, fresh)) = r {
+                    if zero && fresh {
+                        // SAFETY: at least `n` usable bytes.
+                        let bytes = unsafe { core::slice::from_raw_parts(p.as_ptr(), n) };
+                        if let Some(off) = bytes.iter().position(|&b| b != 0) {
+                            panic!("step {}: a fresh zeroed block is not zero at {off}", self.step);
+                        }
+                    }
+                    self.adopt(p, n, ALIGN, "central alloc");
+                }
+            }
+            Op::Burst { from, to, n, count, keep } => {
+                let mut got = Vec::with_capacity(count);
+                for _ in 0..count {
+                    match self.malloc(from, n) {
+                        Some(p) => {
+                            self.adopt(p, n, ALIGN, "burst malloc");
+                            got.push(self.live.len() - 1);
+                        }
+                        None => break,
+                    }
+                }
+                // Free from the newest (swap_remove keeps lower indices in place).
+                for &i in got.iter().skip(keep.min(got.len())).rev() {
+                    let l = self.take(i, "burst free");
+                    self.dealloc(to, l.p);
+                }
+            }
+            Op::Flush { cache } => {
+                let r = self.caches[cache].flush_all(&self.heap);
+                self.cache_result(r, "flush_all");
+            }
+            Op::Collect { cache } => {
+                let r = self.caches[cache].collect(&self.heap);
+                self.cache_result(r, "collect");
+            }
+            Op::Exit { cache } => {
+                let r = self.caches[cache].tear_down(&self.heap);
+                self.cache_result(r, "tear_down");
+                self.caches[cache] = ThreadCache::new();
+            }
+            Op::TearDown { cache } => {
+                let r = self.caches[cache].tear_down(&self.heap);
+                self.cache_result(r, "tear_down");
+            }
+            Op::Trim { cache, pad } => {
+                let r = self.caches[cache].flush_all(&self.heap);
+                self.cache_result(r, "malloc_trim flush");
+                self.heap.lock().trim(pad);
+            }
+            Op::PurgeIdle => {
+                self.heap.lock().purge_idle();
+            }
+            Op::Gap => self.heap.lock().source_mut().leave_gap(),
+            Op::FailAfter { n } => {
+                self.heap.lock().source_mut().fail_after(n.unwrap_or(usize::MAX))
+            }
+            Op::VerifyAll => {
+                for l in &self.live {
+                    verify(l, "verify all");
+                }
+            }
+        }
+    }
+
+    /// Tears every cache down, frees every block, and checks that the heap is empty again.
+    fn finish(&mut self) {
+        for ci in 0..self.caches.len() {
+            let r = self.caches[ci].tear_down(&self.heap);
+            self.cache_result(r, "final tear_down");
+        }
+        self.check("after the final tear-down");
+        let mut ci = 0;
+        while !self.live.is_empty() {
+            let l = self.take(self.live.len() - 1, "final free");
+            self.dealloc(ci % self.caches.len(), l.p);
+            ci += 1;
+        }
+        self.check("after freeing everything");
+        let heap = self.heap.lock();
+        let st = heap.stats();
+        assert_eq!(st.used_blocks, 0, "blocks still in use at the end: {st:?}");
+        assert_eq!(st.used_bytes, 0, "bytes still in use at the end: {st:?}");
+        assert_eq!(st.free_blocks, heap.segment_count(), "not one free block per segment: {st:?}");
+        assert_eq!(
+            st.free_bytes + 2 * HEADER * heap.segment_count(),
+            st.heap_bytes,
+            "free bytes do not cover the segments: {st:?}"
+        );
+    }
+}
+
+/// Interprets `data` as a heap configuration and a sequence of operations; panics on the first
+/// broken invariant (see the module documentation).
+pub fn run(data: &[u8]) {
+    let mut input = Input { data };
+    let Some(cfg) = input.config() else { return };
+    let mut buf = ARENA
+        .with(|a| a.borrow_mut().take())
+        .unwrap_or_else(|| vec![0u128; ARENA_BYTES / 16].into_boxed_slice());
+    let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).expect("non-null buffer");
+    // SAFETY: the buffer is zero (fresh, or re-zeroed below), 16-aligned, ARENA_BYTES long, and
+    // outlives the heap, which is dropped at the end of this function.
+    let arena = unsafe { FixedArena::new(base, ARENA_BYTES) };
+    let mut heap = CentralHeap::new(arena);
+    heap.top_pad = cfg.top_pad;
+    heap.trim_threshold = cfg.trim_threshold;
+    heap.purge_threshold = cfg.purge_threshold;
+    heap.purge_interval = cfg.purge_interval;
+    let trace = std::env::var_os("DRIVER_TRACE").is_some();
+    if trace {
+        eprintln!("config {cfg:?}");
+    }
+    let mut d = Driver {
+        heap: Mutex::new(heap),
+        caches: (0..cfg.ncaches).map(|_| ThreadCache::new()).collect(),
+        cfg,
+        live: Vec::new(),
+        spans: BTreeMap::new(),
+        next_seed: 0,
+        trace,
+        step: 0,
+    };
+    while d.step < MAX_OPS {
+        let Some(op) = input.op(cfg.ncaches) else { break };
+        if d.trace {
+            eprintln!("{:5} {op:?}", d.step);
+        }
+        d.apply(op);
+        d.check("after the operation");
+        d.step += 1;
+    }
+    d.finish();
+    // Re-zero what the heap touched (A1: the arena is zero beyond `used`) and keep the buffer.
+    let used = d.heap.lock().source().used();
+    drop(d);
+    // SAFETY: `used <= ARENA_BYTES`; the heap that used the buffer is gone.
+    unsafe { core::ptr::write_bytes(buf.as_mut_ptr().cast::<u8>(), 0, used) };
+    ARENA.with(|a| *a.borrow_mut() = Some(buf));
+}

@@ -1,0 +1,89 @@
+//! The fuzz driver (`fuzz/driver.rs`) on stable: pseudo-random operation sequences and every
+//! file of the committed seed corpus (`fuzz/corpus/heap_ops/`), each against the shadow model
+//! with the heap walker after every step. `cargo +nightly fuzz run heap_ops` explores further.
+#![allow(clippy::std_instead_of_core)]
+
+#[path = "../fuzz/driver.rs"]
+mod driver;
+
+use std::path::Path;
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Input `i` of the random series: 2–8 KiB of pseudo-random bytes.
+fn input(i: u64) -> Vec<u8> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    let len = 2048 + (rng.next() % 6144) as usize;
+    (0..len).map(|_| rng.next() as u8).collect()
+}
+
+/// Runs inputs `lo..hi` of the random series (split over several tests so that they run on
+/// every core).
+fn random_inputs(lo: u64, hi: u64) {
+    for i in lo..hi {
+        let data = input(i);
+        if std::env::var_os("DRIVER_TRACE").is_some() {
+            eprintln!("random input {i} ({} bytes)", data.len());
+        }
+        driver::run(&data);
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_0() {
+    random_inputs(0, 75);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_1() {
+    random_inputs(75, 150);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_2() {
+    random_inputs(150, 225);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_3() {
+    random_inputs(225, 300);
+}
+
+#[test]
+fn seed_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/heap_ops");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "the seed corpus {} is empty", dir.display());
+    // Under Miri every fifth file (each takes 20-30 s there).
+    for f in files.iter().step_by(if cfg!(miri) { 5 } else { 1 }) {
+        let data = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        eprintln!("{}", f.display());
+        driver::run(&data);
+    }
+}
+
+/// Edge cases of the input format: empty and truncated inputs end cleanly.
+#[test]
+fn short_inputs() {
+    for len in 0..64 {
+        driver::run(&input(1000)[..len]);
+    }
+}
