@@ -164,13 +164,24 @@ pub(crate) fn misuse(func: &str, what: Misuse, p: NonNull<u8>) {
     report(func, what.message(), p.addr().get());
 }
 
+/// Whether the fast paths may read the header word before `p` without checking ranges
+/// first: `p` is more than 16 bytes into its page. A page-aligned pointer's header lies on the
+/// previous page, which may not be mapped for a pointer we never handed out; and every large
+/// block's pointer is 0 or 16 bytes into a page (`large::alloc`), so a large block freed twice
+/// goes to the registry check instead of reading its unmapped header. Heap blocks at those
+/// offsets (one in 128) just take the central path.
+#[inline(always)]
+fn header_on_same_page(p: NonNull<u8>) -> bool {
+    p.addr().get() % PAGE > 2 * crate::block::HEADER
+}
+
 /// Frees `p` (a block of ours), aborting with a message naming `func` on misuse.
 #[inline(always)]
 pub fn dealloc(p: NonNull<u8>, func: &str) {
     // A page-aligned pointer's header word lies on the previous page, which may not be
     // mapped for a pointer we never handed out: validate such pointers (rare: only page-
     // aligned allocations) on the central path, which checks ranges before reading.
-    if crate::thread_cache::HARDENED && p.addr().get() % PAGE == 0 {
+    if crate::thread_cache::HARDENED && !header_on_same_page(p) {
         return dealloc_central(p, func);
     }
     // SAFETY: `p - 8` lies on the same page as `p`, which the program can access.
@@ -273,7 +284,7 @@ fn raise_mmap_threshold(len: usize) {
 /// Usable size of the live block `p`.
 pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
     // An ordinary in-use heap block: its header says, no lock needed.
-    if p.addr().get() % PAGE != 0
+    if header_on_same_page(p)
         // SAFETY: as in `dealloc`: `p - 8` is on `p`'s page.
         && let Ok(h) = unsafe { header_for_free(p) }
     {
@@ -302,13 +313,19 @@ pub fn usable_size(p: NonNull<u8>, func: &str) -> usize {
 /// `p` is a live block of ours; on `Some`, the old pointer must no longer be used (unless equal
 /// to the result).
 pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
-    if p.addr().get() % PAGE != 0
-        // SAFETY: as in `dealloc`: `p - 8` is on `p`'s page (page-aligned pointers skip this).
+    if header_on_same_page(p)
+        // SAFETY: as in `dealloc`: `p - 8` is on `p`'s page.
         && let Ok(h) = unsafe { header_for_free(p) }
     {
         let bs = BlockPtr::size_of(h);
         let old_usable = bs - crate::block::HEADER;
         if let Some(have) = class_for_free(bs) {
+            // A block sitting in this thread's cache was freed already.
+            // SAFETY: an in-use heap block, as the header says.
+            if unsafe { has_cache_key(p) } && crate::global::cache_holds(p, have) {
+                misuse("realloc", Misuse::DoubleFree, p);
+                return None;
+            }
             // Same size class: nothing to do, no lock taken.
             if let Some(need) = block_size_for(n)
                 && need <= bs

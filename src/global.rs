@@ -208,6 +208,12 @@ pub(crate) unsafe fn cache_free_suspect(tc: *mut ThreadCache, p: NonNull<u8>, c:
     unsafe { cache_free_slow(tc, p, c) }
 }
 
+/// Whether block `p` (class `c`) sits in this thread's cache (realloc of a freed block).
+pub(crate) fn cache_holds(p: NonNull<u8>, c: usize) -> bool {
+    // SAFETY: this thread's cache.
+    tcache().is_some_and(|tc| unsafe { (*tc).contains(p, c) })
+}
+
 /// The free slow path: activation, flush of a full list, or a torn-down cache (`false`: the
 /// caller frees to the central heap).
 ///

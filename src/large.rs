@@ -218,8 +218,11 @@ pub(crate) static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
 /// Maps a block with at least `n` payload bytes aligned to `align` (a power of two).
 pub fn alloc(n: usize, align: usize) -> Option<NonNull<u8>> {
-    let align = align.max(ALIGN);
     // Room for the two header words before an aligned address.
+    // The user pointer sits 16 bytes into a page (alignment up to 16) or at a page boundary
+    // (any larger alignment): the free fast path sends both to the registry check before it
+    // reads a header, so a double free of a large block never touches its unmapped memory.
+    let align = if align <= ALIGN { ALIGN } else { align.max(PAGE) };
     let extra = if align <= PAGE { align.max(2 * HEADER) } else { align.checked_add(PAGE)? };
     let len = align_up(n.checked_add(extra)?, PAGE)?;
     let base = os::map(len)?;
