@@ -23,7 +23,9 @@ impl TestHeap {
     }
 
     fn check(&self) {
-        if let Err(e) = self.heap.check(true) {
+        // Under Miri the deep check (every FRESH payload word read back) dominates the run
+        // time; Miri checks the accesses themselves, so the shallow walk is enough there.
+        if let Err(e) = self.heap.check(!cfg!(miri)) {
             panic!("heap invariant broken: {} at {:#x}", e.what, e.addr);
         }
     }
@@ -165,6 +167,7 @@ fn segments_are_fenced() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "4000 allocations with a heap walk after each: hours under Miri")]
 fn trim_returns_the_top_and_purge_the_middle() {
     let mut h = TestHeap::new(64 << 20);
     h.heap.purge_interval = 1 << 20;
@@ -330,13 +333,16 @@ fn fresh_memory_is_reported_zero() {
 /// every invariant after every step.
 #[test]
 fn random_operations_against_a_shadow_model() {
-    for seed in [1u64, 2, 3] {
-        run_model(seed, 40_000);
+    // Under Miri one short run (the full one, 120,000 steps on a 256 MiB arena, takes days).
+    let (seeds, steps): (&[u64], usize) =
+        if cfg!(miri) { (&[1], 300) } else { (&[1, 2, 3], 40_000) };
+    for &seed in seeds {
+        run_model(seed, steps);
     }
 }
 
 fn run_model(seed: u64, steps: usize) {
-    let mut h = TestHeap::new(256 << 20);
+    let mut h = TestHeap::new(if cfg!(miri) { 16 << 20 } else { 256 << 20 });
     let mut rng = Rng(seed);
     // live: start address -> (pointer, requested size, pattern seed)
     let mut live: BTreeMap<usize, (NonNull<u8>, usize, u64)> = BTreeMap::new();
@@ -358,8 +364,8 @@ fn run_model(seed: u64, steps: usize) {
             let usable = h.heap.usable_size(p).unwrap();
             assert!(usable >= n);
             // No overlap with the neighbouring live ranges.
-            if let Some((&s, &(_, ln, _))) = live.range(..p.addr().get()).next_back() {
-                let end = s + h.heap.usable_size(NonNull::new(s as *mut u8).unwrap()).unwrap();
+            if let Some((&s, &(q, ln, _))) = live.range(..p.addr().get()).next_back() {
+                let end = s + h.heap.usable_size(q).unwrap();
                 assert!(end <= p.addr().get() - HEADER, "overlaps the block before ({ln})");
             }
             if let Some((&s, _)) = live.range(p.addr().get()..).next() {
