@@ -5,15 +5,16 @@
 //! (malloc, free, realloc, aligned and zeroed allocation, in-place resize, cache and heap
 //! maintenance) and applies them to a `CentralHeap<FixedArena>` behind a
 //! `brkmalloc::sync::Mutex`, with several `ThreadCache`s driven from this one thread as if each
-//! were a thread: a block may be allocated from one cache and freed into another. The paths
-//! mimic `api.rs`/`global.rs` (class lookup, pop/push, `alloc_slow`/`free_slow`, activation,
-//! collection, tear-down, and `realloc_raw`'s routing: same class kept, small to small moved
-//! through the caches, anything else in place or moved).
+//! were a thread: a block may be allocated from one cache and freed into another. malloc, free,
+//! realloc and aligned allocation go through the front end itself (`brkmalloc::heap::Front`
+//! over an `Explicit` environment: this heap, the chosen cache), so the driver runs the routing
+//! the process runs; the cache life cycle (collection, flush, tear-down) and the central heap's
+//! own operations are driven directly.
 //!
 //! A shadow model keeps every live block with its requested size and fill pattern. After every
 //! operation the driver checks:
-//! - the heap walker, `check(true)` (C1–C5, B1–B6 including FRESH payloads being zero; the
-//!   shallow `check(false)` under Miri);
+//! - the heap walker, `check(true)` (C1–C5, B1–B8 including FRESH payloads being zero; the
+//!   shallow `check(false)` under Miri), and each cache against the heap (T1, T2, T4, T5);
 //! - `used_blocks == live blocks + blocks in all caches` (nothing lost, nothing duplicated);
 //! - each active cache within its byte limit (T4);
 //!
@@ -30,14 +31,14 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
-use brkmalloc::block::{ALIGN, HEADER, block_size_for};
+use brkmalloc::block::{ALIGN, HEADER};
 use brkmalloc::central::CentralHeap;
-use brkmalloc::os::{FixedArena, PAGE};
-use brkmalloc::size_class::{
-    MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_free, class_for_request,
-};
+use brkmalloc::diag::Misuse;
+use brkmalloc::heap::{Explicit, Front};
+use brkmalloc::os::FixedArena;
+use brkmalloc::size_class::{MAX_CLASS_REQUEST, NCLASSES};
 use brkmalloc::sync::Mutex;
-use brkmalloc::thread_cache::{State, ThreadCache, has_cache_key, header_for_free};
+use brkmalloc::thread_cache::{State, ThreadCache};
 
 /// Bytes of the arena behind the heap.
 pub const ARENA_BYTES: usize = 4 << 20;
@@ -277,10 +278,19 @@ fn verify(l: &Live, what: &str) {
     }
 }
 
-/// `api::header_on_same_page`: the fast paths read the header word before `p` only when `p`
-/// lies more than 16 bytes into its page; other pointers take the central path.
-fn header_on_same_page(p: NonNull<u8>) -> bool {
-    p.addr().get() % PAGE > 2 * HEADER
+/// The front end reports a misuse: a correct program (the driver never double-frees or passes
+/// a foreign pointer) must never get here, so it is a bug in the allocator.
+fn misuse(func: &str, what: Misuse, p: NonNull<u8>) {
+    panic!("{func}(): misuse reported for a correct program: {what:?} at {p:p}");
+}
+
+/// Arms the sabotage twin named by `BRKMALLOC_SABOTAGE` (only in a `--cfg brkmalloc_sabotage`
+/// build: `ci/twins.sh` runs the seed corpus with `routing` armed, which must fail).
+fn arm_sabotage() {
+    #[cfg(brkmalloc_sabotage)]
+    if std::env::var_os("BRKMALLOC_SABOTAGE").is_some_and(|v| v == "routing") {
+        brkmalloc::sync::sabotage::arm(brkmalloc::sync::sabotage::Defect::Routing);
+    }
 }
 
 thread_local! {
@@ -302,6 +312,14 @@ struct Driver {
 }
 
 impl Driver {
+    /// The front end as seen by the thread whose cache is `ci` (`None`: a thread without one).
+    fn front(&mut self, ci: Option<usize>) -> Front<Explicit<'_, FixedArena>> {
+        let mut env = Explicit::new(&self.heap, ci.map(|i| &mut self.caches[i]));
+        env.cache_bytes = self.cfg.cache_bytes;
+        env.on_misuse = misuse;
+        Front(env)
+    }
+
     fn check(&self, what: &str) {
         let heap = self.heap.lock();
         if let Err(e) = heap.check(DEEP_CHECK) {
@@ -309,6 +327,11 @@ impl Driver {
                 "step {} ({what}): heap invariant broken: {} at {:#x}",
                 self.step, e.what, e.addr
             );
+        }
+        for (i, tc) in self.caches.iter().enumerate() {
+            if let Err(e) = tc.check(&heap) {
+                panic!("step {} ({what}): cache {i}: {} at {:#x}", self.step, e.what, e.addr);
+            }
         }
         let cached: usize =
             self.caches.iter().map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>()).sum();
@@ -366,75 +389,18 @@ impl Driver {
         l
     }
 
-    fn ensure_active(&mut self, ci: usize) {
-        // global.rs `activate`: an Uninit cache becomes Active on its first slow path.
-        if self.caches[ci].state() == State::Uninit {
-            self.caches[ci].activate(self.cfg.cache_bytes);
-        }
-    }
-
-    /// `api::alloc` with cache `ci` as the calling thread's cache.
+    /// `malloc(n)` on the thread whose cache is `ci`.
     fn malloc(&mut self, ci: usize, n: usize) -> Option<NonNull<u8>> {
-        if n > MAX_CLASS_REQUEST {
-            return self.heap.lock().alloc(n, false).map(|(p, _)| p);
-        }
-        // SAFETY: `n <= MAX_CLASS_REQUEST`.
-        let c = unsafe { class_for_request(n) };
-        let p = match self.caches[ci].pop(c) {
-            Some(p) => Some(p),
-            None => {
-                self.ensure_active(ci);
-                self.caches[ci].alloc_slow(c, &self.heap)
-            }
-        };
-        match p {
-            Some(p) => {
-                if self.caches[ci].gc_due() {
-                    if let Err(e) = self.caches[ci].collect(&self.heap) {
-                        panic!("step {}: collect: {e:?}", self.step);
-                    }
-                }
-                Some(p)
-            }
-            None => self.heap.lock().alloc(n, false).map(|(p, _)| p),
-        }
+        self.front(Some(ci)).alloc(n)
     }
 
-    /// `api::dealloc` with cache `ci` as the calling thread's cache.
+    /// `free(p)` on the thread whose cache is `ci`.
     fn dealloc(&mut self, ci: usize, p: NonNull<u8>) {
-        let central = |d: &mut Self| {
-            if let Err(e) = d.heap.lock().free(p) {
-                panic!("step {}: free({p:p}) of a live block: {e:?}", d.step);
-            }
-        };
-        if !header_on_same_page(p) {
-            return central(self);
-        }
-        // SAFETY: `p` is a live block of ours; its header word is readable.
-        let Ok(h) = (unsafe { header_for_free(p) }) else {
-            panic!("step {}: the header of live block {p:p} fails the fast-path check", self.step)
-        };
-        let Some(c) = class_for_free(brkmalloc::block::BlockPtr::size_of(h)) else {
-            return central(self);
-        };
-        // SAFETY: an in-use heap block.
-        if unsafe { has_cache_key(p) } && self.caches.iter().any(|tc| tc.contains(p, c)) {
-            panic!("step {}: live block {p:p} is also in a thread cache", self.step);
-        }
-        // SAFETY: an in-use heap block of class `c`, not cached, given up by the program.
-        if unsafe { self.caches[ci].push(p, c) } {
-            return;
-        }
-        self.ensure_active(ci);
-        // SAFETY: as above.
-        match unsafe { self.caches[ci].free_slow(p, c, &self.heap) } {
-            Ok(true) => {}
-            Ok(false) => central(self),
-            Err(e) => panic!("step {}: free_slow: {e:?}", self.step),
-        }
+        // SAFETY: `p` is a live block of this heap, given up (the model forgot it).
+        unsafe { self.front(Some(ci)).dealloc(p) };
     }
 
-    fn cache_result(&self, r: Result<(), brkmalloc::central::Misuse>, what: &str) {
+    fn cache_result(&self, r: Result<(), Misuse>, what: &str) {
         if let Err(e) = r {
             panic!("step {} ({what}): {e:?}", self.step);
         }
@@ -460,59 +426,8 @@ impl Driver {
                 let i = idx % self.live.len();
                 let old = self.take(i, "realloc");
                 let p = old.p;
-                // api::realloc_raw: a block of a cache class keeps a same-class request without
-                // the lock, and moves through the caches to another small size; anything else
-                // tries in place (one lock acquisition), then moves.
-                // SAFETY: a live block of ours.
-                let class = match unsafe { header_for_free(p) } {
-                    Ok(h) if header_on_same_page(p) => {
-                        let bs = brkmalloc::block::BlockPtr::size_of(h);
-                        class_for_free(bs).map(|have| (bs, have))
-                    }
-                    _ => None,
-                };
-                // realloc_raw's double-free check: a live block is never in a cache.
-                if let Some((_, have)) = class
-                    // SAFETY: an in-use heap block.
-                    && unsafe { has_cache_key(p) }
-                    && self.caches.iter().any(|tc| tc.contains(p, have))
-                {
-                    panic!("step {}: live block {p:p} is also in a thread cache", self.step);
-                }
-                let in_place = match class {
-                    Some((bs, have))
-                        if block_size_for(n).is_some_and(|need| {
-                            need <= bs && class_for_alloc(need) == Some(have)
-                        }) =>
-                    {
-                        true
-                    }
-                    Some(_) if n <= MAX_CLASS_REQUEST => false,
-                    _ => {
-                        let r = self.heap.lock().resize_in_place(p, n);
-                        match r {
-                            Ok(b) => b,
-                            Err(e) => {
-                                panic!("step {}: resize_in_place of a live block: {e:?}", self.step)
-                            }
-                        }
-                    }
-                };
-                let q = if in_place {
-                    Some(p)
-                } else {
-                    match self.malloc(cache, n) {
-                        Some(q) => {
-                            // SAFETY: distinct blocks, each with at least min(old.n, n) bytes.
-                            unsafe {
-                                core::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old.n.min(n))
-                            };
-                            self.dealloc(cache, p);
-                            Some(q)
-                        }
-                        None => None,
-                    }
-                };
+                // SAFETY: a live block of this heap; on success the model forgets `p`.
+                let q = unsafe { self.front(Some(cache)).realloc(p, n.max(1)) };
                 match q {
                     Some(q) => {
                         let moved = Live { p: q, n: old.n.min(n), ..old };
@@ -553,7 +468,7 @@ impl Driver {
                 }
             }
             Op::Aligned { n, align } => {
-                let r = self.heap.lock().alloc_aligned(n, align);
+                let r = self.front(None).alloc_aligned(n, align);
                 if let Some(p) = r {
                     self.adopt(p, n, align, "alloc_aligned");
                 }
@@ -606,8 +521,7 @@ impl Driver {
                 self.cache_result(r, "tear_down");
             }
             Op::Trim { cache, pad } => {
-                let r = self.caches[cache].flush_all(&self.heap);
-                self.cache_result(r, "malloc_trim flush");
+                self.front(Some(cache)).flush_cache();
                 self.heap.lock().trim(pad);
             }
             Op::PurgeIdle => {
@@ -655,6 +569,7 @@ impl Driver {
 /// Interprets `data` as a heap configuration and a sequence of operations; panics on the first
 /// broken invariant (see the module documentation).
 pub fn run(data: &[u8]) {
+    arm_sabotage();
     let mut input = Input { data };
     let Some(cfg) = input.config() else { return };
     let mut buf = ARENA

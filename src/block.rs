@@ -1,22 +1,36 @@
-//! Boundary-tag blocks: the header word, flag bits, free-list links and footers.
-//!
-//! This is the only module that does pointer arithmetic on heap memory; everything else talks
-//! in [`BlockPtr`]s.
+//! Heap words: block headers, flag bits, footers, and every overlay a block's payload carries
+//! in each of its states. This is the only module that does pointer arithmetic on heap memory;
+//! everything else talks in [`BlockPtr`]s (header addresses) and [`UserPtr`]s (payloads).
 //!
 //! ```text
-//!            in-use block                           free block
-//!  a ──►  ┌──────────────────────────┐     a ──►  ┌──────────────────────────┐
-//!         │ header: size|flags|tag   │            │ header: size|flags|tag   │
-//! a+8 ──► ├──────────────────────────┤ ◄── user   ├──────────────────────────┤
-//!         │ payload (size - 8 bytes, │            │ next free in bin         │
-//!         │ runs up to the next      │            │ prev free in bin         │
-//!         │ block's header)          │            │ …                        │
-//!         │                          │            │ footer: size             │
-//! a+size ►└──────────────────────────┘            └──────────────────────────┘
+//!   in use (heap)          free (heap)             cached (thread cache)    large (mapping)
+//!  ┌──────────────────┐   ┌──────────────────┐    ┌──────────────────┐     ┌─ base (page) ────┐
+//!  │ header           │   │ header           │    │ header (in use)  │     │ slack            │
+//!  ├──────────────────┤◄u ├──────────────────┤    ├──────────────────┤◄u   │ offset = u - base│ u-16
+//!  │ payload          │   │ next free in bin │ +8 │ link (safe-linked│     │ header USED|MAPPED│ u-8
+//!  │                  │   │ prev free in bin │+16 │ key = CACHE_KEY  │ +8  ├──────────────────┤◄u
+//!  │                  │   │ purge generation │+24 │ (program's data) │     │ payload          │
+//!  │                  │   │ …                │    │                  │     │                  │
+//!  │                  │   │ footer = size    │    │                  │     │                  │
+//!  └──────────────────┘   └──────────────────┘    └──────────────────┘     └──────────────────┘
 //! ```
+//! (`+8` etc. are offsets from the header; `u` is the user pointer = header + 8.) A block's
+//! header address is 8 mod 16, so every payload is 16-byte aligned, and the overhead of an
+//! in-use block is the one header word.
 //!
-//! A block's address `a` is 8 mod 16, so every payload `a + 8` is 16-byte aligned, and the
-//! overhead of an in-use block is the one header word.
+//! # The header word
+//!
+//! ```text
+//!  63        48 47    42 41                          4 3      0
+//!  ┌───────────┬────────┬─────────────────────────────┬────────┐
+//!  │ tag       │ class  │ size (bytes, multiple of 16)│ flags  │
+//!  └───────────┴────────┴─────────────────────────────┴────────┘
+//! ```
+//! - `tag`: bits 4–19 of the payload address (B5). A pointer we never handed out, an interior
+//!   pointer or a header overwritten by the program fails it with probability 1 − 2⁻¹⁶.
+//! - `class`: the thread-cache class code of an in-use heap block ([`class_code`]), or
+//!   [`NO_CLASS`] for free and mapped blocks and blocks above the classes (B8). The free fast
+//!   path reads class and tag with one load, one shift and one xor ([`UserPtr::cache_class`]).
 //!
 //! # Invariants (labels used by SAFETY comments and [`crate::central::CentralHeap::check`])
 //! - B1: `size()` is a multiple of [`ALIGN`] and at least [`MIN_BLOCK`], except the zero-size
@@ -33,17 +47,17 @@
 //!   `free` fast path); every header access is a relaxed atomic access, so such reads never
 //!   race with a neighbour's merge updating `PREV_USED` under the lock (plain `mov`s on
 //!   x86-64 and aarch64). Nothing writes a header without the central lock.
+//! - B8: the class bits equal [`class_code`]`(size)` when `USED` is set and `MAPPED` clear,
+//!   [`NO_CLASS`] otherwise ([`make_header`] is the only way a header is composed).
 
 use core::ptr::NonNull;
 
-/// Alignment of every payload, and the granularity of block sizes.
-pub const ALIGN: usize = 16;
-/// Bytes of the header word.
-pub const HEADER: usize = 8;
-/// Smallest block: a header, two links and a footer.
-pub const MIN_BLOCK: usize = 32;
-/// Largest block size the header can describe (48 bits less the flag nibble).
-pub const MAX_BLOCK: usize = (1 << 48) - ALIGN;
+pub use crate::size_class::{ALIGN, HEADER, MIN_BLOCK};
+use crate::size_class::{NO_CLASS, class_code};
+
+/// Largest block size the header can describe (the size field's 38 bits: 4 TiB less 16).
+/// Larger requests fail with `ENOMEM`.
+pub const MAX_BLOCK: usize = (1 << CLASS_SHIFT) - ALIGN;
 
 /// The block is in use (allocated, or held by a cache).
 pub const USED: usize = 1;
@@ -61,21 +75,32 @@ pub const PURGED: usize = 4;
 /// allocation's leader, a trimmed tail): its contents are a subset of the original's.
 pub const INHERITED: usize = FRESH | PURGED;
 const FLAGS: usize = 0xf;
-const SIZE_MASK: usize = ((1 << 48) - 1) & !FLAGS;
+const CLASS_SHIFT: u32 = 42;
+const SIZE_MASK: usize = ((1 << CLASS_SHIFT) - 1) & !FLAGS;
 const TAG_SHIFT: u32 = 48;
 
-/// The check tag of a header at `addr`: 16 bits that depend on the address, so a header copied
-/// elsewhere, a pointer we never handed out, or an interior pointer fails the check (B5) with
-/// probability 1 - 2^-16.
+/// Whether the checks that cost on the fast paths are compiled in (cargo feature `hardening`,
+/// on by default; off only to measure what they cost): the tag check on free, the cache's
+/// double-free key, safe-linking of cache links.
+pub const HARDENED: bool = cfg!(feature = "hardening");
+
+/// Written into the second payload word of every cached block, cleared when it leaves the
+/// cache. A freed block that carries it is looked up in the cache: found, it is a double free.
+pub const CACHE_KEY: usize = 0x6b72_6263_6163_6865 ^ 0x5a5a_0000_0000_a5a5;
+
+/// The check tag of a header at `addr`: bits 4–19 of its payload address `addr + 8` (B5). The
+/// free fast path compares it against the user pointer shifted left by 44, one instruction.
 #[inline(always)]
 pub const fn tag_for(addr: usize) -> usize {
-    ((addr >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5bd1_e995) >> TAG_SHIFT
+    ((addr + HEADER) >> 4) & 0xffff
 }
 
-/// The header word for a block at `addr`.
+/// The header word for a block at `addr` (B5, B8).
 #[inline(always)]
-pub const fn make_header(addr: usize, size: usize, flags: usize) -> usize {
-    (tag_for(addr) << TAG_SHIFT) | size | flags
+pub fn make_header(addr: usize, size: usize, flags: usize) -> usize {
+    debug_assert!(size & !SIZE_MASK == 0 && flags & !FLAGS == 0);
+    let class = if flags & (USED | MAPPED) == USED { class_code(size) } else { NO_CLASS };
+    (tag_for(addr) << TAG_SHIFT) | (class << CLASS_SHIFT) | size | flags
 }
 
 /// Block size for a payload of `n` bytes: header plus payload rounded up to [`ALIGN`], at least
@@ -192,6 +217,18 @@ impl BlockPtr {
         unsafe { store_word(self.0, make_header(self.addr(), size, flags)) }
     }
 
+    /// The class code bits of a header word (B8).
+    #[inline(always)]
+    pub const fn class_of(header: usize) -> usize {
+        (header >> CLASS_SHIFT) & (crate::size_class::CLASS_CODES - 1)
+    }
+
+    /// Whether a header word's class bits agree with its size and flags (B8).
+    #[inline(always)]
+    pub fn class_ok(self, header: usize) -> bool {
+        make_header(self.addr(), Self::size_of(header), header & FLAGS) == header
+    }
+
     /// The block size from a header word.
     #[inline(always)]
     pub const fn size_of(header: usize) -> usize {
@@ -224,7 +261,7 @@ impl BlockPtr {
         unsafe { self.header() & FLAGS }
     }
 
-    /// Replaces the flag bits, keeping size and tag.
+    /// Replaces the flag bits, keeping the size (tag and class follow: B5, B8).
     ///
     /// # Safety
     /// As [`Self::set_header`].
@@ -233,7 +270,7 @@ impl BlockPtr {
         // SAFETY: forwarded contract.
         unsafe {
             let h = self.header();
-            store_word(self.0, (h & !FLAGS) | flags);
+            self.set_header(Self::size_of(h), flags);
         }
     }
 
@@ -355,6 +392,209 @@ impl BlockPtr {
             unsafe { self.0.add(off).cast::<usize>().write(0) };
             off += 8;
         }
+    }
+
+    /// The purge generation of a free run (C6): payload word 2, clear of the links, the footer
+    /// and the whole pages a purge touches.
+    ///
+    /// # Safety
+    /// The block is free, owned by the caller's heap, and at least [`PURGE_GEN_END`] bytes.
+    #[inline(always)]
+    pub unsafe fn purge_gen(self) -> usize {
+        // SAFETY: forwarded contract: the word lies inside the block.
+        unsafe { self.0.add(PURGE_GEN_OFFSET).cast::<usize>().read() }
+    }
+
+    /// Records the purge generation of a free run (see [`Self::purge_gen`]).
+    ///
+    /// # Safety
+    /// As [`Self::purge_gen`].
+    #[inline(always)]
+    pub unsafe fn set_purge_gen(self, generation: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.add(PURGE_GEN_OFFSET).cast::<usize>().write(generation) }
+    }
+
+    /// The payload bytes of a free run that a purge may give back: everything after the
+    /// purge-generation word up to (not including) the footer, as `[from, to)` addresses.
+    #[inline(always)]
+    pub fn purgeable(self, size: usize) -> (usize, usize) {
+        (self.addr() + PURGE_GEN_END, self.addr() + size - 8)
+    }
+}
+
+/// Offset of the purge-generation word of a free run, from its header.
+const PURGE_GEN_OFFSET: usize = HEADER + 16;
+/// First byte after the purge-generation word: a free run must be at least this large (plus
+/// its footer) to carry one.
+pub const PURGE_GEN_END: usize = PURGE_GEN_OFFSET + 8;
+
+/// A payload address, as the program holds it.
+///
+/// # Invariants
+/// - U1: the header word of the block lies at `addr - 8`. Made from a pointer the program
+///   passed in, that is only a claim: each method's contract says what must have been checked
+///   first (the page test of [`Self::header_on_same_page`], a segment or registry lookup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct UserPtr(NonNull<u8>);
+
+impl UserPtr {
+    /// Wraps a payload pointer (unvalidated: see U1).
+    #[inline(always)]
+    pub const fn new(p: NonNull<u8>) -> Self {
+        Self(p)
+    }
+
+    /// The pointer.
+    #[inline(always)]
+    pub const fn ptr(self) -> NonNull<u8> {
+        self.0
+    }
+
+    /// The address.
+    #[inline(always)]
+    pub fn addr(self) -> usize {
+        self.0.addr().get()
+    }
+
+    /// The block's header.
+    ///
+    /// # Safety
+    /// As [`BlockPtr::from_user`].
+    #[inline(always)]
+    pub unsafe fn block(self) -> BlockPtr {
+        // SAFETY: forwarded contract.
+        unsafe { BlockPtr::from_user(self.0) }
+    }
+
+    /// Whether the header word before the pointer lies on the pointer's own page: the pointer
+    /// is at least 32 bytes into its page (one test of bits 5–11). A page-aligned pointer's
+    /// header lies on the previous page, which may not be mapped for a pointer we never handed
+    /// out; and every large block's pointer is 0 or 16 bytes into a page (`large.rs`), so a
+    /// large block freed twice goes to the registry check instead of reading its unmapped
+    /// header. Heap blocks at those offsets (one in 128) take the central path.
+    #[inline(always)]
+    pub fn header_on_same_page(self) -> bool {
+        Self::header_on_same_page_addr(self.addr())
+    }
+
+    /// [`Self::header_on_same_page`] for an address (NULL fails it).
+    #[inline(always)]
+    pub const fn header_on_same_page_addr(addr: usize) -> bool {
+        addr & 0xfe0 != 0
+    }
+
+    /// The free fast path's check: the class code of the block (B8) when its header's tag
+    /// matches this pointer (B5), so it is an in-use heap block of a cached class (codes at or
+    /// above [`crate::size_class::NCLASSES`] have no cache list). `None` when the tag does not
+    /// match: the caller validates on the central path. One load, one shift, one xor and one
+    /// shift; without `hardening` no tag check (a load and two shifts).
+    ///
+    /// # Safety
+    /// The word before the pointer is readable (the page test, or a pointer of ours).
+    #[inline(always)]
+    pub unsafe fn cache_class(self) -> Option<usize> {
+        // SAFETY: forwarded contract; an atomic read (B7).
+        let h = unsafe { load_word(self.0.sub(HEADER)) };
+        if HARDENED {
+            // Bits 48..63 of `x` are zero iff the tag matches (B5); the payload is 16-aligned,
+            // so the shift leaves the class bits untouched and `x >> 42` is the class code.
+            let c = (h ^ (self.addr() << 44)) >> CLASS_SHIFT;
+            if c < crate::size_class::CLASS_CODES { Some(c) } else { None }
+        } else {
+            Some((h >> CLASS_SHIFT) & (crate::size_class::CLASS_CODES - 1))
+        }
+    }
+
+    /// The header of an ordinary in-use heap block, checked as far as the fast paths can (tag
+    /// valid with `hardening`, `USED` set, `MAPPED` clear); `None` sends the caller to the
+    /// central heap's full validation.
+    ///
+    /// # Safety
+    /// As [`Self::cache_class`].
+    #[inline(always)]
+    pub unsafe fn checked_header(self) -> Option<usize> {
+        // SAFETY: forwarded contract.
+        let b = unsafe { self.block() };
+        // SAFETY: forwarded contract; an atomic read (B7).
+        let h = unsafe { b.header() };
+        (h & (USED | MAPPED) == USED && (!HARDENED || b.tag_ok(h))).then_some(h)
+    }
+
+    /// The cache link word (first payload word) of a cached block, as stored.
+    ///
+    /// # Safety
+    /// The block is owned by a thread cache (T1).
+    #[inline(always)]
+    pub unsafe fn cache_link(self) -> usize {
+        // SAFETY: forwarded contract: every payload holds at least three words (MIN_BLOCK).
+        unsafe { self.0.cast::<usize>().read() }
+    }
+
+    /// Writes the cache link word.
+    ///
+    /// # Safety
+    /// The block is in use and owned by the caller's thread cache.
+    #[inline(always)]
+    pub unsafe fn set_cache_link(self, v: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.cast::<usize>().write(v) }
+    }
+
+    /// Whether the block carries [`CACHE_KEY`] in its second payload word (always `false`
+    /// without `hardening`).
+    ///
+    /// # Safety
+    /// The block is an in-use heap block of ours (its payload has at least two words).
+    #[inline(always)]
+    pub unsafe fn has_cache_key(self) -> bool {
+        // SAFETY: forwarded contract.
+        HARDENED && unsafe { self.0.cast::<usize>().add(1).read() == CACHE_KEY }
+    }
+
+    /// Marks the block as cached (with `hardening`; nothing without).
+    ///
+    /// # Safety
+    /// As [`Self::set_cache_link`].
+    #[inline(always)]
+    pub unsafe fn set_cache_key(self) {
+        if HARDENED {
+            // SAFETY: forwarded contract.
+            unsafe { self.0.cast::<usize>().add(1).write(CACHE_KEY) }
+        }
+    }
+
+    /// Clears the cache key as the block leaves a cache.
+    ///
+    /// # Safety
+    /// As [`Self::set_cache_link`].
+    #[inline(always)]
+    pub unsafe fn clear_cache_key(self) {
+        if HARDENED {
+            // SAFETY: forwarded contract.
+            unsafe { self.0.cast::<usize>().add(1).write(0) }
+        }
+    }
+
+    /// A large block's offset word (`user - 16`): the distance from its mapping's base.
+    ///
+    /// # Safety
+    /// The pointer is a registered large block (R1), so both header words are mapped.
+    #[inline(always)]
+    pub unsafe fn large_offset(self) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.cast::<usize>().sub(2).read() }
+    }
+
+    /// Writes a large block's offset word.
+    ///
+    /// # Safety
+    /// The two words before the pointer lie inside the block's fresh mapping.
+    #[inline(always)]
+    pub unsafe fn set_large_offset(self, offset: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.cast::<usize>().sub(2).write(offset) }
     }
 }
 

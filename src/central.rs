@@ -14,9 +14,10 @@ mod check;
 mod tests;
 
 use crate::block::{
-    ALIGN, BlockPtr, FRESH, HEADER, INHERITED, MAPPED, MAX_BLOCK, MIN_BLOCK, PREV_USED, PURGED,
-    USED, block_size_for,
+    ALIGN, BlockPtr, FRESH, HEADER, INHERITED, MAPPED, MAX_BLOCK, MIN_BLOCK, PREV_USED,
+    PURGE_GEN_END, PURGED, USED, block_size_for,
 };
+use crate::diag::Misuse;
 use crate::os::{MemorySource, Origin, PAGE, align_up};
 
 /// Sizes below this have one bin per 16-byte step (exact fit).
@@ -41,11 +42,9 @@ pub const DEFAULT_TOP_PAD: usize = 128 << 10;
 /// Default for [`CentralHeap::purge_threshold`]: free runs this large have their whole pages
 /// given back with `MADV_DONTNEED`.
 pub const DEFAULT_PURGE_THRESHOLD: usize = 128 << 10;
-/// Byte offset, from a free run's header, of the word holding its purge generation.
-const PURGE_GEN_OFFSET: usize = HEADER + 16;
 /// Smallest free run worth purging: one with a whole page inside, clear of its header, links,
-/// generation word and footer. Such runs carry a purge generation.
-const PURGE_MIN: usize = 2 * PAGE + PURGE_GEN_OFFSET + 16;
+/// generation word and footer (`BlockPtr::purgeable`). Such runs carry a purge generation.
+const PURGE_MIN: usize = 2 * PAGE + PURGE_GEN_END + 8;
 /// Default for [`CentralHeap::dirty_slack`].
 pub const DEFAULT_DIRTY_SLACK: usize = 64 << 20;
 /// Default for [`CentralHeap::purge_interval`]: bytes freed between two purge passes.
@@ -72,42 +71,6 @@ const fn bin_index_fit(size: usize) -> usize {
     } else {
         let log = (usize::BITS - 1 - size.leading_zeros()) as usize;
         bin_index(size + (1 << (log - 4)) - 1)
-    }
-}
-
-/// A misuse of the heap found while validating a pointer; the caller reports it and aborts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Misuse {
-    /// The pointer is not inside any segment of this heap (it may be a large block).
-    NotOurs,
-    /// The pointer cannot be the start of a payload (misaligned, or at a segment edge).
-    InvalidPointer,
-    /// The header before the pointer fails its check word: a pointer we never handed out, an
-    /// interior pointer, or a header overwritten by the program.
-    BadHeader,
-    /// The block is already free.
-    DoubleFree,
-    /// A neighbour's header or footer disagrees with this block (a buffer overflow or
-    /// underflow damaged them).
-    CorruptTags,
-    /// Not a live block: never allocated here, or already freed (large blocks, checked
-    /// against the registry of mappings).
-    NotAllocated,
-    /// A thread-cache link does not decode to a block (a write after free damaged it).
-    CorruptLink,
-}
-
-impl Misuse {
-    /// The check's name as printed after `brkmalloc: free(): `.
-    pub const fn message(self) -> &'static str {
-        match self {
-            Misuse::NotOurs | Misuse::InvalidPointer => "invalid pointer",
-            Misuse::BadHeader => "invalid pointer or corrupted block header",
-            Misuse::DoubleFree => "double free detected",
-            Misuse::CorruptTags => "corrupted boundary tags (heap overflow?)",
-            Misuse::NotAllocated => "invalid pointer or double free",
-            Misuse::CorruptLink => "corrupted thread cache link (write after free?)",
-        }
     }
 }
 
@@ -310,7 +273,7 @@ impl<S: MemorySource> CentralHeap<S> {
             // C6: a purgeable run remembers the purge generation in which it last changed
             // (payload word 2, clear of links, footer and the pages a purge touches).
             if size >= PURGE_MIN && b.flags() & (FRESH | PURGED) == 0 {
-                b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().write(self.purge_gen);
+                b.set_purge_gen(self.purge_gen);
             }
         }
         self.bins[idx] = b.ptr().as_ptr();
@@ -824,7 +787,7 @@ impl<S: MemorySource> CentralHeap<S> {
             if let Some(g) = generation
                 && size >= PURGE_MIN
             {
-                start.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().write(g);
+                start.set_purge_gen(g);
             }
             self.freed_since_purge += bs;
             if self.freed_since_purge >= self.purge_interval
@@ -859,7 +822,7 @@ impl<S: MemorySource> CentralHeap<S> {
             if b.flags() & (PURGED | FRESH) != 0 {
                 self.purge_gen.wrapping_sub(1)
             } else {
-                b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read()
+                b.purge_gen()
             }
         };
         let age = |x: usize| self.purge_gen.wrapping_sub(x);
@@ -900,8 +863,7 @@ impl<S: MemorySource> CentralHeap<S> {
                     let size = b.size();
                     cur = b.next_free();
                     if size >= min && b.flags() & (PURGED | FRESH) == 0 {
-                        if !idle || b.ptr().add(PURGE_GEN_OFFSET).cast::<usize>().read() != current
-                        {
+                        if !idle || b.purge_gen() != current {
                             self.purge_block(b, size);
                         } else {
                             // Too young this time: the next idle pass must come back for it.
@@ -921,7 +883,8 @@ impl<S: MemorySource> CentralHeap<S> {
     /// # Safety
     /// `b` is a free block of this heap of `size` bytes.
     unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
-        self.purge_range(b.addr() + PURGE_GEN_OFFSET + 8, b.addr() + size - 8);
+        let (from, to) = b.purgeable(size);
+        self.purge_range(from, to);
         // SAFETY: forwarded contract.
         unsafe {
             if b.flags() & (PURGED | FRESH) == 0 {

@@ -26,10 +26,6 @@ pub const DEFAULT_TRIM_THRESHOLD: usize = crate::central::DEFAULT_TRIM_THRESHOLD
 pub const DEFAULT_TCACHE_MAX_BYTES: usize = crate::thread_cache::DEFAULT_MAX_BYTES;
 /// Default `purge_delay_ms`: free memory idle this long goes back to the OS.
 pub const DEFAULT_PURGE_DELAY_MS: usize = 1000;
-/// Byte written over new memory with `junk:1`.
-pub const JUNK_ALLOC: u8 = 0xa5;
-/// Byte written over freed memory with `junk:1`.
-pub const JUNK_FREE: u8 = 0x5a;
 
 /// Print statistics at exit: `STATS_OFF`, `STATS_TEXT`, `STATS_JSON`.
 pub static STATS: AtomicUsize = AtomicUsize::new(STATS_OFF);
@@ -60,8 +56,9 @@ pub static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
 pub static JUNK: AtomicBool = AtomicBool::new(false);
 /// Run the heap verifier every this many central-heap operations (0 = never).
 pub static CHECK_EVERY: AtomicUsize = AtomicUsize::new(0);
-/// Abort on a detected misuse (default), or report it, leak the block and go on.
-pub static ABORT_ON_ERROR: AtomicBool = AtomicBool::new(true);
+/// Abort on a detected misuse (default), or report it, leak the block and go on (the flag
+/// lives with the reporting, `diag.rs`).
+pub use crate::diag::ABORT_ON_ERROR;
 
 /// Load state: not yet, in progress, done.
 static LOAD_STATE: AtomicUsize = AtomicUsize::new(0);

@@ -163,6 +163,61 @@ pub fn warn(msg: &str) {
     line.write_stderr();
 }
 
+/// A misuse of the heap found while validating a pointer (by `central.rs`, `large.rs` or the
+/// thread caches); the front end reports it with [`misuse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misuse {
+    /// The pointer is not inside any segment of this heap (it may be a large block).
+    NotOurs,
+    /// The pointer cannot be the start of a payload (misaligned, or at a segment edge).
+    InvalidPointer,
+    /// The header before the pointer fails its check word: a pointer we never handed out, an
+    /// interior pointer, or a header overwritten by the program.
+    BadHeader,
+    /// The block is already free.
+    DoubleFree,
+    /// A neighbour's header or footer disagrees with this block (a buffer overflow or
+    /// underflow damaged them).
+    CorruptTags,
+    /// Not a live block: never allocated here, or already freed (large blocks, checked
+    /// against the registry of mappings).
+    NotAllocated,
+    /// A thread-cache link does not decode to a block (a write after free damaged it).
+    CorruptLink,
+}
+
+impl Misuse {
+    /// The check's name as printed after `brkmalloc: free(): `.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Misuse::NotOurs | Misuse::InvalidPointer => "invalid pointer",
+            Misuse::BadHeader => "invalid pointer or corrupted block header",
+            Misuse::DoubleFree => "double free detected",
+            Misuse::CorruptTags => "corrupted boundary tags (heap overflow?)",
+            Misuse::NotAllocated => "invalid pointer or double free",
+            Misuse::CorruptLink => "corrupted thread cache link (write after free?)",
+        }
+    }
+}
+
+/// Whether a detected misuse aborts (`abort_on_error`, default on; `config.rs` sets it).
+/// Relaxed: a tuning flag, nothing is published through it.
+#[cfg(not(loom))]
+pub static ABORT_ON_ERROR: crate::sync::AtomicBool = crate::sync::AtomicBool::new(true);
+
+/// Reports `what` for `ptr` in `func`, then aborts; with `abort_on_error:0` it returns, and
+/// the caller leaks the block and carries on.
+#[cold]
+#[inline(never)]
+pub fn misuse(func: &str, what: Misuse, ptr: usize) {
+    #[cfg(not(loom))]
+    if !ABORT_ON_ERROR.load(crate::sync::Ordering::Relaxed) {
+        report(func, what.message(), ptr);
+        return;
+    }
+    fatal(func, what.message(), ptr);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

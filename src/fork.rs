@@ -7,8 +7,8 @@
 //! Rust programs that use [`crate::BrkMalloc`] get them registered on their first allocation,
 //! since no constructor of an rlib is guaranteed to be linked in.
 
-use crate::global::HEAP;
 use crate::large::REGISTRY;
+use crate::process::HEAP;
 use crate::sync::Claim;
 
 /// Claimed by the thread that registers the handlers (`sync::Claim`; loom model

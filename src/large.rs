@@ -15,27 +15,31 @@
 
 use core::ptr::NonNull;
 
-use crate::block::{ALIGN, BlockPtr, HEADER, MAPPED, USED};
-use crate::central::Misuse;
+use crate::block::{ALIGN, BlockPtr, HEADER, MAPPED, USED, UserPtr};
+use crate::central::HeapError;
+use crate::diag::Misuse;
 use crate::os::{self, PAGE, align_up};
-use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::sync::{Counter, Mutex};
 
-/// Live large blocks (statistics; Relaxed is enough: nothing is ordered by them).
-pub static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
-/// Bytes mapped for live large blocks (statistics, Relaxed).
-pub static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-/// Most large blocks live at once (statistics, Relaxed).
-pub static MAX_BLOCKS: AtomicUsize = AtomicUsize::new(0);
-/// Most bytes mapped for large blocks at once (statistics, Relaxed).
-pub static MAX_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Live large blocks (statistics: `sync::Counter`, the loom model `atomics::counters`).
+pub static LIVE_BLOCKS: Counter = Counter::new();
+/// Bytes mapped for live large blocks (statistics).
+pub static LIVE_BYTES: Counter = Counter::new();
+/// Most large blocks live at once (statistics).
+pub static MAX_BLOCKS: Counter = Counter::new();
+/// Most bytes mapped for large blocks at once (statistics).
+pub static MAX_BYTES: Counter = Counter::new();
 
 /// Counts a new mapping of `len` bytes and raises the peaks.
 fn count_map(len: usize) {
-    // Relaxed: statistics (see the statics).
-    let blocks = LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed) + 1;
-    let bytes = LIVE_BYTES.fetch_add(len, Ordering::Relaxed) + len;
-    MAX_BLOCKS.fetch_max(blocks, Ordering::Relaxed);
-    MAX_BYTES.fetch_max(bytes, Ordering::Relaxed);
+    MAX_BLOCKS.raise_to(LIVE_BLOCKS.add(1));
+    MAX_BYTES.raise_to(LIVE_BYTES.add(len));
+}
+
+/// Counts an unmapped mapping of `len` bytes.
+fn count_unmap(len: usize) {
+    LIVE_BLOCKS.sub(1);
+    LIVE_BYTES.sub(len);
 }
 
 /// A large block, as read from its header under the registry lock.
@@ -63,9 +67,8 @@ impl Large {
 unsafe fn write_header(user: NonNull<u8>, len: usize, offset: usize) {
     // SAFETY: forwarded contract.
     unsafe {
-        let b = BlockPtr::from_user(user);
-        b.set_header(len, USED | MAPPED);
-        b.offset_back(8).ptr().cast::<usize>().write(offset);
+        BlockPtr::from_user(user).set_header(len, USED | MAPPED);
+        UserPtr::new(user).set_large_offset(offset);
     }
 }
 
@@ -84,7 +87,7 @@ unsafe fn read(user: NonNull<u8>) -> Result<Large, Misuse> {
     }
     let len = BlockPtr::size_of(h);
     // SAFETY: forwarded contract.
-    let offset = unsafe { b.offset_back(8).ptr().cast::<usize>().read() };
+    let offset = unsafe { UserPtr::new(user).large_offset() };
     if len % PAGE != 0 || offset < 2 * HEADER || offset >= len || (addr - offset) % PAGE != 0 {
         return Err(Misuse::BadHeader);
     }
@@ -277,8 +280,7 @@ pub fn free(user: NonNull<u8>) -> Result<usize, Misuse> {
     drop(reg);
     // SAFETY: L1 — one whole mapping of ours, now unregistered.
     unsafe { os::unmap(blk.base, blk.len) };
-    LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
-    LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);
+    count_unmap(blk.len);
     Ok(blk.len)
 }
 
@@ -311,10 +313,61 @@ pub fn realloc(user: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misus
     // A removal just freed a slot, so this insert needs no growth.
     reg.insert(new_user.addr().get());
     drop(reg);
-    LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
-    LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);
+    count_unmap(blk.len);
     count_map(new_len);
     Ok(Some(new_user))
+}
+
+impl Registry {
+    /// Checks R1: the table's shape and counts, and that every registered pointer is a live
+    /// large block with a valid header.
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check(&self) -> Result<(), HeapError> {
+        let err = |what, addr| Err(HeapError { what, addr });
+        if self.cap != 0 && !self.cap.is_power_of_two() {
+            return err("R1: registry capacity is not a power of two", self.cap);
+        }
+        if self.cap != 0 && (self.len + self.tombs) * 4 >= self.cap * 3 {
+            return err("R1: registry over its load factor", self.len + self.tombs);
+        }
+        let (mut len, mut tombs) = (0, 0);
+        for i in 0..self.cap {
+            // SAFETY: R1 — `i < cap`.
+            let v = unsafe { *self.slots.add(i) };
+            match v {
+                EMPTY => {}
+                TOMB => tombs += 1,
+                key => {
+                    len += 1;
+                    if self.find(key) != Some(i) {
+                        return err("R1: a registered pointer is not found where it is", key);
+                    }
+                    let Some(user) = NonNull::new(core::ptr::with_exposed_provenance_mut(key))
+                    else {
+                        return err("R1: null registered", i);
+                    };
+                    // SAFETY: registered, so its mapping exists (the caller holds the lock).
+                    if unsafe { read(user) }.is_err() {
+                        return err("R1: a registered block's header is damaged", key);
+                    }
+                }
+            }
+        }
+        if len != self.len || tombs != self.tombs {
+            return err("R1: registry counts disagree with its table", len);
+        }
+        Ok(())
+    }
+}
+
+/// Checks the process's registry of large blocks (R1), under its lock.
+///
+/// # Errors
+/// The first broken invariant.
+pub fn check_registry() -> Result<(), HeapError> {
+    REGISTRY.lock().check()
 }
 
 #[cfg(test)]

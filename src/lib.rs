@@ -14,31 +14,34 @@
 //! or from any program through `LD_PRELOAD=target/release/libbrkmalloc.so` (the `preload`
 //! crate). This crate exports no C symbols: linking it never replaces the process's `malloc`.
 //!
-//! Modules in dependency order, lowest first: `sync`, `diag` ← `os` ← `block` ← `central` ←
-//! `size_class` ← `stats` ← `thread_cache` ← `config` ← `large` ← `global` ← `api`, `fork`,
-//! `report`. A module never imports one to its right (except that `config` names defaults
-//! defined by the modules they tune).
+//! Modules in dependency order, lowest first: `sync` ← `diag` ← `os` ← `size_class` ← `block`
+//! ← `stats` ← `central` ← `thread_cache` ← `heap` (the front end) ← `config` ← `large` ←
+//! `purge` ← `tls` ← `process` ← `fork` ← `report` ← `api` ← `global_alloc`. A module never
+//! imports one to its right.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(clippy::alloc_instead_of_core, clippy::std_instead_of_core)]
 
 // Dependency order, lowest first (rustfmt keeps `mod` items in source order only when they are
-// separated like this).
+// separated like this). A module imports only modules above it in this list (DESIGN.md,
+// "Layers", says what each owns and may call).
 pub mod sync;
 
 pub mod diag;
 
 pub mod os;
 
-pub mod block;
-
-pub mod central;
-
 pub mod size_class;
+
+pub mod block;
 
 pub mod stats;
 
+pub mod central;
+
 pub mod thread_cache;
+
+pub mod heap;
 
 #[cfg(not(loom))]
 pub mod config;
@@ -47,10 +50,13 @@ pub mod config;
 pub mod large;
 
 #[cfg(not(loom))]
-pub mod global;
+pub mod purge;
 
 #[cfg(not(loom))]
-pub mod api;
+pub mod tls;
+
+#[cfg(not(loom))]
+pub mod process;
 
 #[cfg(not(loom))]
 pub mod fork;
@@ -59,6 +65,14 @@ pub mod fork;
 pub mod report;
 
 #[cfg(not(loom))]
-pub use global::{BrkMalloc, check_heap, flush_thread_cache, heap_stats};
+pub mod api;
+
+#[cfg(not(loom))]
+pub mod global_alloc;
+
+#[cfg(not(loom))]
+pub use global_alloc::BrkMalloc;
+#[cfg(not(loom))]
+pub use process::{check_heap, flush_thread_cache, heap_stats};
 #[cfg(not(loom))]
 pub use report::{Stats, stats};

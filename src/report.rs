@@ -7,8 +7,8 @@
 use crate::central::HeapStats;
 use crate::config;
 use crate::diag::Line;
-use crate::global;
 use crate::large;
+use crate::process;
 use crate::size_class::{NCLASSES, class_size};
 use crate::stats::{self, ClassStats};
 use crate::sync::Ordering;
@@ -36,6 +36,22 @@ pub struct Stats {
     pub lock_acquisitions: usize,
     /// Acquisitions of the central lock that found it taken.
     pub lock_contended: usize,
+    /// Allocations served from thread caches (merged so far: each thread's at its exit, the
+    /// calling thread's now, the others' in whole collection intervals).
+    pub cache_allocs: usize,
+}
+
+impl Stats {
+    /// Small allocations the central heap served directly (caches off, torn down, or refused).
+    pub fn direct_allocs(&self) -> usize {
+        self.classes.iter().map(|c| c.direct_allocs).sum()
+    }
+
+    /// Cache allocations that needed no refill.
+    pub fn cache_hits(&self) -> usize {
+        let refills: usize = self.classes.iter().map(|c| c.refills).sum();
+        self.cache_allocs.saturating_sub(refills)
+    }
 }
 
 impl Stats {
@@ -47,20 +63,20 @@ impl Stats {
 
 /// Takes a snapshot (merging the calling thread's cache counters first).
 pub fn stats() -> Stats {
-    global::merge_thread_counters();
-    let (heap, segments) = global::heap_snapshot();
-    let r = Ordering::Relaxed;
+    process::merge_thread_counters();
+    let (heap, segments) = process::heap_snapshot();
     Stats {
+        cache_allocs: stats::cache_allocs(),
         classes: stats::classes(),
         heap,
         segments,
-        mmap_blocks: large::LIVE_BLOCKS.load(r),
-        mmap_bytes: large::LIVE_BYTES.load(r),
-        mmap_max_blocks: large::MAX_BLOCKS.load(r),
-        mmap_max_bytes: large::MAX_BYTES.load(r),
+        mmap_blocks: large::LIVE_BLOCKS.get(),
+        mmap_bytes: large::LIVE_BYTES.get(),
+        mmap_max_blocks: large::MAX_BLOCKS.get(),
+        mmap_max_bytes: large::MAX_BYTES.get(),
         peak_rss: peak_rss(),
-        lock_acquisitions: global::lock_acquisitions(),
-        lock_contended: global::lock_contended(),
+        lock_acquisitions: process::lock_acquisitions(),
+        lock_contended: process::lock_contended(),
     }
 }
 
@@ -108,10 +124,21 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
     l.str("brkmalloc statistics (pid ").dec(std_pid()).str(")\n");
     out.put(&l);
     let mut l = Line::new();
-    l.str(" class   size       allocs        frees   cache-hits    refills    flushes\n");
+    l.str("allocations: ")
+        .dec(s.cache_allocs + s.direct_allocs())
+        .str(" (thread caches ")
+        .dec(s.cache_allocs)
+        .str(", of which cache hits ")
+        .dec(s.cache_hits())
+        .str("; central heap directly ")
+        .dec(s.direct_allocs())
+        .str(")\n");
+    out.put(&l);
+    let mut l = Line::new();
+    l.str(" class   size    refills   refilled    flushes    flushed direct-alloc direct-free\n");
     out.put(&l);
     for (c, cs) in s.classes.iter().enumerate() {
-        if cs.allocs == 0 && cs.frees == 0 {
+        if *cs == ClassStats::default() {
             continue;
         }
         let mut l = Line::new();
@@ -120,15 +147,17 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
             .str(" ")
             .dec_w(class_size(c), 6)
             .str(" ")
-            .dec_w(cs.allocs, 12)
-            .str(" ")
-            .dec_w(cs.frees, 12)
-            .str(" ")
-            .dec_w(cs.cache_hits, 12)
-            .str(" ")
             .dec_w(cs.refills, 10)
             .str(" ")
+            .dec_w(cs.refilled_blocks, 10)
+            .str(" ")
             .dec_w(cs.flushes, 10)
+            .str(" ")
+            .dec_w(cs.flushed_blocks, 10)
+            .str(" ")
+            .dec_w(cs.direct_allocs, 12)
+            .str(" ")
+            .dec_w(cs.direct_frees, 11)
             .str("\n");
         out.put(&l);
     }
@@ -190,11 +219,19 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
 /// The same as one JSON object (`stats:json`).
 pub fn write_json(s: &Stats, out: &mut impl Sink) {
     let mut l = Line::new();
-    l.str("{\"brkmalloc\":{\"pid\":").dec(std_pid()).str(",\"classes\":[");
+    l.str("{\"brkmalloc\":{\"pid\":")
+        .dec(std_pid())
+        .str(",\"allocs\":")
+        .dec(s.cache_allocs + s.direct_allocs())
+        .str(",\"cache_allocs\":")
+        .dec(s.cache_allocs)
+        .str(",\"cache_hits\":")
+        .dec(s.cache_hits())
+        .str(",\"classes\":[");
     out.put(&l);
     let mut first = true;
     for (c, cs) in s.classes.iter().enumerate() {
-        if cs.allocs == 0 && cs.frees == 0 {
+        if *cs == ClassStats::default() {
             continue;
         }
         let mut l = Line::new();
@@ -206,16 +243,18 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
             .dec(c)
             .str(",\"size\":")
             .dec(class_size(c))
-            .str(",\"allocs\":")
-            .dec(cs.allocs)
-            .str(",\"frees\":")
-            .dec(cs.frees)
-            .str(",\"cache_hits\":")
-            .dec(cs.cache_hits)
             .str(",\"refills\":")
             .dec(cs.refills)
+            .str(",\"refilled_blocks\":")
+            .dec(cs.refilled_blocks)
             .str(",\"flushes\":")
             .dec(cs.flushes)
+            .str(",\"flushed_blocks\":")
+            .dec(cs.flushed_blocks)
+            .str(",\"direct_allocs\":")
+            .dec(cs.direct_allocs)
+            .str(",\"direct_frees\":")
+            .dec(cs.direct_frees)
             .str("}");
         out.put(&l);
     }
@@ -310,7 +349,7 @@ pub fn mallinfo2() -> libc::mallinfo2 {
         fsmblks: 0,
         uordblks: s.heap.used_bytes,
         fordblks: s.heap.free_bytes,
-        keepcost: global::top_free_bytes(),
+        keepcost: process::top_free_bytes(),
     }
 }
 

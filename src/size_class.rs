@@ -9,7 +9,13 @@
 //! - [`class_for_free`]: the largest class whose size the block can serve (round down), so a
 //!   block a little larger than its class (a remainder too small to split off) is still reused.
 
-use crate::block::{ALIGN, MIN_BLOCK};
+/// Alignment of every payload, and the granularity of block sizes (block geometry: `block.rs`
+/// re-exports it; it lives here because the class tables are computed from it).
+pub const ALIGN: usize = 16;
+/// Bytes of the header word in front of every payload.
+pub const HEADER: usize = 8;
+/// Smallest block: a header, two links and a footer.
+pub const MIN_BLOCK: usize = 32;
 
 /// Largest block size served from the thread caches (32 KiB).
 pub const MAX_CLASS_SIZE: usize = 32 << 10;
@@ -17,6 +23,13 @@ pub const MAX_CLASS_SIZE: usize = 32 << 10;
 const EXACT_MAX: usize = 512;
 /// Number of classes: 31 exact (32..=512) plus 4 per doubling from 512 to 32 KiB.
 pub const NCLASSES: usize = (EXACT_MAX - MIN_BLOCK) / ALIGN + 1 + 4 * 6;
+/// Class codes a block header can carry (six bits, `block.rs`): the classes, then codes that no
+/// thread cache list accepts (their lists have no room), so the free fast path needs no range
+/// check on the code it reads.
+pub const CLASS_CODES: usize = 64;
+/// The class code of a block no thread cache takes: free, mapped, or larger than the classes.
+pub const NO_CLASS: usize = CLASS_CODES - 1;
+const _: () = assert!(NCLASSES < NO_CLASS);
 const STEPS: usize = MAX_CLASS_SIZE / ALIGN + 1;
 
 /// Block size of each class, ascending.
@@ -86,6 +99,16 @@ pub fn class_for_free(block_size: usize) -> Option<usize> {
     FREE_CLASS.get(block_size / ALIGN).map(|&c| c as usize)
 }
 
+/// The class code stored in the header of an in-use heap block of `block_size` bytes: its
+/// [`class_for_free`] class, or [`NO_CLASS`] above the limit.
+#[inline]
+pub fn class_code(block_size: usize) -> usize {
+    if block_size < MIN_BLOCK {
+        return NO_CLASS;
+    }
+    class_for_free(block_size).unwrap_or(NO_CLASS)
+}
+
 /// The block size of class `c`.
 #[inline(always)]
 pub fn class_size(c: usize) -> usize {
@@ -105,7 +128,7 @@ static REQUEST_CLASS: [u8; STEPS] = {
 };
 
 /// Largest request served by the thread caches.
-pub const MAX_CLASS_REQUEST: usize = MAX_CLASS_SIZE - crate::block::HEADER;
+pub const MAX_CLASS_REQUEST: usize = MAX_CLASS_SIZE - HEADER;
 
 /// The class of a request of `n` bytes (three instructions: add, shift, load).
 ///
@@ -130,7 +153,7 @@ pub unsafe fn class_for_alloc_unchecked(block_size: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{HEADER, block_size_for};
+    use crate::block::block_size_for;
 
     #[test]
     fn table_is_ascending_and_ends_at_the_limit() {

@@ -1,9 +1,11 @@
-//! Per-size-class counters of the thread caches and the central paths.
+//! Counters of the thread caches and the central paths.
 //!
-//! Each thread cache counts its pops and pushes in plain fields (no atomic on the fast path)
-//! and merges them here on its slow paths, at collection and at thread exit; refills, flushes
-//! and misses are counted here directly, on the slow paths. All counters are `Relaxed`: they
-//! are statistics, read only for reports, and order nothing.
+//! Nothing is counted on the fast paths. Per size class, the slow paths count refills and
+//! flushes and the blocks they moved, and the allocations and frees the central heap served
+//! directly; the allocations served from the caches are counted in whole collection intervals
+//! (each cache's countdown, `thread_cache.rs`), merged at collection, at thread exit and before
+//! a report. All counters are `Relaxed`: they are statistics, read only for reports, and order
+//! nothing.
 //!
 //! Under `--cfg loom` the counters are no-ops (loom atomics cannot live in statics).
 
@@ -12,16 +14,14 @@ use crate::size_class::NCLASSES;
 /// What is counted per class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Blocks popped from a thread cache (cache hits, plus the pop after each refill).
-    Pops = 0,
-    /// Blocks pushed into a thread cache by `free`.
-    Pushes,
-    /// Refills from the central heap.
-    Refills,
-    /// Pops that needed a refill first.
-    Misses,
+    /// Refills from the central heap (each one a cache miss).
+    Refills = 0,
+    /// Blocks those refills brought.
+    RefilledBlocks,
     /// Flushes of a list back to the central heap.
     Flushes,
+    /// Blocks those flushes returned.
+    FlushedBlocks,
     /// Small allocations served by the central heap directly (caches off or torn down).
     DirectAllocs,
     /// Small frees done in the central heap directly.
@@ -29,21 +29,23 @@ pub enum Counter {
 }
 
 /// Number of [`Counter`] kinds.
-pub const NCOUNTERS: usize = 7;
+pub const NCOUNTERS: usize = 6;
 
 /// Counters of one class, as plain numbers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassStats {
-    /// Allocations of this class (cache pops and direct allocations).
-    pub allocs: usize,
-    /// Frees of this class (cache pushes and direct frees).
-    pub frees: usize,
-    /// Allocations served from a cache without a refill.
-    pub cache_hits: usize,
-    /// Refills from the central heap.
+    /// Refills from the central heap (cache misses).
     pub refills: usize,
+    /// Blocks moved into caches by refills.
+    pub refilled_blocks: usize,
     /// Flushes to the central heap.
     pub flushes: usize,
+    /// Blocks moved out of caches by flushes.
+    pub flushed_blocks: usize,
+    /// Allocations of this class served by the central heap directly.
+    pub direct_allocs: usize,
+    /// Frees of this class done in the central heap directly.
+    pub direct_frees: usize,
 }
 
 #[cfg(not(loom))]
@@ -53,26 +55,39 @@ mod imp {
 
     static COUNTERS: [[AtomicUsize; NCOUNTERS]; NCLASSES] =
         [const { [const { AtomicUsize::new(0) }; NCOUNTERS] }; NCLASSES];
+    static CACHE_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
     /// Adds `n` to counter `k` of class `c`.
     #[inline]
     pub fn add(c: usize, k: Counter, n: usize) {
-        if n != 0 {
+        if n != 0 && c < NCLASSES {
             // Relaxed: a statistic (module docs).
             COUNTERS[c][k as usize].fetch_add(n, Ordering::Relaxed);
         }
     }
 
-    /// The merged counters of class `c`.
+    /// Adds `n` allocations served from a thread cache.
+    #[inline]
+    pub fn add_cache_allocs(n: usize) {
+        // Relaxed: a statistic.
+        CACHE_ALLOCS.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Allocations served from thread caches (merged so far).
+    pub fn cache_allocs() -> usize {
+        CACHE_ALLOCS.load(Ordering::Relaxed)
+    }
+
+    /// The counters of class `c`.
     pub fn class(c: usize) -> ClassStats {
         let get = |k: Counter| COUNTERS[c][k as usize].load(Ordering::Relaxed);
-        let pops = get(Counter::Pops);
         ClassStats {
-            allocs: pops + get(Counter::DirectAllocs),
-            frees: get(Counter::Pushes) + get(Counter::DirectFrees),
-            cache_hits: pops.saturating_sub(get(Counter::Misses)),
             refills: get(Counter::Refills),
+            refilled_blocks: get(Counter::RefilledBlocks),
             flushes: get(Counter::Flushes),
+            flushed_blocks: get(Counter::FlushedBlocks),
+            direct_allocs: get(Counter::DirectAllocs),
+            direct_frees: get(Counter::DirectFrees),
         }
     }
 }
@@ -85,15 +100,24 @@ mod imp {
     #[inline]
     pub fn add(_c: usize, _k: Counter, _n: usize) {}
 
+    /// No-op under loom.
+    #[inline]
+    pub fn add_cache_allocs(_n: usize) {}
+
+    /// Zero under loom.
+    pub fn cache_allocs() -> usize {
+        0
+    }
+
     /// Zero under loom.
     pub fn class(_c: usize) -> ClassStats {
         ClassStats::default()
     }
 }
 
-pub use imp::{add, class};
+pub use imp::{add, add_cache_allocs, cache_allocs, class};
 
-/// The merged counters of every class.
+/// The counters of every class.
 pub fn classes() -> [ClassStats; NCLASSES] {
     core::array::from_fn(class)
 }

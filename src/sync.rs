@@ -568,6 +568,10 @@ pub mod sabotage {
         Claim,
         /// [`super::Counter::add`] adds with a load and a store.
         Counter,
+        /// The front end (`heap.rs`) pushes a freed block into the list of the neighbouring
+        /// class code: a routing bug, not a concurrency one, which the models and the fuzz
+        /// driver must catch because they drive the front end itself.
+        Routing,
     }
 
     #[cfg(brkmalloc_sabotage)]

@@ -9,147 +9,157 @@
 //! an empty list is refilled with a batch carved from one free run under one lock acquisition,
 //! and a full list flushes its older half back under one lock acquisition.
 //!
-//! This module holds the logic over an explicit cache and heap, so tests and loom models can
-//! drive several caches from one thread; `global.rs` keeps one cache per thread in TLS.
+//! This module holds the logic over an explicit cache and heap; the front end (`heap.rs`)
+//! routes to it, and the process keeps one cache per thread in TLS (`tls.rs`, `process.rs`), so
+//! tests and loom models can drive several caches from one thread.
+//!
+//! # The fast paths
+//!
+//! A pop reads the list head, decodes its link, clears the key, and counts one more free slot
+//! in the list and one allocation towards the next collection; a push checks for a free slot,
+//! links the block in and writes the key. Statistics are counted on the slow paths only: a
+//! refill or flush counts its blocks, and the allocations a cache served are the collection
+//! countdown's steps (merged by [`ThreadCache::merge_counters`]).
 //!
 //! # The thread-local state machine
 //!
-//! `Uninit` (all limits zero, so every operation takes the slow path) → `Active` (limits set,
-//! thread-exit destructor registered) → `TornDown` (flushed at thread exit; limits zero again,
-//! so later frees from other destructors go to the central heap). A thread whose destructor
-//! cannot be registered goes straight to `TornDown`. See DESIGN.md.
+//! `Uninit` (all-zero: every list empty with no room, so every operation takes the slow path)
+//! → `Active` (limits set, thread-exit destructor registered) → `TornDown` (flushed at thread
+//! exit; no room again, so later frees from other destructors go to the central heap). A
+//! thread whose destructor cannot be registered goes straight to `TornDown`. See DESIGN.md.
 
-use core::ptr::{self, NonNull};
+use core::ptr;
 
-use crate::block::{BlockPtr, MAPPED, USED};
-use crate::central::{CentralHeap, Misuse};
+use crate::block::{ALIGN, BlockPtr, HARDENED, MAPPED, USED, UserPtr};
+pub use crate::block::{CACHE_KEY, HARDENED as HARDENING};
+use crate::central::{CentralHeap, HeapError};
+use crate::diag::Misuse;
 use crate::os::MemorySource;
-use crate::size_class::{NCLASSES, class_size};
+use crate::size_class::{CLASS_CODES, NCLASSES, class_size};
 use crate::stats::{self, Counter};
-
 use crate::sync::Mutex;
 
 /// Default byte limit of one thread's cache (`tcache_max_bytes`).
 pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
-/// Allocations between two low-water-mark collections of one class (round robin).
-const GC_INTERVAL: u32 = 1024;
+/// Allocations between two collections of one class (round robin).
+pub const GC_INTERVAL: u32 = 1024;
 /// First refill batch of a class; doubles on each refill up to half the list limit
 /// (gperftools' slow start), halves when a collection finds the list idle.
 const FIRST_BATCH: u16 = 4;
 
-/// Where a cache is in its life.
+/// Where a cache is in its life. `Uninit` is zero: a zero-filled cache is a valid new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum State {
-    /// Never used: limits are zero, the first slow path activates it.
-    Uninit,
+    /// Never used: no room in any list, the first slow path activates it.
+    Uninit = 0,
     /// In use.
     Active,
     /// Flushed for good (thread exit, or no destructor could be registered).
     TornDown,
 }
 
-/// Written into the second payload word of every cached block, cleared when it leaves the
-/// cache. A freed block that carries it is looked up in the cache: found, it is a double free.
-pub const CACHE_KEY: usize = 0x6b72_6263_6163_6865 ^ 0x5a5a_0000_0000_a5a5;
-
-/// Whether the checks that cost on the fast paths are compiled in (cargo feature `hardening`,
-/// on by default; off only to measure what they cost).
-pub const HARDENED: bool = cfg!(feature = "hardening");
-
 /// The safe-linking mask of a link stored in `slot` (0 without `hardening`).
 #[inline(always)]
-fn link_mask(slot: NonNull<u8>) -> usize {
-    if HARDENED { slot.addr().get() >> 12 } else { 0 }
+fn link_mask(slot: UserPtr) -> usize {
+    if HARDENED { slot.addr() >> 12 } else { 0 }
 }
 
-/// Reads the link word of cached block `slot`, decoding glibc's safe-linking: the word holds
-/// the next pointer XOR (the slot's address >> 12), so a program that overwrites a freed
-/// block cannot make `malloc` return an address of its choice. `Err` when the decoded pointer
-/// is not 16-byte aligned (the word was damaged).
+/// Reads the link of cached block `slot`, decoding glibc's safe-linking: the word holds the next
+/// pointer XOR (the slot's address >> 12), so a program that overwrites a freed block cannot
+/// make `malloc` return an address of its choice. `Err` when the decoded pointer is not 16-byte
+/// aligned (the word was damaged).
 ///
 /// # Safety
 /// `slot` is a cached block (T1).
 #[inline(always)]
-unsafe fn read_link(slot: NonNull<u8>) -> Result<*mut u8, Misuse> {
-    // SAFETY: forwarded contract: the first payload word is the link.
-    let v = unsafe { slot.cast::<usize>().read() } ^ link_mask(slot);
-    if HARDENED && v % crate::block::ALIGN != 0 {
+unsafe fn read_link(slot: UserPtr) -> Result<*mut u8, Misuse> {
+    // SAFETY: forwarded contract.
+    let v = unsafe { slot.cache_link() } ^ link_mask(slot);
+    if HARDENED && v % ALIGN != 0 {
         return Err(Misuse::CorruptLink);
     }
     Ok(ptr::with_exposed_provenance_mut(v))
 }
 
-/// Writes the link word of `slot` (see [`read_link`]).
+/// Writes the link of `slot` (see [`read_link`]) and marks it cached.
 ///
 /// # Safety
 /// `slot` is an in-use block owned by the cache (T1).
 #[inline(always)]
-unsafe fn write_link(slot: NonNull<u8>, next: *mut u8) {
-    let v = next.expose_provenance() ^ link_mask(slot);
+unsafe fn link_in(slot: UserPtr, next: *mut u8) {
     // SAFETY: forwarded contract.
-    unsafe { slot.cast::<usize>().write(v) };
+    unsafe {
+        slot.set_cache_link(next.expose_provenance() ^ link_mask(slot));
+        slot.set_cache_key();
+    }
 }
 
-/// The list of one size class.
+/// The list of one class code.
 ///
 /// # Invariants
-/// - T1: `count` blocks are linked from `head` through their first payload word, each in use
-///   as far as the heap knows, of block size at least `class_size(class)`, with [`CACHE_KEY`]
-///   in its second payload word.
-/// - T2: `count <= max` except transiently inside a push that then flushes.
-/// - T3: `low_water <= count`.
+/// - T1: `max - room` blocks are linked from `head` through their first payload word, each in
+///   use as far as the heap knows, of block size at least `class_size(class)`, with
+///   [`CACHE_KEY`] in its second payload word (with `hardening`).
+/// - T2: `room <= max`; codes at or above [`NCLASSES`] have `max == 0` (no list).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct Bin {
     head: *mut u8,
-    count: u32,
-    low_water: u32,
-    max: u32,
+    /// Free slots left before the list is full.
+    room: u32,
+    /// List limit.
+    max: u16,
+    /// Next refill's batch.
     batch: u16,
-    /// Pops and pushes since the last merge into `stats` (plain counters: no atomic on the
-    /// fast path).
-    pops: u32,
-    pushes: u32,
 }
 
 impl Bin {
-    const EMPTY: Bin =
-        Bin { head: ptr::null_mut(), count: 0, low_water: 0, max: 0, batch: 0, pops: 0, pushes: 0 };
+    const EMPTY: Bin = Bin { head: ptr::null_mut(), room: 0, max: 0, batch: 0 };
 
-    /// Moves the local counters of class `c` into the global statistics.
-    fn merge_counters(&mut self, c: usize) {
-        stats::add(c, Counter::Pops, self.pops as usize);
-        stats::add(c, Counter::Pushes, self.pushes as usize);
-        self.pops = 0;
-        self.pushes = 0;
+    fn count(&self) -> u32 {
+        u32::from(self.max) - self.room
     }
 }
 
 /// List limit of class `c` for a cache of at most `max_bytes`: `max_bytes / 64` bytes of
-/// blocks per class, at most 128 blocks, and at least 2 blocks for classes up to
-/// `max_bytes / 32` (so that with the default 1 MiB even 32 KiB blocks are cached in pairs,
-/// and a program that frees and reallocates one of them never touches the lock). Larger
-/// classes than that are not cached (limit 0). The sum over the classes stays within
-/// `max_bytes` (T4, tested), so the fast path needs no byte accounting.
+/// blocks per class, at most 128 blocks, and (from 64 KiB on) at least 2 blocks for classes up
+/// to `max_bytes / 32` (so that with the default 1 MiB even 32 KiB blocks are cached in pairs,
+/// and a program that frees and reallocates one of them never touches the lock; below 64 KiB
+/// the pairs would overrun the budget). Larger classes than that are not cached (limit 0). The
+/// sum over the classes stays within `max_bytes` (T4, tested), so the fast path needs no byte
+/// accounting.
 pub fn max_count(c: usize, max_bytes: usize) -> u32 {
     let size = class_size(c);
     let n = (max_bytes / 64 / size).min(128);
-    if n < 2 && 2 * size <= max_bytes / 16 { 2 } else { n as u32 }
+    if n < 2 && max_bytes >= 64 << 10 && 2 * size <= max_bytes / 16 { 2 } else { n as u32 }
 }
 
 /// One thread's cache.
 ///
 /// # Invariants
+/// - T3: all-zero bytes are a valid `Uninit` cache ([`ThreadCache::new`]), so a zero-filled
+///   thread-local block is one (`tls.rs`).
 /// - T4: the cache holds at most `sum(max_count(c) * class_size(c)) <= max_bytes` bytes.
-/// - T5: in `Uninit` and `TornDown` every list is empty and every `max` is zero.
-/// - T6: `this` is the cache's own address once `Active` (the TLS fast path's canary).
+/// - T5: in `Uninit` and `TornDown` every list is empty and has no room.
+/// - T6: `gc_countdown` is in `1..=GC_INTERVAL` while `Active`.
 #[derive(Debug)]
+#[repr(C)]
 pub struct ThreadCache {
-    bins: [Bin; NCLASSES],
+    bins: [Bin; CLASS_CODES],
+    /// Pops until the next collection (T6).
     gc_countdown: u32,
+    /// The class the next collection visits.
     gc_next: u32,
+    /// Bit `c`: list `c` ran dry (needed a refill) since its last collection.
+    dry: u64,
+    /// Bit `c`: list `c` ran dry in the interval before that (a list in use every other
+    /// interval is busy too, and a collection that lands just after a refill keeps it).
+    dry_before: u64,
     state: State,
-    /// Own address, set on activation (T6).
-    pub this: *mut ThreadCache,
+    /// The byte limit the lists were sized for, in KiB rounded up (T4; also keeps the struct
+    /// free of padding, which T3's test reads byte by byte).
+    max_kib: u32,
 }
 
 // SAFETY: the raw pointers are blocks the cache owns exclusively (B7); moving the cache moves
@@ -160,14 +170,16 @@ unsafe impl Send for ThreadCache {}
 pub type CacheResult<T> = Result<T, Misuse>;
 
 impl ThreadCache {
-    /// A cache in `Uninit` (T5).
+    /// A cache in `Uninit` (T3, T5).
     pub const fn new() -> Self {
         Self {
-            bins: [Bin::EMPTY; NCLASSES],
-            gc_countdown: GC_INTERVAL,
+            bins: [Bin::EMPTY; CLASS_CODES],
+            gc_countdown: 0,
             gc_next: 0,
+            dry: 0,
+            dry_before: 0,
             state: State::Uninit,
-            this: ptr::null_mut(),
+            max_kib: 0,
         }
     }
 
@@ -178,39 +190,54 @@ impl ThreadCache {
 
     /// Bytes of blocks in the cache, by class size (a walk of the counts; not for fast paths).
     pub fn bytes(&self) -> usize {
-        self.bins.iter().enumerate().map(|(c, b)| b.count as usize * class_size(c)).sum()
+        (0..NCLASSES).map(|c| self.bins[c].count() as usize * class_size(c)).sum()
     }
 
     /// Blocks cached for class `c`.
     pub fn count(&self, c: usize) -> usize {
-        self.bins[c].count as usize
+        self.bins[c].count() as usize
     }
 
-    /// Merges every class's local counters into the global statistics.
-    pub fn merge_all_counters(&mut self) {
-        for (c, bin) in self.bins.iter_mut().enumerate() {
-            bin.merge_counters(c);
+    /// The list limit of class `c`.
+    pub fn limit(&self, c: usize) -> usize {
+        usize::from(self.bins[c].max)
+    }
+
+    /// Adds the allocations this cache served since the last merge to the statistics.
+    pub fn merge_counters(&mut self) {
+        if self.state == State::Active {
+            stats::add_cache_allocs((GC_INTERVAL - self.gc_countdown) as usize);
+            self.gc_countdown = GC_INTERVAL;
         }
     }
 
     /// Sets the limits and moves to `Active`.
     pub fn activate(&mut self, max_bytes: usize) {
-        for (c, bin) in self.bins.iter_mut().enumerate() {
-            bin.max = max_count(c, max_bytes);
-            bin.batch = FIRST_BATCH;
+        for (c, bin) in self.bins.iter_mut().enumerate().take(NCLASSES) {
+            let max = max_count(c, max_bytes).min(u32::from(u16::MAX)) as u16;
+            *bin = Bin { head: ptr::null_mut(), room: u32::from(max), max, batch: FIRST_BATCH };
         }
+        self.gc_countdown = GC_INTERVAL;
+        self.max_kib = u32::try_from(max_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
         self.state = State::Active;
-        self.this = self;
     }
 
-    /// Pops a block of class `c`; `None` when the list is empty (then call
+    /// Gives class `c` no list (an empty one with no room), right after [`Self::activate`]:
+    /// for classes the options route elsewhere.
+    pub fn disable_class(&mut self, c: usize) {
+        debug_assert!(self.bins[c].head.is_null());
+        self.bins[c].max = 0;
+        self.bins[c].room = 0;
+    }
+
+    /// Pops a block of class code `c`; `None` when the list is empty (then call
     /// [`Self::alloc_slow`]). A damaged link (a write after free) aborts with a message.
     #[inline(always)]
-    pub fn pop(&mut self, c: usize) -> Option<NonNull<u8>> {
-        debug_assert!(c < NCLASSES);
-        // SAFETY: classes come from the size-class tables, so `c < NCLASSES`.
+    pub fn pop(&mut self, c: usize) -> Option<UserPtr> {
+        debug_assert!(c < CLASS_CODES);
+        // SAFETY: class codes come from the size-class tables or a header's six class bits.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
-        let p = NonNull::new(bin.head)?;
+        let p = UserPtr::new(ptr::NonNull::new(bin.head)?);
         // SAFETY: T1 — `p` is a cached block of ours: its first word is the next link, its
         // second the key, which leaving the cache clears.
         unsafe {
@@ -218,19 +245,14 @@ impl ThreadCache {
                 Ok(next) => next,
                 Err(e) => corrupt_link(e, p),
             };
-            p.cast::<usize>().add(1).write(0);
+            p.clear_cache_key();
         }
-        bin.count -= 1;
-        bin.pops = bin.pops.wrapping_add(1);
-        if bin.count < bin.low_water {
-            bin.low_water = bin.count;
-        }
+        bin.room += 1;
         self.gc_countdown = self.gc_countdown.wrapping_sub(1);
         Some(p)
     }
 
-    /// Whether a collection is due (checked by the caller after a pop, off the fast path's
-    /// critical work).
+    /// Whether a collection is due (checked by the caller after a pop).
     #[inline(always)]
     pub fn gc_due(&self) -> bool {
         self.gc_countdown == 0
@@ -238,58 +260,66 @@ impl ThreadCache {
 
     /// Whether `p`, which carries [`CACHE_KEY`], really is in this cache's list `c` (a double
     /// free) rather than a program that happened to store the key.
-    pub fn contains(&self, p: NonNull<u8>, c: usize) -> bool {
+    pub fn contains(&self, p: UserPtr, c: usize) -> bool {
         let mut cur = self.bins[c].head;
-        while let Some(b) = NonNull::new(cur) {
-            if b == p {
+        while let Some(b) = ptr::NonNull::new(cur) {
+            if b == p.ptr() {
                 return true;
             }
             // SAFETY: T1 — list members are cached blocks with a link word.
-            cur = match unsafe { read_link(b) } {
+            cur = match unsafe { read_link(UserPtr::new(b)) } {
                 Ok(next) => next,
-                Err(e) => corrupt_link(e, b),
+                Err(e) => corrupt_link(e, UserPtr::new(b)),
             };
         }
         false
     }
 
-    /// Pushes the in-use block `p` of class `c`; `false` when the list is full or the cache is
-    /// not active (then call [`Self::free_slow`]).
+    /// Every block of list `c`, newest first (a walk; for the heap verifier).
+    pub fn for_each_cached(&self, c: usize, mut f: impl FnMut(UserPtr)) -> CacheResult<()> {
+        let mut cur = self.bins[c].head;
+        while let Some(b) = ptr::NonNull::new(cur) {
+            f(UserPtr::new(b));
+            // SAFETY: T1.
+            cur = unsafe { read_link(UserPtr::new(b)) }?;
+        }
+        Ok(())
+    }
+
+    /// Pushes the in-use block `p` of class code `c`; `false` when the list has no room (full,
+    /// no list for the code, or the cache is not active: then call [`Self::free_slow`]).
     ///
     /// # Safety
-    /// `p` is an in-use heap block of ours of class `c` (`class_for_free`), not in any cache,
+    /// `p` is an in-use heap block of ours whose class code is `c` (B8), not in any cache,
     /// given up by the program.
     #[inline(always)]
-    pub unsafe fn push(&mut self, p: NonNull<u8>, c: usize) -> bool {
-        debug_assert!(c < NCLASSES);
-        // SAFETY: classes come from the size-class tables, so `c < NCLASSES`.
+    pub unsafe fn push(&mut self, p: UserPtr, c: usize) -> bool {
+        debug_assert!(c < CLASS_CODES);
+        // SAFETY: as in `pop`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
-        if bin.count >= bin.max {
+        // One decrement and a sign test: a full list goes negative and is put back.
+        bin.room = bin.room.wrapping_sub(1);
+        if (bin.room as i32) < 0 {
+            bin.room = 0;
             return false;
         }
         // SAFETY: contract — the block is ours and nobody else uses it now; its payload holds
         // at least three words (MIN_BLOCK), so link and key fit (T1).
-        unsafe {
-            write_link(p, bin.head);
-            p.cast::<usize>().add(1).write(CACHE_KEY);
-        }
-        bin.head = p.as_ptr();
-        bin.count += 1;
-        bin.pushes = bin.pushes.wrapping_add(1);
+        unsafe { link_in(p, bin.head) };
+        bin.head = p.ptr().as_ptr();
         true
     }
 
-    /// Refills class `c` from `heap` (activating an `Uninit` cache first) and pops one block.
-    /// `None` when memory is exhausted or the cache is torn down (the caller then allocates
-    /// from the central heap directly).
+    /// Refills class `c` from `heap` and pops one block. `None` when memory is exhausted or
+    /// the cache is not active (the caller then allocates from the central heap directly).
     #[cold]
     #[inline(never)]
     pub fn alloc_slow<S: MemorySource>(
         &mut self,
         c: usize,
         heap: &Mutex<CentralHeap<S>>,
-    ) -> Option<NonNull<u8>> {
-        if self.state != State::Active {
+    ) -> Option<UserPtr> {
+        if self.state != State::Active || c >= NCLASSES {
             return None;
         }
         if let Some(p) = self.pop(c) {
@@ -299,28 +329,25 @@ impl ThreadCache {
         if bin.max == 0 {
             return None;
         }
-        let want = (bin.batch as u32).min(bin.max / 2).max(1) as usize;
-        bin.batch = (bin.batch * 2).min((bin.max / 2) as u16).max(1);
+        let want = bin.batch.min(bin.max / 2).max(1) as usize;
+        bin.batch = (bin.batch * 2).min(bin.max / 2).max(1);
+        self.dry |= 1 << c;
         let (head, n) = heap.lock().alloc_batch(class_size(c), want, |b, next| {
             // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
-            unsafe {
-                write_link(b, next);
-                b.cast::<usize>().add(1).write(CACHE_KEY);
-            }
+            unsafe { link_in(UserPtr::new(b), next) }
         });
-        let head = NonNull::new(head)?;
+        let head = ptr::NonNull::new(head)?;
         let bin = &mut self.bins[c];
         bin.head = head.as_ptr();
-        bin.count += n as u32;
-        bin.merge_counters(c);
+        bin.room -= n as u32;
         stats::add(c, Counter::Refills, 1);
-        stats::add(c, Counter::Misses, 1);
+        stats::add(c, Counter::RefilledBlocks, n);
         self.pop(c)
     }
 
     /// Handles a push that [`Self::push`] refused: flushes the older half of class `c`, then
-    /// pushes. Returns `false` when the cache is not active:
-    /// the caller frees to the central heap.
+    /// pushes. Returns `false` when the block has no list here (code without a list, or the
+    /// cache is not active): the caller frees to the central heap.
     ///
     /// # Safety
     /// As [`Self::push`].
@@ -331,15 +358,14 @@ impl ThreadCache {
     #[inline(never)]
     pub unsafe fn free_slow<S: MemorySource>(
         &mut self,
-        p: NonNull<u8>,
+        p: UserPtr,
         c: usize,
         heap: &Mutex<CentralHeap<S>>,
     ) -> CacheResult<bool> {
-        if self.state != State::Active {
+        if self.state != State::Active || c >= NCLASSES || self.bins[c].max == 0 {
             return Ok(false);
         }
         let keep = (self.bins[c].max / 2) as usize;
-        self.bins[c].merge_counters(c);
         self.flush_class(c, keep, &mut heap.lock())?;
         // SAFETY: forwarded contract.
         Ok(unsafe { self.push(p, c) })
@@ -353,62 +379,68 @@ impl ThreadCache {
         heap: &mut CentralHeap<S>,
     ) -> CacheResult<()> {
         let bin = &mut self.bins[c];
-        let count = bin.count as usize;
+        let count = bin.count() as usize;
         if count <= keep {
             return Ok(());
         }
         stats::add(c, Counter::Flushes, 1);
+        stats::add(c, Counter::FlushedBlocks, count - keep);
         // Find the cut: the `keep` newest stay.
         let mut rest = if keep == 0 {
             let h = bin.head;
             bin.head = ptr::null_mut();
             h
         } else {
-            let mut cur = bin.head;
+            let mut cur = UserPtr::new(ptr::NonNull::new(bin.head).ok_or(Misuse::CorruptLink)?);
             for _ in 1..keep {
                 // SAFETY: T1 — `keep <= count`, so each link read is a cached block.
-                cur = unsafe { read_link(NonNull::new_unchecked(cur)) }?;
+                let next = unsafe { read_link(cur) }?;
+                cur = UserPtr::new(ptr::NonNull::new(next).ok_or(Misuse::CorruptLink)?);
             }
             // SAFETY: as above; cut the list after the `keep`-th block.
             unsafe {
-                let last = NonNull::new_unchecked(cur);
-                let r = read_link(last)?;
-                write_link(last, ptr::null_mut());
+                let r = read_link(cur)?;
+                link_in(cur, ptr::null_mut());
                 r
             }
         };
-        bin.count = keep as u32;
-        bin.low_water = bin.low_water.min(keep as u32);
-        while let Some(p) = NonNull::new(rest) {
+        bin.room = u32::from(bin.max) - keep as u32;
+        while let Some(b) = ptr::NonNull::new(rest) {
+            let p = UserPtr::new(b);
             // SAFETY: T1 — a cached block; read its link and clear the key before the heap
             // reuses the words.
             unsafe {
                 rest = read_link(p)?;
-                p.cast::<usize>().add(1).write(0);
+                p.clear_cache_key();
             }
-            heap.free(p)?;
+            heap.free(b)?;
         }
         Ok(())
     }
 
-    /// Low-water-mark collection of one class (round robin): returns three quarters of the
-    /// blocks that sat unused since the last visit, and halves its refill batch.
+    /// Collection of one class (round robin), every [`GC_INTERVAL`] allocations: a list that
+    /// did not run dry in its last two intervals returns three quarters of its blocks (they sat
+    /// unused: jemalloc's low-water collection, with the low-water mark taken as the whole
+    /// list, so the pop path keeps no mark) and halves its refill batch.
     #[cold]
     #[inline(never)]
     pub fn collect<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
+        // The pops since the countdown was last reset (all of GC_INTERVAL when it ran out).
+        stats::add_cache_allocs(GC_INTERVAL.saturating_sub(self.gc_countdown) as usize);
         self.gc_countdown = GC_INTERVAL;
         let c = self.gc_next as usize;
         self.gc_next = (self.gc_next + 1) % NCLASSES as u32;
+        let bit = 1 << c;
+        let was_dry = (self.dry | self.dry_before) & bit != 0;
+        self.dry_before = (self.dry_before & !bit) | (self.dry & bit);
+        self.dry &= !bit;
         let bin = &mut self.bins[c];
-        bin.merge_counters(c);
-        let idle = bin.low_water as usize;
-        if idle > 0 {
-            let keep = bin.count as usize - (idle * 3).div_ceil(4);
+        let count = bin.count() as usize;
+        if !was_dry && count > 0 {
+            let keep = count - (count * 3).div_ceil(4);
             bin.batch = (bin.batch / 2).max(1);
             self.flush_class(c, keep, &mut heap.lock())?;
         }
-        let bin = &mut self.bins[c];
-        bin.low_water = bin.count;
         Ok(())
     }
 
@@ -417,14 +449,9 @@ impl ThreadCache {
     /// # Errors
     /// As [`Self::free_slow`].
     pub fn flush_all<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
-        if self.bins.iter().all(|b| b.count == 0) {
-            for (c, bin) in self.bins.iter_mut().enumerate() {
-                bin.merge_counters(c);
-            }
+        self.merge_counters();
+        if self.bins.iter().all(|b| b.head.is_null()) {
             return Ok(());
-        }
-        for (c, bin) in self.bins.iter_mut().enumerate() {
-            bin.merge_counters(c);
         }
         let mut guard = heap.lock();
         for c in 0..NCLASSES {
@@ -439,11 +466,76 @@ impl ThreadCache {
     /// # Errors
     /// As [`Self::free_slow`].
     pub fn tear_down<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
+        let r = self.flush_all(heap);
         for bin in &mut self.bins {
             bin.max = 0;
+            bin.room = 0;
         }
         self.state = State::TornDown;
-        self.flush_all(heap)
+        r
+    }
+}
+
+impl ThreadCache {
+    /// Checks T1, T2, T4 and T5 against `heap`: every cached block is an in-use block of the
+    /// heap with the class code of its list and the key, the counts agree with the lists, the
+    /// limits with the byte budget; an inactive cache is empty.
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check<S: MemorySource>(&self, heap: &CentralHeap<S>) -> Result<(), HeapError> {
+        let err = |what, addr| Err(HeapError { what, addr });
+        let mut limit_bytes = 0;
+        for (c, bin) in self.bins.iter().enumerate() {
+            if bin.room > u32::from(bin.max) || (c >= NCLASSES && bin.max != 0) {
+                return err("T2: list room above its limit, or a list for a code without one", c);
+            }
+            if self.state != State::Active && (bin.max != 0 || !bin.head.is_null()) {
+                return err("T5: an inactive cache holds blocks or room", c);
+            }
+            if c < NCLASSES {
+                limit_bytes += usize::from(bin.max) * class_size(c);
+            }
+            let mut n = 0u32;
+            let mut bad = None;
+            let walk = self.for_each_cached(c, |u| {
+                n += 1;
+                if bad.is_some() {
+                    return;
+                }
+                // SAFETY: only read after `owns` says the header lies in a heap segment.
+                let h = heap.owns(u.ptr().as_ptr()).then(|| unsafe { u.block().header() });
+                let ok = h.is_some_and(|h| {
+                    // SAFETY: a block of the heap (checked above).
+                    let b = unsafe { u.block() };
+                    h & (USED | MAPPED) == USED
+                        && b.tag_ok(h)
+                        && b.class_ok(h)
+                        && BlockPtr::size_of(h) >= class_size(c)
+                        // SAFETY: an in-use heap block.
+                        && (!HARDENED || unsafe { u.has_cache_key() })
+                });
+                if !ok || n > u32::from(bin.max) {
+                    bad = Some(u.addr());
+                }
+            });
+            if walk.is_err() {
+                return err("T1: a cache link does not decode", c);
+            }
+            if let Some(addr) = bad {
+                return err(
+                    "T1: a cached block is not an in-use heap block of its class's size",
+                    addr,
+                );
+            }
+            if n != bin.count() {
+                return err("T1: list length differs from its count", c);
+            }
+        }
+        if limit_bytes > self.max_kib as usize * 1024 {
+            return err("T4: list limits exceed the cache's byte limit", limit_bytes);
+        }
+        Ok(())
     }
 }
 
@@ -456,37 +548,8 @@ impl Default for ThreadCache {
 /// A damaged cache link: the list cannot be trusted any further.
 #[cold]
 #[inline(never)]
-fn corrupt_link(e: Misuse, slot: NonNull<u8>) -> ! {
-    crate::diag::fatal("malloc", e.message(), slot.addr().get())
-}
-
-/// Reads and checks the header of a block the program hands to `free`: returns it when it is
-/// an ordinary in-use heap block (tag valid, `USED`, not `MAPPED`); `Err(NotOurs)` sends the
-/// caller to the central heap's full validation.
-///
-/// # Safety
-/// The word before `p` is readable.
-#[inline(always)]
-pub unsafe fn header_for_free(p: NonNull<u8>) -> Result<usize, Misuse> {
-    // SAFETY: forwarded contract.
-    let b = unsafe { BlockPtr::from_user(p) };
-    // SAFETY: forwarded contract; an atomic read (B7).
-    let h = unsafe { b.header() };
-    if h & (USED | MAPPED) == USED && (!HARDENED || b.tag_ok(h)) {
-        Ok(h)
-    } else {
-        Err(Misuse::NotOurs)
-    }
-}
-
-/// Whether the in-use block `p` carries [`CACHE_KEY`] (then check [`ThreadCache::contains`]).
-///
-/// # Safety
-/// `p` is an in-use heap block of ours (its payload has at least two words).
-#[inline(always)]
-pub unsafe fn has_cache_key(p: NonNull<u8>) -> bool {
-    // SAFETY: forwarded contract.
-    HARDENED && unsafe { p.cast::<usize>().add(1).read() == CACHE_KEY }
+fn corrupt_link(e: Misuse, slot: UserPtr) -> ! {
+    crate::diag::fatal("malloc", e.message(), slot.addr())
 }
 
 #[cfg(test)]
@@ -495,11 +558,23 @@ mod tests {
 
     #[test]
     fn list_limits_keep_the_cache_within_its_byte_limit() {
-        for max_bytes in [64 << 10, 256 << 10, DEFAULT_MAX_BYTES, 8 << 20] {
+        for max_bytes in [4 << 10, 16 << 10, 64 << 10, 256 << 10, DEFAULT_MAX_BYTES, 8 << 20] {
             let total: usize =
                 (0..NCLASSES).map(|c| max_count(c, max_bytes) as usize * class_size(c)).sum();
             assert!(total <= max_bytes, "{max_bytes}: {total}");
-            assert!(total >= max_bytes / 4, "{max_bytes}: {total} leaves the cache unused");
+            assert!(total >= max_bytes / 25, "{max_bytes}: {total} leaves the cache unused");
         }
+    }
+
+    /// T3: the zero-filled thread-local block `tls.rs` reserves is a new cache.
+    #[test]
+    fn a_new_cache_is_all_zero() {
+        let tc = ThreadCache::new();
+        // SAFETY: reading the bytes of a live value without padding (repr(C), every field
+        // explicit and naturally aligned).
+        let bytes = unsafe {
+            core::slice::from_raw_parts((&raw const tc).cast::<u8>(), size_of::<ThreadCache>())
+        };
+        assert!(bytes.iter().all(|&b| b == 0));
     }
 }

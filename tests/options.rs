@@ -358,7 +358,7 @@ fn python_check(script: &str, data: &str, what: &str) -> String {
 // ---- stats:json -------------------------------------------------------------
 
 /// Parses the one `stats:json` object on stderr with python3's json module and
-/// checks its shape; returns (classes listed, sum of cache_hits, sum of allocs).
+/// checks its shape; returns (classes listed, cache hits, allocations).
 const JSON_CHECK: &str = r#"
 import json, sys
 lines = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")]
@@ -376,11 +376,15 @@ for key in ("blocks", "bytes", "max_blocks", "max_bytes"):
 for key in ("acquisitions", "contended"):
     assert isinstance(d["lock"][key], int), "lock." + key
 assert d["heap"]["bytes"] > 0 and d["peak_rss"] > 0
+for key in ("allocs", "cache_allocs", "cache_hits"):
+    assert isinstance(d[key], int), key
+assert d["cache_hits"] <= d["cache_allocs"] <= d["allocs"]
 for c in d["classes"]:
-    for key in ("class", "size", "allocs", "frees", "cache_hits", "refills", "flushes"):
+    for key in ("class", "size", "refills", "refilled_blocks", "flushes", "flushed_blocks",
+                "direct_allocs", "direct_frees"):
         assert isinstance(c[key], int), "classes[].%s" % key
-print(len(d["classes"]), sum(c["cache_hits"] for c in d["classes"]),
-      sum(c["allocs"] for c in d["classes"]))
+    assert c["refilled_blocks"] >= c["refills"] and c["flushed_blocks"] >= c["flushes"]
+print(len(d["classes"]), d["cache_hits"], d["allocs"])
 "#;
 
 struct JsonSummary {
@@ -396,29 +400,22 @@ fn parse_stats_json(stderr: &str, what: &str) -> JsonSummary {
     JsonSummary { classes: v[0], cache_hits: v[1], allocs: v[2] }
 }
 
-/// The `cache-hits` column of the `stats:1` table, summed.
+/// The cache hits of the `stats:1` summary line
+/// (`allocations: N (thread caches N, of which cache hits N; ...)`).
 fn text_cache_hits(stderr: &str) -> u64 {
-    let mut in_table = false;
-    let mut sum = 0;
-    for line in stderr.lines() {
-        if line.trim_start().starts_with("class ") {
-            in_table = true;
-            continue;
-        }
-        if in_table {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() != 7 || cols.iter().any(|c| c.parse::<u64>().is_err()) {
-                break;
-            }
-            sum += cols[4].parse::<u64>().expect("checked");
-        }
-    }
-    assert!(in_table, "no statistics table on stderr:\n{}", tail(stderr, 4000));
-    sum
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("allocations: "))
+        .unwrap_or_else(|| panic!("no allocations line on stderr:\n{}", tail(stderr, 4000)));
+    let rest = line.split("cache hits ").nth(1).expect("a cache hits figure");
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|e| panic!("cache hits in {line:?}: {e}"))
 }
 
 fn assert_text_stats(r: &Run, what: &str) {
-    for needle in ["brkmalloc statistics", "central heap:", "mmap blocks:", "central lock:"] {
+    for needle in
+        ["brkmalloc statistics", "allocations:", "central heap:", "mmap blocks:", "central lock:"]
+    {
         assert!(r.stderr.contains(needle), "{what}: stats:1 printed no {needle:?}; {}", r.report());
     }
 }

@@ -4,9 +4,12 @@
 //! The models drive brkmalloc's own code: under `--cfg loom`, `brkmalloc::sync` is built on
 //! loom's atomics, cells, mutex and condvar, so the central heap's [`Mutex`], the thread caches'
 //! refill and flush, and the one-time-initialisation types run unchanged under loom's scheduler.
-//! Memory comes from a [`FixedArena`] of a few pages per model iteration. What a model cannot run
-//! (the process-wide statics in `global.rs`, TLS, `pthread_*`, syscalls) it replaces with the
-//! smallest stand-in, and the helpers below that mirror glue code say which function they mirror.
+//! malloc, free and realloc go through the front end itself (`brkmalloc::heap::Front` over an
+//! `Explicit` environment: the model's heap and the calling thread's cache), so a routing bug
+//! in the front end fails the models (twin `routing`). Memory comes from a [`FixedArena`] of a
+//! few pages per model iteration. What a model cannot run (the process-wide statics of
+//! `process.rs`, TLS, `pthread_*`, syscalls) it leaves out: each model owns its caches and
+//! passes them explicitly.
 //!
 //! This file is the harness: [`check`] runs one model under a bounded exploration and reports how
 //! many interleavings it explored; [`Heap`] is a heap over its own arena; [`Ledger`] records
@@ -33,10 +36,11 @@ use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 
 use brkmalloc::block::HEADER;
 use brkmalloc::central::CentralHeap;
+use brkmalloc::diag::Misuse;
+use brkmalloc::heap::{Explicit, Front};
 use brkmalloc::os::{FixedArena, PAGE};
-use brkmalloc::size_class::{class_for_free, class_for_request};
 use brkmalloc::sync::Mutex;
-use brkmalloc::thread_cache::{ThreadCache, has_cache_key, header_for_free, max_count};
+use brkmalloc::thread_cache::{ThreadCache, max_count};
 
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
 pub const DEFAULT_PREEMPTIONS: usize = 2;
@@ -101,6 +105,7 @@ fn arm_sabotage_from_env() {
             "once-ordering" => Defect::OnceOrdering,
             "claim" => Defect::Claim,
             "counter" => Defect::Counter,
+            "routing" => Defect::Routing,
             other => panic!("BRKMALLOC_SABOTAGE={other}: unknown defect"),
         };
         arm(d);
@@ -155,16 +160,24 @@ impl Heap {
         assert!(self.heap.raw().acquisitions() > min_locks, "lock acquisitions were not counted");
     }
 
-    /// `api::alloc_central` for a small request: the central heap directly.
-    pub fn malloc(&self, n: usize) -> NonNull<u8> {
-        let r = self.heap.lock().alloc(n, false);
-        r.expect("arena exhausted").0
+    /// The front end for a thread with cache `tc` (or none: every request goes to the
+    /// central heap, as for a thread whose cache is torn down). A misuse report fails the
+    /// model: the models never misuse the heap.
+    pub fn front(&self, tc: Option<&mut ThreadCache>) -> Front<Explicit<'_, FixedArena>> {
+        let mut env = Explicit::new(&self.heap, tc);
+        env.on_misuse = misuse;
+        Front(env)
     }
 
-    /// `api::dealloc_validated` for a heap block.
+    /// `malloc(n)` on a thread without a cache.
+    pub fn malloc(&self, n: usize) -> NonNull<u8> {
+        self.front(None).alloc(n).expect("arena exhausted")
+    }
+
+    /// `free(p)` on a thread without a cache.
     pub fn free(&self, p: NonNull<u8>) {
-        let r = self.heap.lock().free(p);
-        r.expect("free found misuse");
+        // SAFETY: the models free only live blocks they own.
+        unsafe { self.front(None).dealloc(p) };
     }
 
     /// [`Self::malloc`], recorded in `ledger` and filled.
@@ -178,35 +191,24 @@ impl Heap {
         self.free(b.ptr());
     }
 
-    /// `api::realloc_raw` for a heap block: resize in place (one acquisition of the lock), else
-    /// allocate, copy and free (three more), as there. The ledger is updated before the heap
-    /// can hand any released memory to another thread.
+    /// `realloc` of a recorded block on a thread without a cache: the front end resizes it in
+    /// place (one acquisition of the lock) or moves it. The ledger forgets the old extent
+    /// before the call (a shrink in place frees the tail to other threads) and records the
+    /// result after it.
     pub fn realloc_block(&self, ledger: &Ledger, b: Block, n: usize) -> Block {
-        verify(&b);
-        if n < b.n {
-            // A shrink frees the tail inside `resize_in_place`: forget it first.
-            ledger.resize(&b, n);
-        }
-        let r = self.heap.lock().resize_in_place(b.ptr(), n);
-        if r.expect("realloc found misuse") {
-            event("realloc in place");
-            let b2 = Block { n, ..b };
-            if n > b.n {
-                ledger.resize(&b, n);
-            }
-            fill(&b2);
-            return b2;
-        }
-        event("realloc moved");
-        let old = self.heap.lock().usable_size(b.ptr()).expect("usable_size found misuse");
-        let new = self.malloc(n);
-        // SAFETY: two distinct live blocks of at least `old` and `n` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(b.ptr().as_ptr(), new.as_ptr(), old.min(n)) };
-        verify(&Block { p: new.addr().get(), n: b.n.min(n), seed: b.seed });
-        let b2 = ledger.take(new, n, b.seed);
-        self.free_block(ledger, b);
-        b2
+        ledger.give_back(&b);
+        // SAFETY: a live block of this heap; on success the old pointer is forgotten.
+        let q = unsafe { self.front(None).realloc(b.ptr(), n) }.expect("arena exhausted");
+        event(if q == b.ptr() { "realloc in place" } else { "realloc moved" });
+        let kept = Block { p: q.addr().get(), n: b.n.min(n), seed: b.seed };
+        verify(&kept);
+        ledger.take(q, n, b.seed)
     }
+}
+
+/// The models' misuse hook: a correct program must never get a report.
+fn misuse(func: &str, what: Misuse, p: NonNull<u8>) {
+    panic!("{func}(): misuse reported for a correct model: {what:?} at {p:p}");
 }
 
 /// The smallest byte limit for which `max_count` (the allocator's own sizing rule) gives class 0
@@ -226,42 +228,21 @@ pub fn active_cache(max: u32) -> ThreadCache {
     tc
 }
 
-/// `global::cache_alloc` + `api::alloc` for a small request `n`, over an explicit cache: pop,
-/// else refill (`ThreadCache::alloc_slow`), else the central heap.
+/// `malloc(n)` on the thread whose cache is `tc`: the front end (pop, refill, or the central
+/// heap).
 pub fn cache_malloc(tc: &mut ThreadCache, heap: &Heap, n: usize) -> NonNull<u8> {
-    assert!(n <= brkmalloc::size_class::MAX_CLASS_REQUEST);
-    // SAFETY: `n <= MAX_CLASS_REQUEST` (asserted).
-    let c = unsafe { class_for_request(n) };
-    match tc.pop(c) {
-        Some(p) => p,
-        None => tc.alloc_slow(c, &heap.heap).unwrap_or_else(|| heap.malloc(n)),
-    }
+    heap.front(Some(tc)).alloc(n).expect("arena exhausted")
 }
 
-/// `api::dealloc` for a heap block, over an explicit cache: the header check of the free fast
-/// path (`header_for_free`, no lock), the class, the double-free key check, push; a full list
-/// goes through `ThreadCache::free_slow` (flush under the lock), an inactive cache to the
-/// central heap.
+/// `free(p)` on the thread whose cache is `tc`: the front end (the header check, the class,
+/// the double-free key, push; a full list flushes under the lock, an inactive cache frees to
+/// the central heap).
 ///
 /// # Safety
 /// `p` is a live block of `heap` that the caller gives up.
 pub unsafe fn cache_free(tc: &mut ThreadCache, heap: &Heap, p: NonNull<u8>) {
-    // SAFETY: a live block of ours (contract): its header word is readable.
-    let h = unsafe { header_for_free(p) }.expect("free fast path rejected a live block");
-    let c = class_for_free(brkmalloc::block::BlockPtr::size_of(h)).expect("not a cached size");
-    // SAFETY: as above.
-    if unsafe { has_cache_key(p) } {
-        assert!(!tc.contains(p, c), "a live block was found in the cache (false double free)");
-    }
-    // SAFETY: as above.
-    if unsafe { tc.push(p, c) } {
-        return;
-    }
-    // SAFETY: as above.
-    let pushed = unsafe { tc.free_slow(p, c, &heap.heap) }.expect("flush found misuse");
-    if !pushed {
-        heap.free(p);
-    }
+    // SAFETY: forwarded contract.
+    unsafe { heap.front(Some(tc)).dealloc(p) };
 }
 
 /// A live block as the models track it: address, length the program may use, pattern seed.

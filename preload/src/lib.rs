@@ -15,9 +15,9 @@ use brkmalloc_core::api;
 /// thread if asked to (creating a thread allocates, so not from inside `malloc` either).
 extern "C" fn brkmalloc_init() {
     brkmalloc_core::fork::install();
-    brkmalloc_core::global::ensure_config();
+    brkmalloc_core::process::ensure_config();
     if brkmalloc_core::config::BACKGROUND_PURGE.load(core::sync::atomic::Ordering::Relaxed) {
-        brkmalloc_core::global::start_background_purge();
+        brkmalloc_core::process::start_background_purge();
     }
 }
 

@@ -1,0 +1,645 @@
+//! The front end: the one routing of allocate / free / realloc / usable size between the
+//! thread cache, the central heap and large blocks.
+//!
+//! It is written over a seam, [`Env`]: the central heap, this thread's cache, the large-block
+//! mappings and the options come from the environment it is given. The process's allocator
+//! (`process.rs`: the `sbrk` heap, the thread-local caches, `large.rs`, `BRKMALLOC_CONF`)
+//! is one environment; the loom models and the fuzz driver give it a heap over a fixed arena and
+//! caches of their own, so they run this very code. The C ABI (`api.rs`) adds only C semantics
+//! (`errno`, overflow, alignment rules) and `GlobalAlloc` (`global_alloc.rs`) only layouts.
+//!
+//! # Fast paths
+//!
+//! `alloc`: a request of at most [`MAX_CLASS_REQUEST`] bytes, this thread's cache, the class
+//! (one table load), a pop. `dealloc`: the page test, the header's tag and class code in one
+//! load and three operations ([`UserPtr::cache_class`]), this thread's cache, the key compare,
+//! a push. Every other case is a tail call into a `#[cold]` function, so the fast paths save no
+//! registers and take no lock.
+
+use core::ptr::{self, NonNull};
+
+use crate::block::{ALIGN, BlockPtr, HARDENED, HEADER, UserPtr, block_size_for};
+use crate::central::{CentralHeap, HeapError};
+use crate::diag::{self, Misuse};
+use crate::os::MemorySource;
+use crate::size_class::{MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_request};
+use crate::stats::{self, Counter};
+use crate::sync::Mutex;
+use crate::thread_cache::{State, ThreadCache};
+
+/// Byte written over new memory with `junk:1`.
+pub const JUNK_ALLOC: u8 = 0xa5;
+/// Byte written over freed memory with `junk:1`.
+pub const JUNK_FREE: u8 = 0x5a;
+
+/// What the front end runs over: a central heap, a way to find this thread's cache, the
+/// large-block mappings, and the options. Methods with a default describe an environment
+/// without large blocks, options or hooks (the models' and the fuzz driver's).
+pub trait Env {
+    /// The central heap's memory source.
+    type Source: MemorySource;
+
+    /// The central heap.
+    fn central(&self) -> &Mutex<CentralHeap<Self::Source>>;
+
+    /// This thread's cache, if it has one; the fast paths call it, so it must be cheap. The
+    /// cache may be `Uninit` (no room: the slow paths then call [`Env::activate`]).
+    fn cache(&self) -> Option<*mut ThreadCache>;
+
+    /// Activates this thread's `Uninit` cache `tc` (or tears it down when caches are off).
+    ///
+    /// # Safety
+    /// `tc` is this thread's cache, as returned by [`Env::cache`].
+    unsafe fn activate(&self, tc: *mut ThreadCache) {
+        // SAFETY: forwarded contract.
+        unsafe { (*tc).activate(crate::thread_cache::DEFAULT_MAX_BYTES) };
+    }
+
+    /// Largest request the slow paths route to a cache (the fast path takes anything up to
+    /// [`MAX_CLASS_REQUEST`] that a list already holds).
+    fn small_limit(&self) -> usize {
+        MAX_CLASS_REQUEST
+    }
+
+    /// Requests at least this large get a mapping of their own.
+    fn mmap_threshold(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Runs at the start of every slow path (options, idle purge).
+    fn on_slow_path(&self) {}
+
+    /// Runs at the start of every central-heap operation (`check:N`).
+    fn on_central(&self) {}
+
+    /// Whether new and freed memory is filled with junk (`junk:1`).
+    fn junk(&self) -> bool {
+        false
+    }
+
+    /// Maps a large block of at least `n` bytes aligned to `align`.
+    fn large_alloc(&self, _n: usize, _align: usize) -> Option<NonNull<u8>> {
+        None
+    }
+
+    /// Unmaps the large block `p`.
+    ///
+    /// # Errors
+    /// `NotAllocated` for a pointer that is not a live large block.
+    fn large_free(&self, _p: NonNull<u8>) -> Result<(), Misuse> {
+        Err(Misuse::NotAllocated)
+    }
+
+    /// Usable bytes of the large block `p`.
+    ///
+    /// # Errors
+    /// As [`Env::large_free`].
+    fn large_usable(&self, _p: NonNull<u8>) -> Result<usize, Misuse> {
+        Err(Misuse::NotAllocated)
+    }
+
+    /// Resizes the large block `p` in its mapping (`Ok(None)`: it cannot, `p` is untouched).
+    ///
+    /// # Errors
+    /// As [`Env::large_free`].
+    fn large_realloc(&self, _p: NonNull<u8>, _n: usize) -> Result<Option<NonNull<u8>>, Misuse> {
+        Err(Misuse::NotAllocated)
+    }
+
+    /// Checks the large-block registry (R1).
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    fn check_large(&self) -> Result<(), HeapError> {
+        Ok(())
+    }
+
+    /// Runs when an allocation fails for want of memory (the process sets `errno` to `ENOMEM`,
+    /// as glibc's allocation failure does, so the C functions need no wrapper around the fast
+    /// path).
+    fn out_of_memory(&self) {}
+
+    /// Reports a misuse found in `func` (abort, or report and go on: `diag::misuse`).
+    fn misuse(&self, func: &str, what: Misuse, p: NonNull<u8>) {
+        diag::misuse(func, what, p.addr().get());
+    }
+}
+
+/// An environment over an explicit central heap and an explicit cache: the one the loom models,
+/// the fuzz driver and the unit tests give the front end, so they drive the code the process
+/// runs. No large blocks (every request goes to the heap), no options, no hooks.
+///
+/// # Invariants
+/// - X1: `cache`, when set, is the only cache this environment's calls use, and no other
+///   reference to it is live during a call (each simulated thread has its own).
+pub struct Explicit<'a, S> {
+    /// The central heap.
+    pub heap: &'a Mutex<CentralHeap<S>>,
+    /// The calling (simulated) thread's cache, if it has one.
+    pub cache: Option<*mut ThreadCache>,
+    /// `tcache_max_bytes` of a cache this environment activates.
+    pub cache_bytes: usize,
+    /// Called on a detected misuse (tests make it panic: a correct program never reaches it).
+    pub on_misuse: fn(&str, Misuse, NonNull<u8>),
+}
+
+impl<'a, S> Explicit<'a, S> {
+    /// The environment of a thread with cache `cache` (or none) over `heap`; misuse aborts as
+    /// in the process (`diag::misuse`).
+    pub fn new(heap: &'a Mutex<CentralHeap<S>>, cache: Option<&mut ThreadCache>) -> Self {
+        Self {
+            heap,
+            cache: cache.map(ptr::from_mut),
+            cache_bytes: crate::thread_cache::DEFAULT_MAX_BYTES,
+            on_misuse: |func, what, p| diag::misuse(func, what, p.addr().get()),
+        }
+    }
+}
+
+impl<S: MemorySource> Env for Explicit<'_, S> {
+    type Source = S;
+
+    fn central(&self) -> &Mutex<CentralHeap<S>> {
+        self.heap
+    }
+
+    fn cache(&self) -> Option<*mut ThreadCache> {
+        self.cache
+    }
+
+    unsafe fn activate(&self, tc: *mut ThreadCache) {
+        // SAFETY: forwarded contract (X1).
+        unsafe { (*tc).activate(self.cache_bytes) };
+    }
+
+    fn misuse(&self, func: &str, what: Misuse, p: NonNull<u8>) {
+        (self.on_misuse)(func, what, p);
+    }
+}
+
+/// The front end over the environment `E` (a zero-sized one for the process: every call
+/// inlines into the C exports).
+///
+/// # Invariants
+/// - F1: every block handed out is 16-byte aligned, has at least the requested bytes, and is
+///   live in exactly one place: held by the program, in one cache list, or free in the heap.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Front<E>(pub E);
+
+impl<E: Env> Front<E> {
+    /// The environment.
+    pub fn env(&self) -> &E {
+        &self.0
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Allocation
+    // ---------------------------------------------------------------------------------------
+
+    /// Allocates `n` bytes, 16-byte aligned; `None` when memory is exhausted.
+    #[inline(always)]
+    pub fn alloc(&self, n: usize) -> Option<NonNull<u8>> {
+        if n <= MAX_CLASS_REQUEST
+            && let Some(tc) = self.0.cache()
+        {
+            // SAFETY: `n <= MAX_CLASS_REQUEST`.
+            let c = unsafe { class_for_request(n) };
+            // SAFETY: this thread's cache; no other reference to it is live (a re-entrant
+            // malloc from inside `pthread_setspecific` only runs in a slow path, between our
+            // accesses).
+            if let Some(p) = unsafe { (*tc).pop(c) } {
+                // SAFETY: as above.
+                if unsafe { (*tc).gc_due() } {
+                    return self.collect_and_return(tc, p);
+                }
+                return Some(p.ptr());
+            }
+        }
+        self.alloc_slow(n)
+    }
+
+    /// A collection is due after a pop: run it, hand out `p`.
+    #[cold]
+    #[inline(never)]
+    fn collect_and_return(&self, tc: *mut ThreadCache, p: UserPtr) -> Option<NonNull<u8>> {
+        // A program that only ever hits its cache still gets here every GC_INTERVAL
+        // allocations: the idle purge must not depend on refills.
+        self.0.on_slow_path();
+        // SAFETY: this thread's cache (see `alloc`).
+        if let Err(e) = unsafe { (*tc).collect(self.0.central()) } {
+            diag::fatal("malloc", e.message(), 0);
+        }
+        // Opaque to the caller, which then tail-calls this function instead of keeping `p` in
+        // a callee-saved register (a push and a pop on every malloc).
+        Some(core::hint::black_box(p).ptr())
+    }
+
+    /// Everything [`Self::alloc`]'s fast path does not handle: activation, refill, the central
+    /// heap, large blocks.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, n: usize) -> Option<NonNull<u8>> {
+        self.0.on_slow_path();
+        if n <= self.0.small_limit()
+            && let Some(tc) = self.0.cache()
+        {
+            // SAFETY: `small_limit() <= MAX_CLASS_REQUEST`.
+            let c = unsafe { class_for_request(n) };
+            // SAFETY: this thread's cache (see `alloc`); `activate` and `alloc_slow` neither
+            // allocate nor touch the thread-local slot while a reference is live.
+            unsafe {
+                if (*tc).state() == State::Uninit {
+                    self.0.activate(tc);
+                }
+                if let Some(p) = (*tc).alloc_slow(c, self.0.central()) {
+                    if (*tc).gc_due() {
+                        return self.collect_and_return(tc, p);
+                    }
+                    return Some(p.ptr());
+                }
+            }
+        }
+        self.alloc_central(n).or_else(|| self.oom())
+    }
+
+    /// An allocation failed for want of memory: tell the environment, return `None`.
+    #[cold]
+    fn oom<T>(&self) -> Option<T> {
+        self.0.out_of_memory();
+        None
+    }
+
+    /// Allocates from the central heap or a mapping, bypassing the caches.
+    fn alloc_central(&self, n: usize) -> Option<NonNull<u8>> {
+        self.0.on_central();
+        let p = if n >= self.0.mmap_threshold() {
+            self.0.large_alloc(n, ALIGN).or_else(|| self.heap_alloc(n, false).map(|(p, _)| p))
+        } else {
+            self.heap_alloc(n, false).map(|(p, _)| p).or_else(|| self.0.large_alloc(n, ALIGN))
+        }?;
+        if n <= MAX_CLASS_REQUEST {
+            // SAFETY: `n <= MAX_CLASS_REQUEST`.
+            stats::add(unsafe { class_for_request(n) }, Counter::DirectAllocs, 1);
+        }
+        if self.0.junk() {
+            // SAFETY: a fresh block with at least `n` usable bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), JUNK_ALLOC, n) };
+        }
+        Some(p)
+    }
+
+    /// `CentralHeap::alloc` under the lock.
+    fn heap_alloc(&self, n: usize, zero: bool) -> Option<(NonNull<u8>, bool)> {
+        self.0.central().lock().alloc(n, zero)
+    }
+
+    /// Allocates `n` zeroed bytes, skipping the memset on memory known to be fresh.
+    pub fn alloc_zeroed(&self, n: usize) -> Option<NonNull<u8>> {
+        // Small: a cached block and a memset beat a trip through the lock for fresh memory.
+        if n <= self.0.small_limit() {
+            let p = self.alloc(n)?;
+            // SAFETY: a block of ours with at least `n` usable bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0, n) };
+            return Some(p);
+        }
+        self.0.on_slow_path();
+        self.0.on_central();
+        // Fresh mappings are zero.
+        if n >= self.0.mmap_threshold()
+            && let Some(p) = self.0.large_alloc(n, ALIGN)
+        {
+            return Some(p);
+        }
+        match self.heap_alloc(n, true) {
+            Some((p, fresh)) => {
+                if !fresh {
+                    // SAFETY: a block of ours with at least `n` payload bytes.
+                    unsafe { ptr::write_bytes(p.as_ptr(), 0, n) };
+                }
+                Some(p)
+            }
+            None => self.0.large_alloc(n, ALIGN).or_else(|| self.oom()),
+        }
+    }
+
+    /// Allocates `n` bytes aligned to `align` (any power of two).
+    pub fn alloc_aligned(&self, n: usize, align: usize) -> Option<NonNull<u8>> {
+        debug_assert!(align.is_power_of_two());
+        if align <= ALIGN {
+            return self.alloc(n);
+        }
+        self.0.on_slow_path();
+        self.0.on_central();
+        let t = self.0.mmap_threshold();
+        if n >= t || align >= t {
+            return self.0.large_alloc(n, align).or_else(|| self.oom());
+        }
+        let r = self.0.central().lock().alloc_aligned(n, align);
+        r.or_else(|| self.0.large_alloc(n, align)).or_else(|| self.oom())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Free
+    // ---------------------------------------------------------------------------------------
+
+    /// Frees `p`; misuse is reported as `free()`'s.
+    ///
+    /// # Safety
+    /// `p` is a live block of ours given up by the caller (anything else is detected where
+    /// cheaply possible and reported).
+    #[inline(always)]
+    pub unsafe fn dealloc(&self, p: NonNull<u8>) {
+        // SAFETY: forwarded contract.
+        unsafe { self.dealloc_as(p, "free") }
+    }
+
+    /// C `free`: NULL is ignored. With `hardening`, NULL fails the page test of the fast path
+    /// like any pointer near the start of a page, so it costs the fast path nothing.
+    ///
+    /// # Safety
+    /// As [`Self::dealloc`], or NULL.
+    #[inline(always)]
+    pub unsafe fn free(&self, p: *mut u8) {
+        if HARDENED {
+            if !UserPtr::header_on_same_page_addr(p.addr()) {
+                return self.free_near_page_start(p);
+            }
+            // SAFETY: a pointer with bits 5..11 not all zero is not NULL; forwarded contract.
+            return unsafe { self.dealloc_as(NonNull::new_unchecked(p), "free") };
+        }
+        if let Some(p) = NonNull::new(p) {
+            // SAFETY: forwarded contract.
+            unsafe { self.dealloc_as(p, "free") }
+        }
+    }
+
+    /// [`Self::free`] of NULL or a pointer whose header may lie on the previous page.
+    #[cold]
+    #[inline(never)]
+    fn free_near_page_start(&self, p: *mut u8) {
+        if let Some(p) = NonNull::new(p) {
+            self.dealloc_central(p, "free");
+        }
+    }
+
+    /// Frees `p`, naming `func` in misuse reports. `errno` is unchanged.
+    ///
+    /// # Safety
+    /// As [`Self::dealloc`].
+    #[inline(always)]
+    pub unsafe fn dealloc_as(&self, p: NonNull<u8>, func: &'static str) {
+        let u = UserPtr::new(p);
+        // A pointer near the start of its page takes the central path, which checks ranges
+        // before it reads memory (`UserPtr::header_on_same_page`).
+        if HARDENED && !u.header_on_same_page() {
+            return self.dealloc_central(p, func);
+        }
+        // SAFETY: the header word lies on `p`'s page, which the program can access.
+        let Some(c) = (unsafe { u.cache_class() }) else { return self.dealloc_central(p, func) };
+        let Some(tc) = self.0.cache() else { return self.dealloc_central(p, func) };
+        // The `Routing` sabotage twin: a freed block goes to the wrong list (ci/loom.sh and the
+        // fuzz driver's twin must catch it). A constant `false` in every other build.
+        let c = if crate::sync::sabotage::armed(crate::sync::sabotage::Defect::Routing) {
+            c ^ 1
+        } else {
+            c
+        };
+        // SAFETY: the header says an in-use heap block (B5, B8), given up by the program.
+        if unsafe { u.has_cache_key() } {
+            return self.dealloc_suspect(tc, u, c, func);
+        }
+        // SAFETY: as above; `tc` is this thread's cache.
+        if !unsafe { (*tc).push(u, c) } {
+            self.dealloc_push_slow(tc, u, c, func);
+        }
+    }
+
+    /// A freed block that carries the cache key: a double free if it is in this cache,
+    /// otherwise (the program stored the key value) an ordinary push.
+    #[cold]
+    #[inline(never)]
+    fn dealloc_suspect(&self, tc: *mut ThreadCache, u: UserPtr, c: usize, func: &'static str) {
+        // SAFETY: this thread's cache.
+        if unsafe { (*tc).contains(u, c) } {
+            // Reported (and, with abort_on_error:0, leaked: it stays cached once).
+            self.0.misuse(func, Misuse::DoubleFree, u.ptr());
+            return;
+        }
+        // SAFETY: an in-use heap block of class code `c` (checked by `dealloc_as`).
+        if !unsafe { (*tc).push(u, c) } {
+            self.dealloc_push_slow(tc, u, c, func);
+        }
+    }
+
+    /// A push the cache refused: activation, a full list, a code without a list, or a
+    /// torn-down cache.
+    #[cold]
+    #[inline(never)]
+    fn dealloc_push_slow(&self, tc: *mut ThreadCache, u: UserPtr, c: usize, func: &'static str) {
+        if c >= NCLASSES {
+            return self.dealloc_central(u.ptr(), func);
+        }
+        // `free` preserves errno; the flush may make syscalls.
+        let saved = diag::errno();
+        self.0.on_slow_path();
+        // SAFETY: this thread's cache; an in-use heap block of class `c` (`dealloc_as`).
+        let done = unsafe {
+            if (*tc).state() == State::Uninit {
+                self.0.activate(tc);
+            }
+            (*tc).free_slow(u, c, self.0.central())
+        };
+        diag::set_errno(saved);
+        match done {
+            Ok(true) => {}
+            Ok(false) => {
+                stats::add(c, Counter::DirectFrees, 1);
+                self.dealloc_central(u.ptr(), func);
+            }
+            Err(e) => diag::fatal(func, e.message(), u.addr()),
+        }
+    }
+
+    /// Frees to the central heap or unmaps, with full validation; `errno` is unchanged.
+    #[cold]
+    #[inline(never)]
+    fn dealloc_central(&self, p: NonNull<u8>, func: &'static str) {
+        let saved = diag::errno();
+        self.0.on_slow_path();
+        self.0.on_central();
+        let mut heap = self.0.central().lock();
+        if self.0.junk()
+            && let Ok(n) = heap.usable_size(p)
+        {
+            // SAFETY: a validated in-use block of ours with `n` usable bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), JUNK_FREE, n) };
+        }
+        let r = heap.free(p);
+        drop(heap);
+        match r {
+            Ok(()) => {}
+            // Not in a heap segment: a large block, checked against the registry before its
+            // memory is touched.
+            Err(Misuse::NotOurs) => {
+                if let Err(e) = self.0.large_free(p) {
+                    self.0.misuse(func, e, p);
+                }
+            }
+            Err(e) => self.0.misuse(func, e, p),
+        }
+        diag::set_errno(saved);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Realloc and queries
+    // ---------------------------------------------------------------------------------------
+
+    /// Usable size of the live block `p` (0 after a reported misuse).
+    ///
+    /// # Safety
+    /// `p` is a live block of ours (anything else is detected where cheaply possible).
+    pub unsafe fn usable_size(&self, p: NonNull<u8>, func: &'static str) -> usize {
+        let u = UserPtr::new(p);
+        // An ordinary in-use heap block: its header says, no lock needed.
+        if u.header_on_same_page()
+            // SAFETY: the header word lies on `p`'s page.
+            && let Some(h) = unsafe { u.checked_header() }
+        {
+            return BlockPtr::size_of(h) - HEADER;
+        }
+        let r = self.0.central().lock().usable_size(p);
+        let r = match r {
+            Err(Misuse::NotOurs) => self.0.large_usable(p),
+            r => r,
+        };
+        r.unwrap_or_else(|e| {
+            self.0.misuse(func, e, p);
+            0
+        })
+    }
+
+    /// Resizes the live block `p` to `n > 0` bytes; `None` leaves `p` untouched (memory
+    /// exhausted, or a reported misuse).
+    ///
+    /// # Safety
+    /// `p` is a live block of ours; on `Some`, the old pointer must no longer be used (unless
+    /// equal to the result).
+    pub unsafe fn realloc(&self, p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
+        let u = UserPtr::new(p);
+        if u.header_on_same_page()
+            // SAFETY: the header word lies on `p`'s page.
+            && let Some(h) = unsafe { u.checked_header() }
+        {
+            let bs = BlockPtr::size_of(h);
+            let old_usable = bs - HEADER;
+            let have = BlockPtr::class_of(h);
+            if have < NCLASSES {
+                // A block sitting in this thread's cache was freed already.
+                // SAFETY: an in-use heap block, as the header says.
+                if unsafe { u.has_cache_key() } && self.cache_holds(u, have) {
+                    self.0.misuse("realloc", Misuse::DoubleFree, p);
+                    return None;
+                }
+                // Same size class: nothing to do, no lock taken.
+                if let Some(need) = block_size_for(n)
+                    && need <= bs
+                    && class_for_alloc(need) == Some(have)
+                {
+                    return Some(p);
+                }
+                // A cached size class moving to another small one: through the caches, no
+                // lock (growing in place would need the central lock on every call).
+                if n <= self.0.small_limit() {
+                    return self.move_block(p, old_usable, n);
+                }
+            }
+            // A larger heap block: try in place (one lock acquisition), else move.
+            let r = self.0.central().lock().resize_in_place(p, n);
+            return match r {
+                Ok(true) => Some(p),
+                Ok(false) => self.move_block(p, old_usable, n),
+                Err(e) => {
+                    self.0.misuse("realloc", e, p);
+                    None
+                }
+            };
+        }
+        self.0.on_slow_path();
+        let r = self.0.central().lock().resize_in_place(p, n);
+        let old_usable = match r {
+            Ok(true) => return Some(p),
+            // SAFETY: forwarded contract.
+            Ok(false) => unsafe { self.usable_size(p, "realloc") },
+            Err(Misuse::NotOurs) => {
+                let r = if n >= self.0.mmap_threshold() / 2 {
+                    self.0.large_realloc(p, n)
+                } else {
+                    self.0.large_usable(p).map(|_| None)
+                };
+                match r {
+                    Ok(Some(q)) => return Some(q),
+                    Ok(None) => match self.0.large_usable(p) {
+                        Ok(u) => u,
+                        Err(_) => return None,
+                    },
+                    Err(e) => {
+                        self.0.misuse("realloc", e, p);
+                        return None;
+                    }
+                }
+            }
+            Err(e) => {
+                self.0.misuse("realloc", e, p);
+                return None;
+            }
+        };
+        self.move_block(p, old_usable, n)
+    }
+
+    /// Whether block `u` (class `c`) sits in this thread's cache (realloc of a freed block).
+    fn cache_holds(&self, u: UserPtr, c: usize) -> bool {
+        // SAFETY: this thread's cache.
+        self.0.cache().is_some_and(|tc| unsafe { (*tc).contains(u, c) })
+    }
+
+    /// realloc by moving: a new block of `n` bytes, the contents copied, the old block freed.
+    /// `None` (memory exhausted) leaves `p` untouched.
+    fn move_block(&self, p: NonNull<u8>, old_usable: usize, n: usize) -> Option<NonNull<u8>> {
+        let new = self.alloc(n)?;
+        // SAFETY: distinct live blocks; the old one has `old_usable` bytes, the new one >= n.
+        unsafe { ptr::copy_nonoverlapping(p.as_ptr(), new.as_ptr(), old_usable.min(n)) };
+        // SAFETY: `p` is a live block of ours (the caller's contract), given up here.
+        unsafe { self.dealloc_as(p, "realloc") };
+        Some(new)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Maintenance
+    // ---------------------------------------------------------------------------------------
+
+    /// Returns every block in this thread's cache to the central heap.
+    pub fn flush_cache(&self) {
+        if let Some(tc) = self.0.cache() {
+            // SAFETY: this thread's cache.
+            if let Err(e) = unsafe { (*tc).flush_all(self.0.central()) } {
+                diag::fatal("malloc_trim", e.message(), 0);
+            }
+        }
+    }
+
+    /// The whole verifier: the central heap (C*, B*, deep), this thread's cache against it
+    /// (T*), and the large-block registry (R*). Returns the first broken invariant.
+    ///
+    /// # Errors
+    /// The first broken invariant, with the address concerned.
+    pub fn check(&self) -> Result<(), HeapError> {
+        let heap = self.0.central().lock();
+        heap.check(true)?;
+        if let Some(tc) = self.0.cache() {
+            // SAFETY: this thread's cache; no other reference to it is live.
+            unsafe { (*tc).check(&heap) }?;
+        }
+        drop(heap);
+        self.0.check_large()
+    }
+}

@@ -1,0 +1,308 @@
+//! The process's allocator: the one central heap over `sbrk`, this thread's cache in TLS, the
+//! large-block mappings and the `BRKMALLOC_CONF` options, as the front end's environment
+//! ([`Process`], [`FRONT`]); the thread-cache life cycle (activation, the thread-exit
+//! destructor); and the options applied to the heap.
+//!
+//! The heap is a zero-initialised `const` static: it works from the very first `malloc`, which
+//! may come from the dynamic loader or another library's constructor before ours runs.
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+
+use crate::central::{CentralHeap, HeapError, HeapStats};
+use crate::config;
+use crate::diag::{self, Misuse};
+use crate::heap::{Env, Front};
+use crate::large;
+use crate::os::Sbrk;
+use crate::purge;
+use crate::size_class::{NCLASSES, class_size};
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Once, Ordering};
+use crate::thread_cache::ThreadCache;
+use crate::tls;
+
+/// The central heap of the process (lock `CENTRAL` in the lock order, `sync.rs`).
+pub static HEAP: Mutex<CentralHeap<Sbrk>> = Mutex::new(CentralHeap::new(Sbrk::new()));
+
+/// The front end over the process's heap, caches and mappings: what `api.rs` and
+/// `global_alloc.rs` call.
+pub static FRONT: Front<Process> = Front(Process);
+
+/// Locks the process-wide central heap.
+#[inline]
+pub fn heap() -> MutexGuard<'static, CentralHeap<Sbrk>> {
+    HEAP.lock()
+}
+
+/// The process as the front end's environment (zero-sized: every call inlines).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Process;
+
+impl Env for Process {
+    type Source = Sbrk;
+
+    #[inline(always)]
+    fn central(&self) -> &Mutex<CentralHeap<Sbrk>> {
+        &HEAP
+    }
+
+    #[inline(always)]
+    fn cache(&self) -> Option<*mut ThreadCache> {
+        tls::cache()
+    }
+
+    unsafe fn activate(&self, tc: *mut ThreadCache) {
+        activate(tc);
+    }
+
+    #[inline]
+    fn small_limit(&self) -> usize {
+        // Relaxed: a tuning value (config.rs).
+        config::SMALL_LIMIT.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn mmap_threshold(&self) -> usize {
+        // Relaxed: a tuning value.
+        config::MMAP_THRESHOLD.load(Ordering::Relaxed)
+    }
+
+    fn on_slow_path(&self) {
+        ensure_config();
+        purge::maybe_purge_idle(&HEAP);
+    }
+
+    fn on_central(&self) {
+        check_hook();
+    }
+
+    fn junk(&self) -> bool {
+        config::JUNK.load(Ordering::Relaxed)
+    }
+
+    fn large_alloc(&self, n: usize, align: usize) -> Option<NonNull<u8>> {
+        large::alloc(n, align)
+    }
+
+    fn large_free(&self, p: NonNull<u8>) -> Result<(), Misuse> {
+        large::free(p).map(raise_mmap_threshold)
+    }
+
+    fn large_usable(&self, p: NonNull<u8>) -> Result<usize, Misuse> {
+        large::usable(p)
+    }
+
+    fn large_realloc(&self, p: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misuse> {
+        large::realloc(p, n)
+    }
+
+    fn check_large(&self) -> Result<(), HeapError> {
+        large::check_registry()
+    }
+
+    fn out_of_memory(&self) {
+        diag::set_errno(libc::ENOMEM);
+    }
+}
+
+/// Counts central-path operations for `check:N` (Relaxed: a counter).
+static CHECK_OPS: AtomicUsize = AtomicUsize::new(0);
+
+/// `check:N`: the whole verifier (`Front::check`) every N central operations. (`junk` and
+/// `check` turn the thread caches off, so every operation comes through here.)
+fn check_hook() {
+    let every = config::CHECK_EVERY.load(Ordering::Relaxed);
+    if every != 0
+        && CHECK_OPS.fetch_add(1, Ordering::Relaxed) % every == every - 1
+        && let Err(e) = FRONT.check()
+    {
+        diag::fatal("check", e.what, e.addr);
+    }
+}
+
+/// glibc's dynamic mmap threshold: freeing a mapped block larger than the threshold (up to
+/// 32 MiB) raises the threshold to its size, and the trim threshold to twice that, so a
+/// program that keeps allocating blocks of that size gets them from the heap, not from an
+/// mmap/munmap pair (and its page faults) each time. Off once the user sets a threshold.
+fn raise_mmap_threshold(len: usize) {
+    let r = Ordering::Relaxed;
+    if config::MMAP_THRESHOLD_FIXED.load(r)
+        || len <= config::MMAP_THRESHOLD.load(r)
+        || len > config::MMAP_THRESHOLD_MAX
+    {
+        return;
+    }
+    config::MMAP_THRESHOLD.store(len, r);
+    config::SMALL_LIMIT.store(config::small_limit(len), r);
+    config::TRIM_THRESHOLD.store(2 * len, r);
+    apply_config();
+}
+
+// -------------------------------------------------------------------------------------------
+// The thread-cache life cycle
+// -------------------------------------------------------------------------------------------
+
+/// pthread key for the thread-exit flush, created by the first thread that needs it and
+/// published to the others (`sync::Once`: Acquire/Release; loom model
+/// `once::first_mallocs_race_for_the_key`).
+static EXIT_KEY: Once<libc::pthread_key_t> = Once::new();
+
+/// The thread-exit key, created on first need (`pthread_key_create` does not allocate, so the
+/// initialiser cannot re-enter `exit_key`).
+fn exit_key() -> Option<libc::pthread_key_t> {
+    EXIT_KEY.get_or_init(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out slot; the destructor lives forever.
+        let r = unsafe { libc::pthread_key_create(&mut key, Some(cache_destructor)) };
+        (r == 0).then_some(key)
+    })
+}
+
+/// `Uninit` → `Active`: sets the limits, then registers the thread-exit destructor. The state
+/// changes *before* `pthread_setspecific`, which callocs for keys ≥ 32 and so re-enters malloc;
+/// that malloc finds an active cache. A thread whose destructor cannot be registered tears its
+/// cache down at once and uses the central heap. Classes above the small limit
+/// (`mmap_threshold` below 32 KiB) get no list.
+#[cold]
+fn activate(tc: *mut ThreadCache) {
+    ensure_config();
+    let enabled = config::caches_enabled();
+    let key = if enabled { exit_key() } else { None };
+    let Some(key) = key else {
+        // SAFETY: this thread's cache.
+        let _ = unsafe { (*tc).tear_down(&HEAP) };
+        return;
+    };
+    let max_bytes = config::TCACHE_MAX_BYTES.load(Ordering::Relaxed);
+    let limit = config::SMALL_LIMIT.load(Ordering::Relaxed);
+    // SAFETY: this thread's cache; no reference is held across the call below.
+    unsafe {
+        (*tc).activate(max_bytes);
+        for c in (0..NCLASSES).filter(|&c| class_size(c) > limit + crate::block::HEADER) {
+            (*tc).disable_class(c);
+        }
+    }
+    // SAFETY: a valid key; the value is a round counter, never dereferenced.
+    if unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(1)) } != 0 {
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+            diag::fatal("free", e.message(), 0);
+        }
+    }
+}
+
+/// Destructor round in which the cache tears down: the second last of glibc's
+/// `PTHREAD_DESTRUCTOR_ITERATIONS` (4). The last round is left alone: the sanitizers' runtimes
+/// (TSan, ASan/LSan) destroy their per-thread state in their own key's last round, and any
+/// instrumented code that runs after that faults (seen: TSan SEGV in `TraceSwitchPart` on
+/// entry to this function, in every thread exit of `tests/tsan_stress.rs`).
+const TEAR_DOWN_ROUND: usize = 3;
+
+/// Thread exit. glibc calls key destructors in up to `PTHREAD_DESTRUCTOR_ITERATIONS` (4)
+/// rounds while values remain set; other destructors of the same round may still allocate
+/// and free, so the cache re-arms itself and just flushes in the early rounds, and tears down
+/// in round [`TEAR_DOWN_ROUND`] without re-arming. Frees and allocations after that go to the
+/// central heap.
+extern "C" fn cache_destructor(value: *mut c_void) {
+    let round = value.addr();
+    let Some(tc) = tls::cache() else { return };
+    if round < TEAR_DOWN_ROUND {
+        if let Some(key) = exit_key() {
+            // SAFETY: a valid key; the value is a round counter.
+            unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(round + 1)) };
+        }
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).flush_all(&HEAP) } {
+            diag::fatal("free", e.message(), 0);
+        }
+    } else {
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+            diag::fatal("free", e.message(), 0);
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Options
+// -------------------------------------------------------------------------------------------
+
+/// Whether the options were applied to the heap.
+static CONFIG_APPLIED: AtomicBool = AtomicBool::new(false);
+
+/// Reads `BRKMALLOC_CONF` once and applies it to the heap. One relaxed load after that.
+#[inline]
+pub fn ensure_config() {
+    // Relaxed: options are relaxed tuning values; applying them twice is harmless.
+    if !CONFIG_APPLIED.load(Ordering::Relaxed) {
+        config::ensure_loaded();
+        if config::loaded() {
+            apply_config();
+            CONFIG_APPLIED.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Copies the heap's tuning options into it (after loading, and after `mallopt`).
+pub fn apply_config() {
+    let r = Ordering::Relaxed;
+    let mut h = HEAP.lock();
+    h.trim_threshold = config::TRIM_THRESHOLD.load(r);
+    h.top_pad = config::TOP_PAD.load(r);
+}
+
+/// Starts the background purge thread (`background_purge:1`); see `purge::start_background`.
+pub fn start_background_purge() {
+    purge::start_background(&HEAP);
+}
+
+// -------------------------------------------------------------------------------------------
+// Introspection
+// -------------------------------------------------------------------------------------------
+
+/// Merges the calling thread's cache counters into the global statistics.
+pub fn merge_thread_counters() {
+    if let Some(tc) = tls::cache() {
+        // SAFETY: this thread's cache.
+        unsafe { (*tc).merge_counters() };
+    }
+}
+
+/// The central heap's counters and segment count, under the lock.
+pub fn heap_snapshot() -> (HeapStats, usize) {
+    let h = heap();
+    (h.stats(), h.segment_count())
+}
+
+/// Free bytes at the top of the break (glibc's `keepcost`).
+pub fn top_free_bytes() -> usize {
+    heap().top_free_bytes()
+}
+
+/// Acquisitions of the central lock.
+pub fn lock_acquisitions() -> usize {
+    HEAP.raw().acquisitions()
+}
+
+/// Acquisitions of the central lock that had to wait.
+pub fn lock_contended() -> usize {
+    HEAP.raw().contended_count()
+}
+
+/// Returns every block in the calling thread's cache to the central heap (`malloc_trim` does
+/// this first; tests use it to account for every block).
+pub fn flush_thread_cache() {
+    FRONT.flush_cache();
+}
+
+/// Runs the whole verifier (`Front::check`: the central heap, this thread's cache, the
+/// registry of large blocks) and returns the first broken invariant, if any. Cost: a walk of
+/// every block; meant for tests and debugging.
+pub fn check_heap() -> Result<(), HeapError> {
+    FRONT.check()
+}
+
+/// Counters of the process-wide central heap.
+pub fn heap_stats() -> HeapStats {
+    heap().stats()
+}
