@@ -1,6 +1,8 @@
-//! The central heap: boundary-tag blocks in segments from a [`MemorySource`], segregated free
-//! bins with a two-level bitmap, split on allocation, eager merge on free, and memory returned
-//! to the OS (trim at the top of the break, purge of large free runs anywhere).
+//! The central heap: boundary-tag blocks in segments from a [`MemorySource`], split on
+//! allocation, eager merge on free. This file holds the heap, its segments and the block
+//! operations; its seams are files of their own: `central/bins.rs` (segregated free bins with a
+//! two-level bitmap), `central/purge.rs` (when and how free memory goes back to the OS: trim at
+//! the top of the break, purge of large free runs anywhere), `central/check.rs` (the walker).
 //!
 //! `CentralHeap` has no interior mutability: every method takes `&mut self`, and the process-wide
 //! heap lives in a [`crate::sync::Mutex`], so holding `&mut CentralHeap` proves the lock is held.
@@ -9,27 +11,23 @@
 
 use core::ptr::NonNull;
 
+mod bins;
 mod check;
+mod purge;
 #[cfg(test)]
 mod tests;
 
+use bins::GROUPS;
+pub use bins::{NBINS, bin_index};
+use purge::PURGE_MIN;
+
 use crate::block::{
-    ALIGN, BlockPtr, FRESH, HEADER, INHERITED, MAPPED, MAX_BLOCK, MIN_BLOCK, PREV_USED,
-    PURGE_GEN_END, PURGED, USED, block_size_for,
+    ALIGN, BlockPtr, FRESH, HEADER, INHERITED, MAPPED, MAX_BLOCK, MIN_BLOCK, PREV_USED, PURGED,
+    USED, block_size_for,
 };
 use crate::diag::Misuse;
-use crate::os::{MemorySource, Origin, PAGE, align_up};
+use crate::os::{MemorySource, Origin, align_up};
 
-/// Sizes below this have one bin per 16-byte step (exact fit).
-const EXACT_LIMIT: usize = 1024;
-/// Bins per power of two above [`EXACT_LIMIT`] (TLSF's second level).
-const SUB_BINS: usize = 16;
-const EXACT_BINS: usize = EXACT_LIMIT / ALIGN;
-/// log2 of [`EXACT_LIMIT`].
-const FIRST_LOG: usize = 10;
-/// Total bins: exact bins, then 16 per power of two from 2^10 up to 2^47.
-pub const NBINS: usize = EXACT_BINS + (48 - FIRST_LOG) * SUB_BINS;
-const GROUPS: usize = NBINS / 16;
 /// Most segments a heap tracks; mmap fallback segments double in size, so 64 covers any heap.
 pub const MAX_SEGMENTS: usize = 64;
 
@@ -42,37 +40,10 @@ pub const DEFAULT_TOP_PAD: usize = 128 << 10;
 /// Default for [`CentralHeap::purge_threshold`]: free runs this large have their whole pages
 /// given back with `MADV_DONTNEED`.
 pub const DEFAULT_PURGE_THRESHOLD: usize = 128 << 10;
-/// Smallest free run worth purging: one with a whole page inside, clear of its header, links,
-/// generation word and footer (`BlockPtr::purgeable`). Such runs carry a purge generation.
-const PURGE_MIN: usize = 2 * PAGE + PURGE_GEN_END + 8;
 /// Default for [`CentralHeap::dirty_slack`].
 pub const DEFAULT_DIRTY_SLACK: usize = 64 << 20;
 /// Default for [`CentralHeap::purge_interval`]: bytes freed between two purge passes.
 pub const DEFAULT_PURGE_INTERVAL: usize = 4 << 20;
-
-/// The bin of a free block of `size` bytes.
-#[inline(always)]
-pub const fn bin_index(size: usize) -> usize {
-    if size < EXACT_LIMIT {
-        size / ALIGN
-    } else {
-        let log = (usize::BITS - 1 - size.leading_zeros()) as usize;
-        let sub = (size >> (log - 4)) & (SUB_BINS - 1);
-        EXACT_BINS + (log - FIRST_LOG) * SUB_BINS + sub
-    }
-}
-
-/// The first bin whose every block has at least `size` bytes (TLSF's round-up); may be
-/// `>= NBINS` for sizes near [`MAX_BLOCK`].
-#[inline(always)]
-const fn bin_index_fit(size: usize) -> usize {
-    if size < EXACT_LIMIT {
-        size / ALIGN
-    } else {
-        let log = (usize::BITS - 1 - size.leading_zeros()) as usize;
-        bin_index(size + (1 << (log - 4)) - 1)
-    }
-}
 
 /// The first broken invariant found by [`CentralHeap::check`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,120 +217,6 @@ impl<S: MemorySource> CentralHeap<S> {
     /// Number of live segments.
     pub fn segment_count(&self) -> usize {
         self.nsegs
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Bins
-    // ---------------------------------------------------------------------------------------
-
-    fn head(&self, idx: usize) -> Option<BlockPtr> {
-        NonNull::new(self.bins[idx]).map(BlockPtr::at)
-    }
-
-    /// Pushes free block `b` of `size` bytes onto its bin.
-    ///
-    /// # Safety
-    /// `b` is a free block of this heap with header `size`, in no bin.
-    unsafe fn bin_insert(&mut self, b: BlockPtr, size: usize) {
-        let idx = bin_index(size);
-        let old = self.head(idx);
-        // SAFETY: `b` is free (contract), so its payload holds the links; `old` is the head of
-        // the same bin (C2), a free block whose prev link we may rewrite.
-        unsafe {
-            b.set_links(None, old);
-            if let Some(o) = old {
-                o.set_prev_free(Some(b));
-            }
-            // C6: a purgeable run remembers the purge generation in which it last changed
-            // (payload word 2, clear of links, footer and the pages a purge touches).
-            if size >= PURGE_MIN && b.flags() & (FRESH | PURGED) == 0 {
-                b.set_purge_gen(self.purge_gen);
-            }
-        }
-        self.bins[idx] = b.ptr().as_ptr();
-        self.bin_maps[idx / 16] |= 1 << (idx % 16);
-        self.group_map |= 1 << (idx / 16);
-        self.stats.free_bytes += size;
-        self.stats.free_blocks += 1;
-        // SAFETY: `b`'s header is valid (contract).
-        if unsafe { b.flags() } & (PURGED | FRESH) != 0 {
-            self.stats.clean_bytes += size;
-        }
-    }
-
-    /// Unlinks free block `b` of `size` bytes from its bin.
-    ///
-    /// # Safety
-    /// `b` is in bin `bin_index(size)` of this heap (C2).
-    unsafe fn bin_remove(&mut self, b: BlockPtr, size: usize) {
-        let idx = bin_index(size);
-        // SAFETY: C2 — `b` and its list neighbours are free blocks of this bin.
-        unsafe {
-            let prev = b.prev_free();
-            let next = b.next_free();
-            if let Some(n) = next {
-                n.set_prev_free(prev);
-            }
-            match prev {
-                Some(p) => p.set_next_free(next),
-                None => {
-                    self.bins[idx] = next.map_or(core::ptr::null_mut(), |n| n.ptr().as_ptr());
-                    if next.is_none() {
-                        self.bin_maps[idx / 16] &= !(1 << (idx % 16));
-                        if self.bin_maps[idx / 16] == 0 {
-                            self.group_map &= !(1 << (idx / 16));
-                        }
-                    }
-                }
-            }
-        }
-        self.stats.free_bytes -= size;
-        self.stats.free_blocks -= 1;
-        // SAFETY: `b`'s header is valid (contract).
-        if unsafe { b.flags() } & (PURGED | FRESH) != 0 {
-            self.stats.clean_bytes -= size;
-        }
-    }
-
-    /// The first non-empty bin at or after `idx` (C3), in O(1).
-    fn find_bin(&self, idx: usize) -> Option<usize> {
-        if idx >= NBINS {
-            return None;
-        }
-        let g = idx / 16;
-        let in_group = self.bin_maps[g] & (u16::MAX << (idx % 16));
-        if in_group != 0 {
-            return Some(g * 16 + in_group.trailing_zeros() as usize);
-        }
-        let groups = if g + 1 >= 64 { 0 } else { self.group_map & (u64::MAX << (g + 1)) };
-        if groups == 0 {
-            return None;
-        }
-        let g2 = groups.trailing_zeros() as usize;
-        Some(g2 * 16 + self.bin_maps[g2].trailing_zeros() as usize)
-    }
-
-    /// Removes and returns a free block of at least `size` bytes, if one exists.
-    fn take_free(&mut self, size: usize) -> Option<BlockPtr> {
-        let idx = bin_index(size);
-        // The head of the request's own bin often fits (always, below EXACT_LIMIT).
-        if let Some(h) = self.head(idx) {
-            // SAFETY: C2 — bin heads are free blocks of this heap.
-            let hs = unsafe { h.size() };
-            if hs >= size {
-                // SAFETY: `h` is in bin `bin_index(hs)` (C2).
-                unsafe { self.bin_remove(h, hs) };
-                return Some(h);
-            }
-        }
-        let i = self.find_bin(bin_index_fit(size))?;
-        let h = self.head(i)?;
-        // SAFETY: C2/C3 — a set bit means a non-empty bin of free blocks, all >= size.
-        unsafe {
-            let hs = h.size();
-            self.bin_remove(h, hs);
-        }
-        Some(h)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -647,21 +504,6 @@ impl<S: MemorySource> CentralHeap<S> {
         total
     }
 
-    /// Purges idle memory: every unpurged free run with a whole page inside that has not
-    /// changed since the previous pass, and the free tops of the break, if anything was freed since the last pass. Returns whether
-    /// it did anything (the idle purge of `purge_delay_ms`, and the background thread).
-    pub fn purge_idle(&mut self) -> bool {
-        if self.freed_since_purge == 0 && !self.purge_pending {
-            return false;
-        }
-        let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
-        self.purge_runs(true);
-        for i in 0..self.nsegs {
-            self.trim_segment(i, self.top_pad);
-        }
-        before != (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes)
-    }
-
     /// The address range `[lo, hi)` that covers every segment (empty before the first growth).
     pub fn bounds(&self) -> (usize, usize) {
         (self.lo, self.hi)
@@ -801,219 +643,6 @@ impl<S: MemorySource> CentralHeap<S> {
             }
         }
         Ok(())
-    }
-
-    /// The older of `generation` and the purge generation of free block `b` (`size` bytes), if `b` is
-    /// a purgeable run; a purged or fresh run counts as older than any live generation.
-    ///
-    /// # Safety
-    /// `b` is a free block of this heap of `size` bytes.
-    unsafe fn older_gen(
-        &self,
-        generation: Option<usize>,
-        b: BlockPtr,
-        size: usize,
-    ) -> Option<usize> {
-        if size < PURGE_MIN {
-            return generation;
-        }
-        // SAFETY: forwarded contract; runs this large carry the generation word (bin_insert).
-        let g = unsafe {
-            if b.flags() & (PURGED | FRESH) != 0 {
-                self.purge_gen.wrapping_sub(1)
-            } else {
-                b.purge_gen()
-            }
-        };
-        let age = |x: usize| self.purge_gen.wrapping_sub(x);
-        Some(match generation {
-            Some(old) if age(old) >= age(g) => old,
-            _ => g,
-        })
-    }
-
-    /// Purges the inner pages of every free block of at least `purge_threshold` bytes that is
-    /// neither `PURGED` nor `FRESH` (C6). Runs once per `purge_interval` bytes freed, when a
-    /// free leaves such a block, so a program that frees a lot gets its RSS back without a
-    /// syscall on every `free`.
-    fn purge_large_runs(&mut self) {
-        self.purge_runs(false);
-    }
-
-    /// The purge pass. Runs that changed since the previous pass (generation `purge_gen`) are
-    /// skipped: a run freed a moment ago is likely reused soon, and purging it would only trade
-    /// a `madvise` now for page faults then (jemalloc's decay, by passes).
-    fn purge_runs(&mut self, idle: bool) {
-        self.freed_since_purge = 0;
-        let current = self.purge_gen;
-        if idle {
-            self.purge_pending = false;
-            self.purge_gen = self.purge_gen.wrapping_add(1);
-        }
-        // The idle purge takes every run with a whole page inside that stayed unchanged for a
-        // whole `purge_delay_ms`; the passes during activity (the heap shrank a lot) take every
-        // large run at once.
-        let min = if idle { PURGE_MIN } else { self.purge_threshold };
-        let mut idx = bin_index(min);
-        while let Some(i) = self.find_bin(idx) {
-            let mut cur = self.head(i);
-            while let Some(b) = cur {
-                // SAFETY: C2 — bin members are free blocks of this heap.
-                unsafe {
-                    let size = b.size();
-                    cur = b.next_free();
-                    if size >= min && b.flags() & (PURGED | FRESH) == 0 {
-                        if !idle || b.purge_gen() != current {
-                            self.purge_block(b, size);
-                        } else {
-                            // Too young this time: the next idle pass must come back for it.
-                            self.purge_pending = true;
-                        }
-                    }
-                }
-            }
-            idx = i + 1;
-        }
-    }
-
-    /// Purges the whole pages of free block `b`'s payload, clear of its header, links and
-    /// footer, and marks it `PURGED`. Purged memory is not known to read as zero on every
-    /// source, so FRESH goes.
-    ///
-    /// # Safety
-    /// `b` is a free block of this heap of `size` bytes.
-    unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
-        let (from, to) = b.purgeable(size);
-        self.purge_range(from, to);
-        // SAFETY: forwarded contract.
-        unsafe {
-            if b.flags() & (PURGED | FRESH) == 0 {
-                self.stats.clean_bytes += size;
-            }
-            b.set_flags((b.flags() & !FRESH) | PURGED);
-        }
-    }
-
-    /// Whether the dirty free memory (free, resident, not purged) exceeds what the heap keeps
-    /// for reuse: four times the bytes in use, plus `dirty_slack`. A heap that churns a working set
-    /// keeps its free memory (purging it would only turn into page faults when it is reused;
-    /// the idle purge returns it once the program stops using it); one that freed most of
-    /// itself returns it at once (jemalloc's old `lg_dirty_mult`, on free bytes).
-    fn too_dirty(&self) -> bool {
-        let dirty = self.stats.free_bytes - self.stats.clean_bytes;
-        dirty > 4 * self.stats.used_bytes + self.dirty_slack
-    }
-
-    /// Purges the whole pages inside `[lo, hi)`.
-    fn purge_range(&mut self, lo: usize, hi: usize) {
-        let (Some(plo), phi) = (align_up(lo, PAGE), hi & !(PAGE - 1)) else { return };
-        if phi > plo {
-            let Some(si) = self.seg_index(plo) else { return };
-            // SAFETY: `plo` lies in segment `si`, so the offset stays inside it (G1).
-            let start = unsafe {
-                NonNull::new_unchecked(self.segs[si].base.add(plo - self.segs[si].start()))
-            };
-            // SAFETY: the pages lie inside one free block's payload, clear of its metadata.
-            unsafe { self.source.purge(start, phi - plo) };
-            self.stats.purged_bytes += phi - plo;
-        }
-    }
-
-    /// Gives the free tail of segment `si` back to the OS, keeping `pad` bytes: shrinks the
-    /// break for a `Brk` segment, or unmaps a wholly free `Mapped` segment when another wholly
-    /// free one is kept anyway. Returns whether memory went back.
-    fn trim_segment(&mut self, si: usize, pad: usize) -> bool {
-        let seg = self.segs[si];
-        let sentinel = seg.sentinel();
-        // SAFETY: G2 — the sentinel is valid; B2 gives the free last block, if any.
-        unsafe {
-            if sentinel.flags() & PREV_USED != 0 {
-                return false;
-            }
-            let ts = sentinel.prev_footer();
-            let tail = sentinel.offset_back(ts);
-            match seg.origin {
-                Origin::Brk => {
-                    let keep = pad.saturating_add(MIN_BLOCK);
-                    if ts <= keep {
-                        return false;
-                    }
-                    let cut = (ts - keep) & !(PAGE - 1);
-                    if cut == 0 {
-                        return false;
-                    }
-                    let end = NonNull::new_unchecked(seg.base.add(seg.len));
-                    if !self.source.shrink(end, cut) {
-                        return false;
-                    }
-                    self.bin_remove(tail, ts);
-                    self.segs[si].len -= cut;
-                    self.recompute_bounds();
-                    self.stats.heap_bytes -= cut;
-                    self.stats.trimmed_bytes += cut;
-                    let ns = ts - cut;
-                    let tflags = tail.flags() & (PREV_USED | INHERITED);
-                    tail.set_header(ns, tflags);
-                    tail.set_footer(ns);
-                    self.segs[si].sentinel().set_header(0, USED);
-                    self.bin_insert(tail, ns);
-                    true
-                }
-                Origin::Mapped => {
-                    if tail != seg.first() || ts != seg.len - 2 * HEADER {
-                        return false;
-                    }
-                    let other_empty = (0..self.nsegs).any(|j| j != si && self.segment_is_empty(j));
-                    if !other_empty {
-                        return false;
-                    }
-                    self.bin_remove(tail, ts);
-                    self.source.release(NonNull::new_unchecked(seg.base), seg.len);
-                    self.stats.heap_bytes -= seg.len;
-                    self.stats.released_bytes += seg.len;
-                    self.segs[si] = self.segs[self.nsegs - 1];
-                    self.nsegs -= 1;
-                    self.recompute_bounds();
-                    true
-                }
-            }
-        }
-    }
-
-    fn segment_is_empty(&self, si: usize) -> bool {
-        let seg = self.segs[si];
-        let first = seg.first();
-        // SAFETY: G2 — the first block's header is valid.
-        let h = unsafe { first.header() };
-        h & USED == 0 && BlockPtr::size_of(h) == seg.len - 2 * HEADER
-    }
-
-    /// Gives back all the memory it can: the free top of every `Brk` segment beyond `pad`,
-    /// wholly free fallback segments (one is kept), and the whole pages inside every free
-    /// block. Returns whether anything went back (glibc's `malloc_trim`).
-    pub fn trim(&mut self, pad: usize) -> bool {
-        let mut released = false;
-        let mut i = 0;
-        while i < self.nsegs {
-            let before = self.nsegs;
-            released |= self.trim_segment(i, pad);
-            if self.nsegs == before {
-                i += 1;
-            }
-        }
-        let purged_before = self.stats.purged_bytes;
-        for idx in 0..NBINS {
-            let mut cur = self.head(idx);
-            while let Some(b) = cur {
-                // SAFETY: C2 — bin members are free blocks of this heap.
-                unsafe {
-                    let size = b.size();
-                    cur = b.next_free();
-                    self.purge_block(b, size);
-                }
-            }
-        }
-        released || self.stats.purged_bytes != purged_before
     }
 
     // ---------------------------------------------------------------------------------------

@@ -206,6 +206,17 @@ impl Heap {
     }
 }
 
+impl Heap {
+    /// Thread exit: checks the cache against the heap (T1, T2, T4, T5: a block in the wrong
+    /// list, a count that disagrees, fails here), then tears it down (`cache_destructor`).
+    pub fn exit(&self, tc: &mut ThreadCache) {
+        if let Err(e) = tc.check(&self.heap.lock()) {
+            panic!("cache invariant broken: {} at {:#x}", e.what, e.addr);
+        }
+        tc.tear_down(&self.heap).unwrap();
+    }
+}
+
 /// The models' misuse hook: a correct program must never get a report.
 fn misuse(func: &str, what: Misuse, p: NonNull<u8>) {
     panic!("{func}(): misuse reported for a correct model: {what:?} at {p:p}");

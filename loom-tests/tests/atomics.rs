@@ -2,13 +2,13 @@
 //!
 //! | atomic | where | ordering | model |
 //! |---|---|---|---|
-//! | `RawLock::state` (`CENTRAL`, `LARGE`) | `sync.rs`; `global::HEAP`, `large::REGISTRY` | Acquire/Release | every heap model (`central`, `thread_cache`, `fork`, `once`) |
+//! | `RawLock::state` (`CENTRAL`, `LARGE`) | `sync.rs`; `process::HEAP`, `large::REGISTRY` | Acquire/Release | every heap model (`central`, `thread_cache`, `fork`, `once`) |
 //! | `RawLock::acquisitions` | `sync.rs` | `Counter::add_owned` (writers hold the lock) | [`lock_counts_every_acquisition`] |
 //! | `RawLock::contended` | `sync.rs` | `Counter::add` | [`lock_counts_every_acquisition`] |
-//! | `Once` (state + value) | `sync.rs`; `global.rs` exit key | Acquire/Release | `once::first_mallocs_*` |
-//! | `Claim` | `sync.rs`; `fork::INSTALLED`, `global::TLS_OFFSET_TRIED` | Relaxed | `once::claim_has_one_winner` |
-//! | statistics counters and peaks | `large.rs` `LIVE_*`/`MAX_*`, `stats.rs`, `api.rs` `CHECK_OPS` (`fetch_add`/`fetch_sub`/`fetch_max` Relaxed, as `Counter`) | Relaxed | [`counters`] |
-//! | tuning values and flags | `config.rs` options, `LOAD_STATE`; `global.rs` `TLS_OFFSET`, `CONFIG_APPLIED`, `LAST_PURGE_MS` | Relaxed load/store, nothing published through them | `once::first_mallocs_race_for_the_key` (`TLS_OFFSET`) |
+//! | `Once` (state + value) | `sync.rs`; `process.rs` exit key | Acquire/Release | `once::first_mallocs_*` |
+//! | `Claim` | `sync.rs`; `fork::INSTALLED` | Relaxed | `once::claim_has_one_winner` |
+//! | statistics counters and peaks | `large.rs` `LIVE_*`/`MAX_*` (`sync::Counter` itself); `stats.rs`, `process.rs` `CHECK_OPS` (`fetch_add` Relaxed, as `Counter::add`) | Relaxed | [`counters`] |
+//! | tuning values and flags | `config.rs` options, `LOAD_STATE`; `process.rs` `CONFIG_APPLIED`; `purge.rs` `LAST_PURGE_MS`; `diag.rs` `ABORT_ON_ERROR` | Relaxed load/store, nothing published through them | none needed (no data depends on them) |
 //! | header words | `block.rs` `load_word`/`store_word` | Relaxed (B7) | not loom (raw memory); ThreadSanitizer (`ci/tsan.sh`) |
 //!
 //! Twin (ci/loom.sh): `counter` (`Counter::add` as a load and a store: an update is lost).
@@ -20,9 +20,10 @@ use loom_tests::check;
 
 use brkmalloc::sync::{Counter, Mutex};
 
-/// Statistic counters: two threads update one counter while a third reads it. Thread 1 adds;
-/// thread 2 does what `large.rs` does on a moving realloc (add the new length, then subtract
-/// the old). Every value read is a sum of a prefix of each thread's updates, never a wrapped
+/// Statistic counters, the type `large.rs` keeps its statistics in (`LIVE_BYTES` and
+/// `MAX_BYTES` are `sync::Counter`s; `count_map`/`count_unmap` are these calls): two threads
+/// update one counter while a third reads it. Thread 1 adds; thread 2 does what `large.rs` does
+/// on a moving realloc (add the new length, then subtract the old). Every value read is a sum of a prefix of each thread's updates, never a wrapped
 /// "negative" one, and the final value is exact. Each add raises a peak, as `large.rs` does:
 /// the peak ends at the largest value any add returned.
 #[test]

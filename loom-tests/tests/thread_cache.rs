@@ -1,15 +1,16 @@
 //! Thread caches in front of one central heap: batched refill, flush of a full list, blocks
 //! handed between threads and freed (and reused) there, and a thread's exit flush while another
-//! thread allocates. Each model drives brkmalloc's `ThreadCache` (pop, push, `alloc_slow`,
-//! `free_slow`, `flush_all`, `tear_down`) and the free fast path's header check
-//! (`header_for_free`); the glue that `global.rs`/`api.rs` put around them is mirrored by
-//! `loom_tests::{cache_malloc, cache_free}`.
+//! thread allocates. malloc and free go through the front end (`loom_tests::{cache_malloc,
+//! cache_free}` call `brkmalloc::heap::Front`), which drives `ThreadCache` (pop, push,
+//! `alloc_slow`, `free_slow`); the models call `flush_all` and `tear_down` as the thread-exit
+//! destructor does, and check each cache against the heap before it goes (`Heap::exit`).
 //!
 //! Every model ends with the heap walker and "all memory merged back into one free block", so a
 //! block lost or duplicated by a flush or a refill fails it; the ledger catches two threads
 //! holding overlapping blocks at the moment it happens.
 //!
-//! Twins (ci/loom.sh): `lock`, `lock-ordering`.
+//! Twins (ci/loom.sh): `lock`, `lock-ordering`, `wake`, and `routing` (the front end pushes
+//! a freed block into the wrong list: caught by the cache check at exit).
 #![cfg(loom)]
 
 use loom::sync::Arc;
@@ -59,7 +60,7 @@ fn cross_thread_free() {
                 tx.send([b1, b2]).unwrap();
                 let b3 = malloc(&mut tc, &heap, &ledger, 3); // refill again
                 free(&mut tc, &heap, &ledger, b3);
-                tc.tear_down(&heap.heap).unwrap();
+                heap.exit(&mut tc);
             })
         };
         let mut tc = cache(2);
@@ -75,7 +76,7 @@ fn cross_thread_free() {
             event("reused a block freed by another thread");
         }
         free(&mut tc, &heap, &ledger, again);
-        tc.tear_down(&heap.heap).unwrap();
+        heap.exit(&mut tc);
         a.join().unwrap();
         assert_eq!(ledger.live(), 0);
         heap.assert_all_free(5);
@@ -105,7 +106,7 @@ fn flush_races_refill() {
             thread::spawn(move || {
                 free(&mut tc_a, &heap, &ledger, extra); // full: flush 2, then push
                 assert_eq!(tc_a.count(0), 3);
-                tc_a.tear_down(&heap.heap).unwrap();
+                heap.exit(&mut tc_a);
             })
         };
         let mut tc_b = cache(4);
@@ -116,15 +117,15 @@ fn flush_races_refill() {
         }
         free(&mut tc_b, &heap, &ledger, b1);
         free(&mut tc_b, &heap, &ledger, b2);
-        tc_b.tear_down(&heap.heap).unwrap();
+        heap.exit(&mut tc_b);
         a.join().unwrap();
         assert_eq!(ledger.live(), 0);
         heap.assert_all_free(4);
     });
 }
 
-/// Thread A exits while thread B allocates. A's exit runs `global.rs`'s destructor protocol:
-/// flush everything (rounds 1–3), then tear down (round 4); a free after that (another TLS
+/// Thread A exits while thread B allocates. A's exit runs `process.rs`'s destructor protocol:
+/// flush everything (rounds 1–2), then tear down (round 3); a free after that (another TLS
 /// destructor's) finds the cache torn down and goes to the central heap.
 #[test]
 fn thread_exit_while_others_allocate() {
@@ -138,9 +139,9 @@ fn thread_exit_while_others_allocate() {
                 let a1 = malloc(&mut tc, &heap, &ledger, 1); // refill
                 let a2 = malloc(&mut tc, &heap, &ledger, 2); // pop
                 free(&mut tc, &heap, &ledger, a1); // push
-                // Thread exit: `cache_destructor`, rounds 1..3, then round 4.
+                // Thread exit: `cache_destructor`, rounds 1..2, then round 3.
                 tc.flush_all(&heap.heap).unwrap();
-                tc.tear_down(&heap.heap).unwrap();
+                heap.exit(&mut tc);
                 assert_eq!(tc.state(), State::TornDown);
                 // A later destructor frees: the torn-down cache sends it to the central heap.
                 free(&mut tc, &heap, &ledger, a2);
@@ -152,7 +153,7 @@ fn thread_exit_while_others_allocate() {
         let big = heap.malloc_block(&ledger, 100, 4); // above the cache's class limit
         free(&mut tc, &heap, &ledger, b1);
         heap.free_block(&ledger, big);
-        tc.tear_down(&heap.heap).unwrap();
+        heap.exit(&mut tc);
         a.join().unwrap();
         assert_eq!(ledger.live(), 0);
         heap.assert_all_free(6);

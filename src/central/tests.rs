@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
+use super::bins::{EXACT_LIMIT, bin_index_fit};
 use super::*;
-use crate::os::FixedArena;
+use crate::os::{FixedArena, PAGE};
 
 /// A heap over an owned, zeroed buffer.
 struct TestHeap {

@@ -1,0 +1,247 @@
+//! When the central heap gives memory back to the OS: the top of a break segment is trimmed
+//! when a free leaves a large free tail; large free runs anywhere are purged with
+//! `MADV_DONTNEED` (in passes, by generation: C6); wholly free fallback segments are unmapped;
+//! `trim` (glibc's `malloc_trim`) does all of it at once. The policy (`too_dirty`, the purge
+//! generations) is here; the heap calls in from its free path.
+
+use core::ptr::NonNull;
+
+use super::{CentralHeap, NBINS, bin_index};
+use crate::block::{
+    BlockPtr, FRESH, HEADER, INHERITED, MIN_BLOCK, PREV_USED, PURGE_GEN_END, PURGED, USED,
+};
+use crate::os::{MemorySource, Origin, PAGE, align_up};
+
+/// Smallest free run worth purging: one with a whole page inside, clear of its header, links,
+/// generation word and footer (`BlockPtr::purgeable`). Such runs carry a purge generation.
+pub(super) const PURGE_MIN: usize = 2 * PAGE + PURGE_GEN_END + 8;
+
+impl<S: MemorySource> CentralHeap<S> {
+    /// Purges idle memory: every unpurged free run with a whole page inside that has not
+    /// changed since the previous pass, and the free tops of the break, if anything was freed since the last pass. Returns whether
+    /// it did anything (the idle purge of `purge_delay_ms`, and the background thread).
+    pub fn purge_idle(&mut self) -> bool {
+        if self.freed_since_purge == 0 && !self.purge_pending {
+            return false;
+        }
+        let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
+        self.purge_runs(true);
+        for i in 0..self.nsegs {
+            self.trim_segment(i, self.top_pad);
+        }
+        before != (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes)
+    }
+
+    /// The older of `generation` and the purge generation of free block `b` (`size` bytes), if `b` is
+    /// a purgeable run; a purged or fresh run counts as older than any live generation.
+    ///
+    /// # Safety
+    /// `b` is a free block of this heap of `size` bytes.
+    pub(super) unsafe fn older_gen(
+        &self,
+        generation: Option<usize>,
+        b: BlockPtr,
+        size: usize,
+    ) -> Option<usize> {
+        if size < PURGE_MIN {
+            return generation;
+        }
+        // SAFETY: forwarded contract; runs this large carry the generation word (bin_insert).
+        let g = unsafe {
+            if b.flags() & (PURGED | FRESH) != 0 {
+                self.purge_gen.wrapping_sub(1)
+            } else {
+                b.purge_gen()
+            }
+        };
+        let age = |x: usize| self.purge_gen.wrapping_sub(x);
+        Some(match generation {
+            Some(old) if age(old) >= age(g) => old,
+            _ => g,
+        })
+    }
+
+    /// Purges the inner pages of every free block of at least `purge_threshold` bytes that is
+    /// neither `PURGED` nor `FRESH` (C6). Runs once per `purge_interval` bytes freed, when a
+    /// free leaves such a block, so a program that frees a lot gets its RSS back without a
+    /// syscall on every `free`.
+    pub(super) fn purge_large_runs(&mut self) {
+        self.purge_runs(false);
+    }
+
+    /// The purge pass. Runs that changed since the previous pass (generation `purge_gen`) are
+    /// skipped: a run freed a moment ago is likely reused soon, and purging it would only trade
+    /// a `madvise` now for page faults then (jemalloc's decay, by passes).
+    pub(super) fn purge_runs(&mut self, idle: bool) {
+        self.freed_since_purge = 0;
+        let current = self.purge_gen;
+        if idle {
+            self.purge_pending = false;
+            self.purge_gen = self.purge_gen.wrapping_add(1);
+        }
+        // The idle purge takes every run with a whole page inside that stayed unchanged for a
+        // whole `purge_delay_ms`; the passes during activity (the heap shrank a lot) take every
+        // large run at once.
+        let min = if idle { PURGE_MIN } else { self.purge_threshold };
+        let mut idx = bin_index(min);
+        while let Some(i) = self.find_bin(idx) {
+            let mut cur = self.head(i);
+            while let Some(b) = cur {
+                // SAFETY: C2 — bin members are free blocks of this heap.
+                unsafe {
+                    let size = b.size();
+                    cur = b.next_free();
+                    if size >= min && b.flags() & (PURGED | FRESH) == 0 {
+                        if !idle || b.purge_gen() != current {
+                            self.purge_block(b, size);
+                        } else {
+                            // Too young this time: the next idle pass must come back for it.
+                            self.purge_pending = true;
+                        }
+                    }
+                }
+            }
+            idx = i + 1;
+        }
+    }
+
+    /// Purges the whole pages of free block `b`'s payload, clear of its header, links and
+    /// footer, and marks it `PURGED`. Purged memory is not known to read as zero on every
+    /// source, so FRESH goes.
+    ///
+    /// # Safety
+    /// `b` is a free block of this heap of `size` bytes.
+    unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
+        let (from, to) = b.purgeable(size);
+        self.purge_range(from, to);
+        // SAFETY: forwarded contract.
+        unsafe {
+            if b.flags() & (PURGED | FRESH) == 0 {
+                self.stats.clean_bytes += size;
+            }
+            b.set_flags((b.flags() & !FRESH) | PURGED);
+        }
+    }
+
+    /// Whether the dirty free memory (free, resident, not purged) exceeds what the heap keeps
+    /// for reuse: four times the bytes in use, plus `dirty_slack`. A heap that churns a working set
+    /// keeps its free memory (purging it would only turn into page faults when it is reused;
+    /// the idle purge returns it once the program stops using it); one that freed most of
+    /// itself returns it at once (jemalloc's old `lg_dirty_mult`, on free bytes).
+    pub(super) fn too_dirty(&self) -> bool {
+        let dirty = self.stats.free_bytes - self.stats.clean_bytes;
+        dirty > 4 * self.stats.used_bytes + self.dirty_slack
+    }
+
+    /// Purges the whole pages inside `[lo, hi)`.
+    fn purge_range(&mut self, lo: usize, hi: usize) {
+        let (Some(plo), phi) = (align_up(lo, PAGE), hi & !(PAGE - 1)) else { return };
+        if phi > plo {
+            let Some(si) = self.seg_index(plo) else { return };
+            // SAFETY: `plo` lies in segment `si`, so the offset stays inside it (G1).
+            let start = unsafe {
+                NonNull::new_unchecked(self.segs[si].base.add(plo - self.segs[si].start()))
+            };
+            // SAFETY: the pages lie inside one free block's payload, clear of its metadata.
+            unsafe { self.source.purge(start, phi - plo) };
+            self.stats.purged_bytes += phi - plo;
+        }
+    }
+
+    /// Gives the free tail of segment `si` back to the OS, keeping `pad` bytes: shrinks the
+    /// break for a `Brk` segment, or unmaps a wholly free `Mapped` segment when another wholly
+    /// free one is kept anyway. Returns whether memory went back.
+    pub(super) fn trim_segment(&mut self, si: usize, pad: usize) -> bool {
+        let seg = self.segs[si];
+        let sentinel = seg.sentinel();
+        // SAFETY: G2 — the sentinel is valid; B2 gives the free last block, if any.
+        unsafe {
+            if sentinel.flags() & PREV_USED != 0 {
+                return false;
+            }
+            let ts = sentinel.prev_footer();
+            let tail = sentinel.offset_back(ts);
+            match seg.origin {
+                Origin::Brk => {
+                    let keep = pad.saturating_add(MIN_BLOCK);
+                    if ts <= keep {
+                        return false;
+                    }
+                    let cut = (ts - keep) & !(PAGE - 1);
+                    if cut == 0 {
+                        return false;
+                    }
+                    let end = NonNull::new_unchecked(seg.base.add(seg.len));
+                    if !self.source.shrink(end, cut) {
+                        return false;
+                    }
+                    self.bin_remove(tail, ts);
+                    self.segs[si].len -= cut;
+                    self.recompute_bounds();
+                    self.stats.heap_bytes -= cut;
+                    self.stats.trimmed_bytes += cut;
+                    let ns = ts - cut;
+                    let tflags = tail.flags() & (PREV_USED | INHERITED);
+                    tail.set_header(ns, tflags);
+                    tail.set_footer(ns);
+                    self.segs[si].sentinel().set_header(0, USED);
+                    self.bin_insert(tail, ns);
+                    true
+                }
+                Origin::Mapped => {
+                    if tail != seg.first() || ts != seg.len - 2 * HEADER {
+                        return false;
+                    }
+                    let other_empty = (0..self.nsegs).any(|j| j != si && self.segment_is_empty(j));
+                    if !other_empty {
+                        return false;
+                    }
+                    self.bin_remove(tail, ts);
+                    self.source.release(NonNull::new_unchecked(seg.base), seg.len);
+                    self.stats.heap_bytes -= seg.len;
+                    self.stats.released_bytes += seg.len;
+                    self.segs[si] = self.segs[self.nsegs - 1];
+                    self.nsegs -= 1;
+                    self.recompute_bounds();
+                    true
+                }
+            }
+        }
+    }
+
+    fn segment_is_empty(&self, si: usize) -> bool {
+        let seg = self.segs[si];
+        let first = seg.first();
+        // SAFETY: G2 — the first block's header is valid.
+        let h = unsafe { first.header() };
+        h & USED == 0 && BlockPtr::size_of(h) == seg.len - 2 * HEADER
+    }
+
+    /// Gives back all the memory it can: the free top of every `Brk` segment beyond `pad`,
+    /// wholly free fallback segments (one is kept), and the whole pages inside every free
+    /// block. Returns whether anything went back (glibc's `malloc_trim`).
+    pub fn trim(&mut self, pad: usize) -> bool {
+        let mut released = false;
+        let mut i = 0;
+        while i < self.nsegs {
+            let before = self.nsegs;
+            released |= self.trim_segment(i, pad);
+            if self.nsegs == before {
+                i += 1;
+            }
+        }
+        let purged_before = self.stats.purged_bytes;
+        for idx in 0..NBINS {
+            let mut cur = self.head(idx);
+            while let Some(b) = cur {
+                // SAFETY: C2 — bin members are free blocks of this heap.
+                unsafe {
+                    let size = b.size();
+                    cur = b.next_free();
+                    self.purge_block(b, size);
+                }
+            }
+        }
+        released || self.stats.purged_bytes != purged_before
+    }
+}
