@@ -219,6 +219,7 @@ pub fn compile_c(root: &Path, bin_dir: &Path) -> Result<(), String> {
     let header = src.join("common.h");
     let progs = [
         "churn",
+        "fastpath",
         "server",
         "prodcons",
         "falseshare",
