@@ -8,6 +8,10 @@
 //! data survives being cached (the cache owns only the first two payload words).
 #![allow(clippy::std_instead_of_core)]
 
+mod common;
+
+use common::rng::Rng;
+
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
@@ -26,30 +30,6 @@ use brkmalloc::thread_cache::{
 const HEADER: usize = 8;
 /// Payload bytes the cache may overwrite while a block is cached (link and key words).
 const CACHE_WORDS: usize = 16;
-
-/// xorshift64*: deterministic, seedable.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-}
 
 /// Byte `i` of the pattern `seed`.
 fn pattern(seed: u64, i: usize) -> u8 {

@@ -8,6 +8,10 @@
 //! ([`serial`]), and each leaves its own thread's cache empty when it ends.
 #![allow(clippy::std_instead_of_core)]
 
+mod common;
+
+use common::rng::Rng;
+
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::ptr;
@@ -80,27 +84,6 @@ impl Rendezvous {
             g = self.cv.wait_timeout(g, left).unwrap().0;
         }
         false
-    }
-}
-
-/// xorshift64*.
-#[derive(Clone, Copy)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
