@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ctest.h"
+
 enum { THREADS = 8, OPS = 15000, SLOTS = 512, LOCAL = 64 };
 
 struct blk {
@@ -63,14 +65,6 @@ static int check(const struct blk *b, const char *what) {
             return 0;
         }
     return 1;
-}
-
-static uint64_t rnd(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
 }
 
 static size_t pick_size(uint64_t *s) {
