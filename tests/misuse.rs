@@ -54,89 +54,64 @@ fn misuse(mode: &str, func: &str, check: &str) {
     );
 }
 
+/// One `#[test]` per entry `name: mode, func, check;`, which runs `misuse(mode, func, check)`;
+/// an entry's attributes (docs, `#[cfg]`, `#[ignore]`) stand before its name.
+macro_rules! misuse_tests {
+    ($($(#[$attr:meta])* $name:ident: $mode:literal, $func:literal, $check:literal;)*) => {
+        $(
+            $(#[$attr])*
+            #[test]
+            fn $name() {
+                misuse($mode, $func, $check);
+            }
+        )*
+    };
+}
+
 // ---- double free ----------------------------------------------------------------------------
 
-// Needs the `hardening` feature: the cache key (without it the second free goes unnoticed).
-#[cfg(feature = "hardening")]
-#[test]
-fn double_free_of_a_block_in_the_thread_cache() {
-    misuse("double-free-cached", "free", "double free detected");
-}
-
-#[test]
-fn double_free_after_the_cache_was_flushed() {
-    misuse("double-free-flushed", "free", "double free detected");
-}
-
-#[test]
-fn double_free_of_a_central_block() {
-    misuse("double-free-central", "free", "double free detected");
-}
-
-// Needs the `hardening` feature: the same-page test before the header read (without it: SIGSEGV).
-#[cfg(feature = "hardening")]
-#[test]
-fn double_free_of_a_large_block() {
-    misuse("double-free-large", "free", "invalid pointer or double free");
-}
-
-#[test]
-#[ignore = "FINDING: free() reads the header word of a block whose pages were trimmed (SIGSEGV)"]
-fn double_free_of_a_block_whose_pages_were_trimmed() {
-    misuse("double-free-trimmed", "free", "invalid pointer or double free");
+misuse_tests! {
+    // Needs `hardening`: the cache key (else the second free goes unnoticed).
+    #[cfg(feature = "hardening")]
+    double_free_of_a_block_in_the_thread_cache:
+        "double-free-cached", "free", "double free detected";
+    double_free_after_the_cache_was_flushed: "double-free-flushed", "free", "double free detected";
+    double_free_of_a_central_block: "double-free-central", "free", "double free detected";
+    // Needs `hardening`: the same-page test before the header read (else SIGSEGV).
+    #[cfg(feature = "hardening")]
+    double_free_of_a_large_block: "double-free-large", "free", "invalid pointer or double free";
+    #[ignore = "FINDING: free() reads the header of a block whose pages were trimmed (SIGSEGV)"]
+    double_free_of_a_block_whose_pages_were_trimmed:
+        "double-free-trimmed", "free", "invalid pointer or double free";
 }
 
 // ---- invalid and interior pointers ----------------------------------------------------------
 
-#[test]
-fn invalid_free_of_a_static_array() {
-    misuse("invalid-free-static", "free", "invalid pointer or double free");
-}
-
-#[test]
-fn invalid_free_of_a_stack_address() {
-    misuse("invalid-free-stack", "free", "invalid pointer or double free");
-}
-
-#[test]
-fn invalid_free_into_a_foreign_mapping() {
-    misuse("invalid-free-mmap", "free", "invalid pointer or double free");
-}
-
-// Needs the `hardening` feature: the same-page test before the header read (without it: SIGSEGV).
-#[cfg(feature = "hardening")]
-#[test]
-fn invalid_free_of_a_page_aligned_foreign_pointer() {
-    misuse("invalid-free-mmap-page", "free", "invalid pointer or double free");
-}
-
-// Needs the `hardening` feature: the same-page test before the header read (without it: SIGSEGV).
-#[cfg(feature = "hardening")]
-#[test]
-fn invalid_free_just_past_a_page_boundary() {
-    misuse("invalid-free-mmap-odd", "free", "invalid pointer or double free");
-}
-
-#[test]
-fn interior_free_of_a_small_block() {
-    misuse("interior-free-small", "free", "invalid pointer or corrupted block header");
-}
-
-#[test]
-fn interior_free_of_a_large_block() {
-    misuse("interior-free-large", "free", "invalid pointer or double free");
+misuse_tests! {
+    invalid_free_of_a_static_array: "invalid-free-static", "free", "invalid pointer or double free";
+    invalid_free_of_a_stack_address: "invalid-free-stack", "free", "invalid pointer or double free";
+    invalid_free_into_a_foreign_mapping:
+        "invalid-free-mmap", "free", "invalid pointer or double free";
+    // Needs `hardening`: the same-page test before the header read (else SIGSEGV).
+    #[cfg(feature = "hardening")]
+    invalid_free_of_a_page_aligned_foreign_pointer:
+        "invalid-free-mmap-page", "free", "invalid pointer or double free";
+    // Needs `hardening`: the same-page test before the header read (else SIGSEGV).
+    #[cfg(feature = "hardening")]
+    invalid_free_just_past_a_page_boundary:
+        "invalid-free-mmap-odd", "free", "invalid pointer or double free";
+    interior_free_of_a_small_block:
+        "interior-free-small", "free", "invalid pointer or corrupted block header";
+    interior_free_of_a_large_block: "interior-free-large", "free", "invalid pointer or double free";
 }
 
 // ---- overflow into the next block's header --------------------------------------------------
 
-#[test]
-fn overflow_then_free_of_the_neighbour() {
-    misuse("overflow-free-neighbour", "free", "invalid pointer or corrupted block header");
-}
-
-#[test]
-fn overflow_then_free_of_the_block() {
-    misuse("overflow-free-self", "free", "corrupted boundary tags (heap overflow?)");
+misuse_tests! {
+    overflow_then_free_of_the_neighbour:
+        "overflow-free-neighbour", "free", "invalid pointer or corrupted block header";
+    overflow_then_free_of_the_block:
+        "overflow-free-self", "free", "corrupted boundary tags (heap overflow?)";
 }
 
 /// A small block whose successor's header was overwritten: caught by `free` when the block
@@ -162,74 +137,50 @@ fn overflow_of_a_small_block_is_caught_when_the_cache_is_flushed() {
 
 // ---- write after free -----------------------------------------------------------------------
 
-// Needs the `hardening` feature: the safe-linking check of cache links (without it: SIGSEGV).
-#[cfg(feature = "hardening")]
-#[test]
-fn write_after_free_breaks_the_cache_link() {
-    misuse("write-after-free", "malloc", "corrupted thread cache link (write after free?)");
-}
-
-#[test]
-#[ignore = "FINDING: a damaged link that decodes to an aligned address is followed (SIGSEGV)"]
-fn write_after_free_with_an_aligned_garbage_link() {
-    misuse("write-after-free-aligned", "malloc", "corrupted thread cache link (write after free?)");
-}
-
-#[test]
-#[ignore = "FINDING: a forged link makes malloc return a static address"]
-fn write_after_free_with_a_forged_link() {
-    misuse("write-after-free-forged", "malloc", "corrupted thread cache link (write after free?)");
+misuse_tests! {
+    // Needs `hardening`: the safe-linking check of cache links (else SIGSEGV).
+    #[cfg(feature = "hardening")]
+    write_after_free_breaks_the_cache_link:
+        "write-after-free", "malloc", "corrupted thread cache link (write after free?)";
+    #[ignore = "FINDING: a damaged link that decodes to an aligned address is followed (SIGSEGV)"]
+    write_after_free_with_an_aligned_garbage_link:
+        "write-after-free-aligned", "malloc", "corrupted thread cache link (write after free?)";
+    #[ignore = "FINDING: a forged link makes malloc return a static address"]
+    write_after_free_with_a_forged_link:
+        "write-after-free-forged", "malloc", "corrupted thread cache link (write after free?)";
 }
 
 // ---- realloc of a freed pointer -------------------------------------------------------------
 
-// Needs the `hardening` feature: the cache key (without it the freed block is reused silently).
-#[cfg(feature = "hardening")]
-#[test]
-fn realloc_of_a_freed_cached_block_same_class() {
-    misuse("realloc-after-free", "realloc", "double free detected");
-}
-
-/// Detected before the move: the block still sits in the thread cache.
-// Needs the `hardening` feature: the cache key (without it the freed block is reused silently).
-#[cfg(feature = "hardening")]
-#[test]
-fn realloc_of_a_freed_cached_block_that_moves() {
-    misuse("realloc-after-free-grow", "realloc", "double free detected");
-}
-
-// Needs the `hardening` feature: the cache key (without it the freed block is reused silently).
-#[cfg(feature = "hardening")]
-#[test]
-fn realloc_of_a_freed_cached_block_in_place() {
-    misuse("realloc-after-free-inplace", "realloc", "double free detected");
-}
-
-#[test]
-fn realloc_of_a_freed_block_after_a_flush() {
-    misuse("realloc-after-free-flushed", "realloc", "double free detected");
-}
-
-#[test]
-fn realloc_of_a_freed_large_block() {
-    misuse("realloc-after-free-large", "realloc", "invalid pointer or double free");
+misuse_tests! {
+    // Needs `hardening`: the cache key (else silent reuse).
+    #[cfg(feature = "hardening")]
+    realloc_of_a_freed_cached_block_same_class:
+        "realloc-after-free", "realloc", "double free detected";
+    /// Detected before the move: the block still sits in the thread cache.
+    // Needs `hardening`: the cache key (else silent reuse).
+    #[cfg(feature = "hardening")]
+    realloc_of_a_freed_cached_block_that_moves:
+        "realloc-after-free-grow", "realloc", "double free detected";
+    // Needs `hardening`: the cache key (else silent reuse).
+    #[cfg(feature = "hardening")]
+    realloc_of_a_freed_cached_block_in_place:
+        "realloc-after-free-inplace", "realloc", "double free detected";
+    realloc_of_a_freed_block_after_a_flush:
+        "realloc-after-free-flushed", "realloc", "double free detected";
+    realloc_of_a_freed_large_block:
+        "realloc-after-free-large", "realloc", "invalid pointer or double free";
 }
 
 // ---- malloc_usable_size of a foreign pointer ------------------------------------------------
 
-#[test]
-fn usable_size_of_a_static_array() {
-    misuse("usable-size-static", "malloc_usable_size", "invalid pointer or double free");
-}
-
-#[test]
-fn usable_size_of_a_stack_address() {
-    misuse("usable-size-stack", "malloc_usable_size", "invalid pointer or double free");
-}
-
-#[test]
-fn usable_size_of_a_page_aligned_foreign_pointer() {
-    misuse("usable-size-mmap-page", "malloc_usable_size", "invalid pointer or double free");
+misuse_tests! {
+    usable_size_of_a_static_array:
+        "usable-size-static", "malloc_usable_size", "invalid pointer or double free";
+    usable_size_of_a_stack_address:
+        "usable-size-stack", "malloc_usable_size", "invalid pointer or double free";
+    usable_size_of_a_page_aligned_foreign_pointer:
+        "usable-size-mmap-page", "malloc_usable_size", "invalid pointer or double free";
 }
 
 // ---- the matrix -----------------------------------------------------------------------------

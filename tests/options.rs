@@ -326,7 +326,7 @@ fn opt_trim_threshold() {
     // malloc_trim gives it back anyway (glibc_mallinfo2_pattern checks arena after it).
 }
 
-// Needs the `hardening` feature: the cache key (the small double free is caught only with it).
+// Needs `hardening`: the cache key (the small double free is caught only with it).
 #[cfg(feature = "hardening")]
 #[test]
 fn opt_abort_on_error() {

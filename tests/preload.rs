@@ -96,7 +96,7 @@ fn misuse(mode: &str, check: &str) {
     );
 }
 
-// Needs the `hardening` feature: the cache key (without it the second free goes unnoticed).
+// Needs `hardening`: the cache key (else the second free goes unnoticed).
 #[cfg(feature = "hardening")]
 #[test]
 fn misuse_double_free() {
