@@ -265,6 +265,20 @@ fn save_results(root: &Path, out: &Path, files: &[&str], date: &str, commit: &st
     }
 }
 
+/// Draws one chart (into the file its closure names).
+type Draw<'a> = Box<dyn Fn() -> Result<(), Box<dyn std::error::Error>> + 'a>;
+
+/// A bar chart of `metric`'s ratio to glibc per configuration, drawn into `path`.
+fn ratio_chart<'a>(
+    res: &'a Results,
+    path: &Path,
+    title: &'static str,
+    metric: fn(&Cell, bool) -> Option<f64>,
+) -> Draw<'a> {
+    let path = path.to_path_buf();
+    Box::new(move || charts::ratio_bars(res, &path, title, "ratio to glibc (log scale)", &metric))
+}
+
 fn main() -> ExitCode {
     let opts = match parse_args() {
         Ok(Some(o)) => o,
@@ -544,35 +558,26 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
 
     // Charts.
     let mut chart_files: Vec<(&str, &str)> = Vec::new();
-    let time_metric = |c: &Cell, rps: bool| c.cost(rps);
-    let rss_metric = |c: &Cell, _: bool| c.rss_mib.map(|r| r.med);
-    type Draw<'a> = Box<dyn Fn() -> Result<(), Box<dyn std::error::Error>> + 'a>;
     let charts: [(&str, &str, Draw<'_>); 3] = [
         (
             "time_ratio.svg",
             "time ratio vs glibc",
-            Box::new(|| {
-                charts::ratio_bars(
-                    &res,
-                    &out.join("time_ratio.svg"),
-                    "Time ÷ glibc time (median; lower is better; servers: glibc req/s ÷ req/s)",
-                    "ratio to glibc (log scale)",
-                    &time_metric,
-                )
-            }),
+            ratio_chart(
+                &res,
+                &out.join("time_ratio.svg"),
+                "Time ÷ glibc time (median; lower is better; servers: glibc req/s ÷ req/s)",
+                |c, rps| c.cost(rps),
+            ),
         ),
         (
             "peak_rss_ratio.svg",
             "peak RSS ratio vs glibc",
-            Box::new(|| {
-                charts::ratio_bars(
-                    &res,
-                    &out.join("peak_rss_ratio.svg"),
-                    "Peak RSS ÷ glibc peak RSS (median; lower is better)",
-                    "ratio to glibc (log scale)",
-                    &rss_metric,
-                )
-            }),
+            ratio_chart(
+                &res,
+                &out.join("peak_rss_ratio.svg"),
+                "Peak RSS ÷ glibc peak RSS (median; lower is better)",
+                |c, _| c.rss_mib.map(|r| r.med),
+            ),
         ),
         (
             "throughput.svg",

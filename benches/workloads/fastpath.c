@@ -12,7 +12,6 @@
 #define MAXSZ 128
 
 int main(int argc, char **argv) {
-    g_workload = "fastpath";
     (void)arg_long(argc, argv, 1, 1);
     long steps = arg_long(argc, argv, 2, 12800000);
     void *slot[LIVE];
