@@ -471,17 +471,25 @@ fn rss_malloc_trim() {
     assert!(after < RSS_BOUND_KIB, "RSS {after} KiB after malloc_trim(0) (peak {peak} KiB)");
 }
 
+/// Runs `idle MODE` twice: with `control` (no purge mechanism: the memory must stay
+/// resident) and with `conf` (the mechanism on: RSS must fall below the bound); `what` says
+/// what the second run did, for the failure message.
+fn purge_lowers_rss(mode: &str, control: &str, conf: &str, what: &str) {
+    let (_, _, kept) = idle(mode, control);
+    assert!(kept >= RSS_KEPT_KIB, "control ({control}): RSS fell to {kept} KiB by itself");
+    let (peak, _, after) = idle(mode, conf);
+    assert!(after < RSS_BOUND_KIB, "RSS {after} KiB after {what} with {conf} (peak {peak} KiB)");
+}
+
 /// The idle purge, run from the allocation slow paths: a loop of 40 KiB
 /// malloc/free (above the thread-cache limit: every call is a central one).
 #[test]
 fn rss_idle_purge_central_loop() {
-    let (_, _, kept) = idle("spin-central", NO_IDLE_PURGE);
-    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no idle purge");
-    let (peak, _, after) = idle("spin-central", "purge_delay_ms:100");
-    assert!(
-        after < RSS_BOUND_KIB,
-        "RSS {after} KiB after 0.5 s of 40 KiB malloc/free with purge_delay_ms:100 \
-         (peak {peak} KiB)"
+    purge_lowers_rss(
+        "spin-central",
+        NO_IDLE_PURGE,
+        "purge_delay_ms:100",
+        "0.5 s of 40 KiB malloc/free",
     );
 }
 
@@ -489,23 +497,21 @@ fn rss_idle_purge_central_loop() {
 /// call is served by the thread cache, and the idle purge must still run.
 #[test]
 fn rss_idle_purge_small_block_loop() {
-    let (_, _, kept) = idle("spin", NO_IDLE_PURGE);
-    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no idle purge");
-    let (peak, _, after) = idle("spin", "purge_delay_ms:100");
-    assert!(
-        after < RSS_BOUND_KIB,
-        "RSS {after} KiB after 0.5 s of malloc(24)/free with purge_delay_ms:100 (peak {peak} \
-         KiB): does the idle purge run when every call is served by the thread cache?"
+    purge_lowers_rss(
+        "spin",
+        NO_IDLE_PURGE,
+        "purge_delay_ms:100",
+        "0.5 s of malloc(24)/free (does the idle purge run when every call is served by the \
+         thread cache?)",
     );
 }
 
 #[test]
 fn rss_background_purge() {
-    let (_, _, kept) = idle("sleep", "purge_delay_ms:100");
-    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no background thread");
-    let (peak, _, after) = idle("sleep", "background_purge:1,purge_delay_ms:100");
-    assert!(
-        after < RSS_BOUND_KIB,
-        "RSS {after} KiB after sleeping 0.5 s with background_purge:1 (peak {peak} KiB)"
+    purge_lowers_rss(
+        "sleep",
+        "purge_delay_ms:100",
+        "background_purge:1,purge_delay_ms:100",
+        "sleeping 0.5 s",
     );
 }

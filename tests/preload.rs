@@ -28,7 +28,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use common::child::{require, run};
 use common::compare::{compare, program};
-use common::preload::{Alloc, c_pass, c_test, scratch, workspace};
+use common::preload::{Alloc, c_pass, c_test, data, scratch};
 use common::rng::Rng;
 
 // ---- C ABI semantics ------------------------------------------------------
@@ -166,7 +166,7 @@ fn real_sort() {
 #[test]
 fn real_python_threads() {
     require("python3", "python3");
-    let script = workspace().join("tests").join("data").join("py_threads.py");
+    let script = data("py_threads.py");
     compare("python", |t, dir| {
         let mut cmd = program("python3", dir);
         cmd.env("PYTHONMALLOC", "malloc")
@@ -180,7 +180,7 @@ fn real_python_threads() {
 #[test]
 fn real_gcc() {
     require("gcc", "gcc");
-    let src = workspace().join("tests").join("data").join("gcc_input.c");
+    let src = data("gcc_input.c");
     compare("gcc", |t, dir| {
         let mut cmd = program("gcc", dir);
         cmd.args(["-O2", "-Wall", "-o", "prog"]).arg(&src);

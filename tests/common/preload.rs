@@ -31,6 +31,11 @@ pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A file of `tests/data/`.
+pub fn data(name: &str) -> PathBuf {
+    workspace().join("tests").join("data").join(name)
+}
+
 /// A `Command` for a helper tool (cargo, gcc) that must not run on the preload.
 fn tool(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
