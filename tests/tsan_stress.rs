@@ -307,6 +307,24 @@ fn fork_while_threads_allocate() {
     assert_heap_ok();
 }
 
+/// Runs `f(t)` for `t` in `0..n` on `n` threads released together (a barrier), and returns
+/// how each ended.
+#[cfg(any(brkmalloc_planted_race, brkmalloc_sabotage))]
+fn together(n: usize, f: impl Fn(usize) + Send + Sync + 'static) -> Vec<thread::Result<()>> {
+    let f = Arc::new(f);
+    let start = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|t| {
+            let (f, start) = (f.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                f(t);
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join()).collect()
+}
+
 /// The planted race (only with `--cfg brkmalloc_planted_race`): two threads write the same
 /// block from this allocator with no synchronisation. TSan must report it; `ci/tsan.sh` fails
 /// if it does not.
@@ -315,22 +333,15 @@ fn fork_while_threads_allocate() {
 fn planted_race_on_a_brkmalloc_block() {
     let shared = Box::new([0u64; 4]);
     let p = Box::into_raw(shared).addr();
-    let start = Arc::new(Barrier::new(2));
-    let writers: Vec<_> = (0..2u64)
-        .map(|t| {
-            let start = start.clone();
-            thread::spawn(move || {
-                start.wait();
-                for i in 0..1000 {
-                    // SAFETY: the block is valid until both writers are joined; the unordered
-                    // writes are the point of this test.
-                    unsafe { (p as *mut u64).write_volatile(t * 1000 + i) };
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
+    let joined = together(2, move |t| {
+        for i in 0..1000 {
+            // SAFETY: the block is valid until both writers are joined; the unordered writes
+            // are the point of this test.
+            unsafe { (p as *mut u64).write_volatile(t as u64 * 1000 + i) };
+        }
+    });
+    for j in joined {
+        j.unwrap();
     }
     // SAFETY: the box made above, given back once.
     drop(unsafe { Box::from_raw(p as *mut [u64; 4]) });
@@ -347,22 +358,13 @@ fn planted_race_on_a_brkmalloc_block() {
 fn sabotaged_central_lock() {
     use brkmalloc::sync::sabotage::{Defect, arm};
     arm(Defect::Lock);
-    let start = Arc::new(Barrier::new(4));
-    let workers: Vec<_> = (0..4usize)
-        .map(|t| {
-            let start = start.clone();
-            thread::spawn(move || {
-                start.wait();
-                for i in 0..20_000usize {
-                    // Above the thread caches' largest class: every call takes the central lock.
-                    let p = api::malloc(40_000 + (i * 16 + t) % 4000);
-                    // SAFETY: a live block of ours, freed once.
-                    unsafe { api::free(p) };
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+    // A thread's panic is not the point here (the defect may break anything): ignored.
+    let _ = together(4, |t| {
+        for i in 0..20_000usize {
+            // Above the thread caches' largest class: every call takes the central lock.
+            let p = api::malloc(40_000 + (i * 16 + t) % 4000);
+            // SAFETY: a live block of ours, freed once.
+            unsafe { api::free(p) };
+        }
+    });
 }
