@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs the programs the real-program tests run (where missing and
-# possible), then runs the whole workspace's tests.
+# possible), then runs the whole workspace's tests, then (without arguments) the tests of the
+# non-hardened build (`--no-default-features`) whose subject the feature changes: the thread
+# cache and its fast paths, the C ABI and real programs under the non-hardened preload, and
+# what misuse it still detects. Tests that need the hardening checks say so with
+# `#[cfg(feature = "hardening")]`. BRKMALLOC_SKIP_NOHARD=1 skips that second run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace "$@"
+
+if [ $# -eq 0 ] && [ "${BRKMALLOC_SKIP_NOHARD:-0}" != 1 ]; then
+    echo "ci/test.sh: the non-hardened build (cargo test --no-default-features)"
+    cargo test -p brkmalloc --no-default-features --lib --test api --test cache \
+        --test global_alloc --test threads --test misuse --test preload
+fi

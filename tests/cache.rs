@@ -8,6 +8,10 @@
 //! data survives being cached (the cache owns only the first two payload words).
 #![allow(clippy::std_instead_of_core)]
 
+mod common;
+
+use common::rng::Rng;
+
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
@@ -18,36 +22,14 @@ use brkmalloc::size_class::{
     MAX_CLASS_SIZE, NCLASSES, class_for_alloc, class_for_free, class_size,
 };
 use brkmalloc::sync::Mutex;
-use brkmalloc::thread_cache::{CACHE_KEY, DEFAULT_MAX_BYTES, State, ThreadCache, max_count};
+use brkmalloc::thread_cache::{
+    CACHE_KEY, DEFAULT_MAX_BYTES, HARDENING, State, ThreadCache, max_count,
+};
 
 /// Bytes before the user pointer (the block header).
 const HEADER: usize = 8;
 /// Payload bytes the cache may overwrite while a block is cached (link and key words).
 const CACHE_WORDS: usize = 16;
-
-/// xorshift64*: deterministic, seedable.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-}
 
 /// Byte `i` of the pattern `seed`.
 fn pattern(seed: u64, i: usize) -> u8 {
@@ -182,9 +164,11 @@ impl World {
                     let p = NonNull::new(b.p as *mut u8).unwrap();
                     assert!(tc.contains(UserPtr::new(p), c), "cache {i} class {c} lost {p:?}");
                     // SAFETY: a cached block: an in-use heap block of ours.
-                    assert!(
-                        unsafe { UserPtr::new(p).has_cache_key() },
-                        "cached {p:?} lacks the key"
+                    // (Without `hardening` no key is written, and the probe always says no.)
+                    let key = unsafe { UserPtr::new(p).has_cache_key() };
+                    assert_eq!(
+                        key, HARDENING,
+                        "cached {p:?}: key {key}, hardened build {HARDENING}"
                     );
                 }
             }
@@ -405,7 +389,9 @@ impl World {
             "a pushed block is not found by contains"
         );
         // SAFETY: a cached block of ours.
-        assert!(unsafe { UserPtr::new(np).has_cache_key() }, "a pushed block lacks the key");
+        // (Without `hardening` no key is written, and the probe always says no.)
+        let key = unsafe { UserPtr::new(np).has_cache_key() };
+        assert_eq!(key, HARDENING, "pushed {np:?}: key {key}, hardened build {HARDENING}");
     }
 
     fn flush_all(&mut self, i: usize) {
@@ -717,6 +703,9 @@ fn flush_all_returns_everything_and_stays_active() {
     w.drain();
 }
 
+/// Needs the `hardening` feature: without it no cache key is written (`has_cache_key` is
+/// always false and a double free of a cached block is not detected).
+#[cfg(feature = "hardening")]
 #[test]
 fn double_free_probe_finds_exactly_the_cached_blocks() {
     let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES, DEFAULT_MAX_BYTES]);

@@ -3,26 +3,18 @@
 //! with the heap walker after every step. `cargo +nightly fuzz run heap_ops` explores further.
 #![allow(clippy::std_instead_of_core)]
 
+mod common;
+
+use common::rng::Rng;
+
 #[path = "../fuzz/driver.rs"]
 mod driver;
 
 use std::path::Path;
 
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Input `i` of the random series: 2–8 KiB of pseudo-random bytes.
 fn input(i: u64) -> Vec<u8> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ (i + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
     let len = 2048 + (rng.next() % 6144) as usize;
     (0..len).map(|_| rng.next() as u8).collect()
 }

@@ -24,320 +24,16 @@
 //! the option and RSS tests run only under the preload.
 #![allow(clippy::std_instead_of_core)]
 
-use std::fmt::Write as _;
+mod common;
+
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
 
-/// The C programs in `tests/c/` that these tests run.
-const C_PROGRAMS: &[&str] = &["opts", "introspect", "idle"];
-
-/// Generous per-process limit: nothing here takes more than a few seconds,
-/// but the machine may be busy with other tests.
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-struct Setup {
-    /// Absolute path of `libbrkmalloc.so`.
-    so: PathBuf,
-    /// Directory with the compiled C programs.
-    cbin: PathBuf,
-    /// Root of the per-test scratch directories.
-    tmp: PathBuf,
-}
-
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn setup() -> &'static Setup {
-    static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
-    match SETUP.get_or_init(build_all) {
-        Ok(s) => s,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_all() -> Result<Setup, String> {
-    let root = workspace();
-    let out = root.join("target").join("preload-test");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let build = Command::new(&cargo)
-        .args(["build", "--release", "-p", "brkmalloc-preload", "--manifest-path"])
-        .arg(root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&out)
-        .env_remove("LD_PRELOAD")
-        .env_remove("BRKMALLOC_CONF")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {cargo:?}: {e}"))?;
-    if !build.status.success() {
-        return Err(format!(
-            "building libbrkmalloc.so failed ({}):\n{}",
-            build.status,
-            String::from_utf8_lossy(&build.stderr)
-        ));
-    }
-    let so = out.join("release").join("libbrkmalloc.so");
-    if !so.is_file() {
-        return Err(format!("the build succeeded but {} is missing", so.display()));
-    }
-
-    if let Some(msg) = missing("gcc", "gcc") {
-        return Err(msg);
-    }
-    let cbin = out.join("cbin-options");
-    fs::create_dir_all(&cbin).map_err(|e| format!("mkdir {}: {e}", cbin.display()))?;
-    let mut jobs = Vec::new();
-    for name in C_PROGRAMS {
-        let src = root.join("tests").join("c").join(format!("{name}.c"));
-        let child = Command::new("gcc")
-            .args(["-O1", "-g", "-pthread", "-Wall", "-o"])
-            .arg(cbin.join(name))
-            .arg(&src)
-            .env_remove("LD_PRELOAD")
-            .env_remove("BRKMALLOC_CONF")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run gcc: {e}"))?;
-        jobs.push((src, child));
-    }
-    let mut errors = String::new();
-    for (src, child) in jobs {
-        let res = child.wait_with_output().map_err(|e| format!("gcc on {}: {e}", src.display()))?;
-        if !res.status.success() {
-            let _ = write!(
-                errors,
-                "gcc failed on {}:\n{}\n",
-                src.display(),
-                String::from_utf8_lossy(&res.stderr)
-            );
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let tmp = out.join("tmp").join("options");
-    fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
-    Ok(Setup { so, cbin, tmp })
-}
-
-/// `None` when `prog` is an executable on PATH, else a message naming the
-/// Debian package to install.
-fn missing(prog: &str, package: &str) -> Option<String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|dir| {
-        fs::metadata(dir.join(prog))
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    });
-    (!found).then(|| {
-        format!(
-            "`{prog}` is not on PATH; install the Debian package `{package}` \
-             (apt-get install {package})"
-        )
-    })
-}
-
-/// Panics with the Debian package to install when `prog` is not on PATH.
-fn require(prog: &str, package: &str) {
-    if let Some(msg) = missing(prog, package) {
-        panic!("{msg}");
-    }
-}
-
-/// Which allocator a child process runs on; `Brk` carries the `BRKMALLOC_CONF`
-/// value ("" = unset).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Alloc<'a> {
-    Glibc,
-    Brk(&'a str),
-}
-
-impl Alloc<'_> {
-    fn apply(self, cmd: &mut Command) {
-        cmd.env_remove("BRKMALLOC_CONF");
-        match self {
-            Alloc::Glibc => {
-                cmd.env_remove("LD_PRELOAD").env_remove("CTEST_EXPECT_BRKMALLOC");
-            }
-            Alloc::Brk(conf) => {
-                cmd.env("LD_PRELOAD", &setup().so).env("CTEST_EXPECT_BRKMALLOC", "1");
-                if !conf.is_empty() {
-                    cmd.env("BRKMALLOC_CONF", conf);
-                }
-            }
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            Alloc::Glibc => "on plain glibc (no preload)".into(),
-            Alloc::Brk("") => "under LD_PRELOAD=libbrkmalloc.so".into(),
-            Alloc::Brk(conf) => {
-                format!("under LD_PRELOAD=libbrkmalloc.so BRKMALLOC_CONF={conf}")
-            }
-        }
-    }
-}
-
-/// What a finished child process left behind.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    timed_out: bool,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.status.success() && !self.timed_out
-    }
-
-    /// "exit 0", "signal 6 (SIGABRT)", ... plus a note on a timeout.
-    fn how(&self) -> String {
-        let mut s = describe(self.status);
-        if self.timed_out {
-            let _ = write!(s, " (killed after the {}s timeout: hung?)", TIMEOUT.as_secs());
-        }
-        s
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "ended with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.how(),
-            tail(&self.stdout, 6000),
-            tail(&self.stderr, 6000)
-        )
-    }
-
-    /// The number after `key=` on stdout (the programs' `key=value` lines).
-    fn value(&self, key: &str) -> i64 {
-        let prefix = format!("{key}=");
-        self.stdout
-            .lines()
-            .chain(self.stderr.lines())
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no `{key}=N` line in the output; {}", self.report()))
-    }
-}
-
-fn describe(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("exit {code}");
-    }
-    let sig = status.signal().unwrap_or(0);
-    let name = match sig {
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGKILL => "SIGKILL",
-        _ => "?",
-    };
-    format!("signal {sig} ({name})")
-}
-
-/// The last `max` bytes of `s` (on a char boundary).
-fn tail(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
-/// Runs `cmd` to completion with [`TIMEOUT`], capturing stdout and stderr. The
-/// child gets its own process group, and the whole group is killed on a
-/// timeout (so grandchildren holding the pipes cannot hang the test).
-fn run(cmd: &mut Command) -> Run {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            // SAFETY: kill(2) on the process group we created for this child.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-            break child.wait().expect("wait");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    if !timed_out {
-        while !(out_reader.is_finished() && err_reader.is_finished()) {
-            if Instant::now() >= deadline {
-                // SAFETY: as above; the group id is the child's pid.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-                timed_out = true;
-                break;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-    let stdout = String::from_utf8_lossy(&out_reader.join().expect("stdout reader")).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned();
-    Run { status, stdout, stderr, timed_out }
-}
-
-/// A fresh, empty scratch directory `target/preload-test/tmp/options/<name>`.
-fn scratch(name: &str) -> PathBuf {
-    let dir = setup().tmp.join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    dir
-}
-
-/// Runs the C program `name` with `args` under `alloc`.
-fn c_run(name: &str, args: &[&str], alloc: Alloc) -> Run {
-    let mut cmd = Command::new(setup().cbin.join(name));
-    cmd.args(args).stdin(Stdio::null());
-    alloc.apply(&mut cmd);
-    run(&mut cmd)
-}
-
-/// Runs the C program and asserts that it exited 0.
-fn c_pass(name: &str, args: &[&str], alloc: Alloc) -> Run {
-    let r = c_run(name, args, alloc);
-    let blame = match alloc {
-        Alloc::Glibc => " (the test program itself is wrong)",
-        Alloc::Brk(_) => "",
-    };
-    assert!(r.ok(), "tests/c/{name}.c {args:?} failed {}{blame}; {}", alloc.describe(), r.report());
-    r
-}
+use common::child::{Run, require, run, tail};
+use common::preload::{Alloc, c_pass, c_run, scratch};
 
 /// Runs `python3 -c script path` without the preload (a parser for our output).
 fn python_check(script: &str, data: &str, what: &str) -> String {
@@ -627,10 +323,11 @@ fn opt_trim_threshold() {
     // malloc_trim gives it back anyway (glibc_mallinfo2_pattern checks arena after it).
 }
 
-const DOUBLE_FREE: &str = "brkmalloc: free(): double free detected";
-
+// Needs `hardening`: the cache key (the small double free is caught only with it).
+#[cfg(feature = "hardening")]
 #[test]
 fn opt_abort_on_error() {
+    const DOUBLE_FREE: &str = "brkmalloc: free(): double free detected";
     let r = c_pass("opts", &["double-free"], Alloc::Brk("abort_on_error:0"));
     assert!(r.stdout.contains("survived"), "{}", r.report());
     let n = r.stderr.lines().filter(|l| l.starts_with(DOUBLE_FREE)).count();
@@ -771,17 +468,25 @@ fn rss_malloc_trim() {
     assert!(after < RSS_BOUND_KIB, "RSS {after} KiB after malloc_trim(0) (peak {peak} KiB)");
 }
 
+/// Runs `idle MODE` twice: with `control` (no purge mechanism: the memory must stay
+/// resident) and with `conf` (the mechanism on: RSS must fall below the bound); `what` says
+/// what the second run did, for the failure message.
+fn purge_lowers_rss(mode: &str, control: &str, conf: &str, what: &str) {
+    let (_, _, kept) = idle(mode, control);
+    assert!(kept >= RSS_KEPT_KIB, "control ({control}): RSS fell to {kept} KiB by itself");
+    let (peak, _, after) = idle(mode, conf);
+    assert!(after < RSS_BOUND_KIB, "RSS {after} KiB after {what} with {conf} (peak {peak} KiB)");
+}
+
 /// The idle purge, run from the allocation slow paths: a loop of 40 KiB
 /// malloc/free (above the thread-cache limit: every call is a central one).
 #[test]
 fn rss_idle_purge_central_loop() {
-    let (_, _, kept) = idle("spin-central", NO_IDLE_PURGE);
-    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no idle purge");
-    let (peak, _, after) = idle("spin-central", "purge_delay_ms:100");
-    assert!(
-        after < RSS_BOUND_KIB,
-        "RSS {after} KiB after 0.5 s of 40 KiB malloc/free with purge_delay_ms:100 \
-         (peak {peak} KiB)"
+    purge_lowers_rss(
+        "spin-central",
+        NO_IDLE_PURGE,
+        "purge_delay_ms:100",
+        "0.5 s of 40 KiB malloc/free",
     );
 }
 
@@ -789,23 +494,21 @@ fn rss_idle_purge_central_loop() {
 /// call is served by the thread cache, and the idle purge must still run.
 #[test]
 fn rss_idle_purge_small_block_loop() {
-    let (_, _, kept) = idle("spin", NO_IDLE_PURGE);
-    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no idle purge");
-    let (peak, _, after) = idle("spin", "purge_delay_ms:100");
-    assert!(
-        after < RSS_BOUND_KIB,
-        "RSS {after} KiB after 0.5 s of malloc(24)/free with purge_delay_ms:100 (peak {peak} \
-         KiB): does the idle purge run when every call is served by the thread cache?"
+    purge_lowers_rss(
+        "spin",
+        NO_IDLE_PURGE,
+        "purge_delay_ms:100",
+        "0.5 s of malloc(24)/free (does the idle purge run when every call is served by the \
+         thread cache?)",
     );
 }
 
 #[test]
 fn rss_background_purge() {
-    let (_, _, kept) = idle("sleep", "purge_delay_ms:100");
-    assert!(kept >= RSS_KEPT_KIB, "control: RSS fell to {kept} KiB with no background thread");
-    let (peak, _, after) = idle("sleep", "background_purge:1,purge_delay_ms:100");
-    assert!(
-        after < RSS_BOUND_KIB,
-        "RSS {after} KiB after sleeping 0.5 s with background_purge:1 (peak {peak} KiB)"
+    purge_lowers_rss(
+        "sleep",
+        "purge_delay_ms:100",
+        "background_purge:1,purge_delay_ms:100",
+        "sleeping 0.5 s",
     );
 }

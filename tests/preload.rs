@@ -20,310 +20,16 @@
 //! runs with a timeout, so an allocator deadlock fails a test instead of
 //! hanging `cargo test`.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::os::unix::process::ExitStatusExt;
 
-/// The C programs in `tests/c/`, compiled once.
-const C_PROGRAMS: &[&str] = &["api", "threads", "fork", "oom", "sbrk_blocked", "trim", "misuse"];
-
-/// Generous per-process limit: nothing here should take more than a few
-/// seconds, but the machine may be busy with other tests.
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-struct Setup {
-    /// Absolute path of `libbrkmalloc.so`.
-    so: PathBuf,
-    /// Directory with the compiled C programs.
-    cbin: PathBuf,
-    /// Root of the per-test scratch directories.
-    tmp: PathBuf,
-}
-
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn setup() -> &'static Setup {
-    static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
-    match SETUP.get_or_init(build_all) {
-        Ok(s) => s,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_all() -> Result<Setup, String> {
-    let root = workspace();
-    let out = root.join("target").join("preload-test");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let build = Command::new(&cargo)
-        .args(["build", "--release", "-p", "brkmalloc-preload", "--manifest-path"])
-        .arg(root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&out)
-        .env_remove("LD_PRELOAD")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {cargo:?}: {e}"))?;
-    if !build.status.success() {
-        return Err(format!(
-            "building libbrkmalloc.so failed ({}):\n{}",
-            build.status,
-            String::from_utf8_lossy(&build.stderr)
-        ));
-    }
-    let so = out.join("release").join("libbrkmalloc.so");
-    if !so.is_file() {
-        return Err(format!("the build succeeded but {} is missing", so.display()));
-    }
-
-    if let Some(msg) = missing("gcc", "gcc") {
-        return Err(msg);
-    }
-    let cbin = out.join("cbin");
-    fs::create_dir_all(&cbin).map_err(|e| format!("mkdir {}: {e}", cbin.display()))?;
-    // Compile all programs in parallel, then collect the results.
-    let mut jobs = Vec::new();
-    for name in C_PROGRAMS {
-        let src = root.join("tests").join("c").join(format!("{name}.c"));
-        let child = Command::new("gcc")
-            .args(["-O1", "-g", "-pthread", "-Wall", "-o"])
-            .arg(cbin.join(name))
-            .arg(&src)
-            .arg("-ldl")
-            .env_remove("LD_PRELOAD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run gcc: {e}"))?;
-        jobs.push((src, child));
-    }
-    let mut errors = String::new();
-    for (src, child) in jobs {
-        let res = child.wait_with_output().map_err(|e| format!("gcc on {}: {e}", src.display()))?;
-        if !res.status.success() {
-            let _ = write!(
-                errors,
-                "gcc failed on {}:\n{}\n",
-                src.display(),
-                String::from_utf8_lossy(&res.stderr)
-            );
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let tmp = out.join("tmp");
-    fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
-    Ok(Setup { so, cbin, tmp })
-}
-
-/// `None` when `prog` is an executable on PATH, else a message naming the
-/// Debian package to install.
-fn missing(prog: &str, package: &str) -> Option<String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|dir| {
-        fs::metadata(dir.join(prog))
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    });
-    (!found).then(|| {
-        format!(
-            "`{prog}` is not on PATH; install the Debian package `{package}` \
-             (apt-get install {package})"
-        )
-    })
-}
-
-/// Panics with the Debian package to install when `prog` is not on PATH.
-fn require(prog: &str, package: &str) {
-    if let Some(msg) = missing(prog, package) {
-        panic!("{msg}");
-    }
-}
-
-/// Which allocator a child process runs on.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Alloc {
-    Glibc,
-    Brk,
-}
-
-impl Alloc {
-    fn name(self) -> &'static str {
-        match self {
-            Alloc::Glibc => "glibc",
-            Alloc::Brk => "brkmalloc",
-        }
-    }
-
-    fn apply(self, cmd: &mut Command) {
-        match self {
-            Alloc::Glibc => {
-                cmd.env_remove("LD_PRELOAD").env_remove("CTEST_EXPECT_BRKMALLOC");
-            }
-            Alloc::Brk => {
-                cmd.env("LD_PRELOAD", &setup().so).env("CTEST_EXPECT_BRKMALLOC", "1");
-            }
-        }
-    }
-}
-
-/// What a finished child process left behind.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    timed_out: bool,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.status.success() && !self.timed_out
-    }
-
-    /// "exit 0", "signal 6 (SIGABRT)", ... plus a note on a timeout.
-    fn how(&self) -> String {
-        let mut s = describe(self.status);
-        if self.timed_out {
-            let _ = write!(s, " (killed after the {}s timeout: hung?)", TIMEOUT.as_secs());
-        }
-        s
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "ended with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.how(),
-            tail(&self.stdout, 6000),
-            tail(&self.stderr, 6000)
-        )
-    }
-}
-
-fn describe(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("exit {code}");
-    }
-    let sig = status.signal().unwrap_or(0);
-    let name = match sig {
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        _ => "?",
-    };
-    format!("signal {sig} ({name})")
-}
-
-/// The last `max` bytes of `s` (on a char boundary).
-fn tail(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
-/// Runs `cmd` to completion with [`TIMEOUT`], capturing stdout and stderr. The
-/// child gets its own process group, and the whole group is killed on a
-/// timeout (so grandchildren holding the pipes cannot hang the test).
-fn run(cmd: &mut Command) -> Run {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            // SAFETY: kill(2) on the process group we created for this child.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-            break child.wait().expect("wait");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    if !timed_out {
-        // Leftover background processes of the child would keep the pipes
-        // open: give them the same deadline, then kill the group.
-        while !(out_reader.is_finished() && err_reader.is_finished()) {
-            if Instant::now() >= deadline {
-                // SAFETY: as above; the group id is the child's pid.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-                timed_out = true;
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-    let stdout = String::from_utf8_lossy(&out_reader.join().expect("stdout reader")).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned();
-    Run { status, stdout, stderr, timed_out }
-}
-
-/// A fresh, empty scratch directory `target/preload-test/tmp/<name>`.
-fn scratch(name: &str) -> PathBuf {
-    let dir = setup().tmp.join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    dir
-}
-
-fn c_command(name: &str, args: &[&str], alloc: Alloc) -> Command {
-    let mut cmd = Command::new(setup().cbin.join(name));
-    cmd.args(args).stdin(Stdio::null());
-    alloc.apply(&mut cmd);
-    cmd
-}
-
-/// Runs a C test program under `alloc` and asserts that it passed.
-fn c_pass(name: &str, args: &[&str], alloc: Alloc) {
-    let r = run(&mut c_command(name, args, alloc));
-    let blame = match alloc {
-        Alloc::Glibc => "on plain glibc (no preload): the test program itself is wrong",
-        Alloc::Brk => "under LD_PRELOAD=libbrkmalloc.so",
-    };
-    assert!(r.ok(), "tests/c/{name}.c {args:?} failed {blame}; {}", r.report());
-}
-
-/// The usual C test: glibc as a control, then the preload.
-fn c_test(name: &str, args: &[&str]) {
-    c_pass(name, args, Alloc::Glibc);
-    c_pass(name, args, Alloc::Brk);
-}
+use common::child::{require, run};
+use common::compare::{compare, program};
+use common::preload::{Alloc, c_pass, c_test, data, scratch};
+use common::rng::Rng;
 
 // ---- C ABI semantics ------------------------------------------------------
 
@@ -362,7 +68,7 @@ fn c_sbrk_blocked_falls_back_to_mmap() {
 /// with glibc 2.36) and this check fails there by design.
 #[test]
 fn c_memory_returned() {
-    c_pass("trim", &[], Alloc::Brk);
+    c_pass("trim", &[], Alloc::Brk(""));
 }
 
 // ---- misuse: must abort with a brkmalloc message --------------------------
@@ -372,7 +78,7 @@ const FREE_PREFIX: &str = "brkmalloc: free(): ";
 /// Runs `misuse MODE` under the preload and checks that it died by SIGABRT
 /// with a `brkmalloc: free(): ` line on stderr containing `check`.
 fn misuse(mode: &str, check: &str) {
-    let r = run(&mut c_command("misuse", &[mode], Alloc::Brk));
+    let r = run(&mut Alloc::Brk("").c_command("misuse", &[mode]));
     assert_eq!(
         r.status.signal(),
         Some(libc::SIGABRT),
@@ -390,6 +96,8 @@ fn misuse(mode: &str, check: &str) {
     );
 }
 
+// Needs `hardening`: the cache key (else the second free goes unnoticed).
+#[cfg(feature = "hardening")]
 #[test]
 fn misuse_double_free() {
     misuse("double-free", "double free");
@@ -417,125 +125,6 @@ fn misuse_interior_free() {
 
 // ---- real programs: same output with and without the preload --------------
 
-/// The record of one session of commands: what is compared, and what helps
-/// when it differs.
-struct Transcript {
-    alloc: Alloc,
-    /// Commands, their stdout and exit status: must be equal across allocators.
-    text: String,
-    /// stderr of every command, for the failure message.
-    stderr: String,
-    /// Commands that did not exit 0 (or timed out).
-    failures: Vec<String>,
-}
-
-impl Transcript {
-    fn new(alloc: Alloc) -> Self {
-        Transcript { alloc, text: String::new(), stderr: String::new(), failures: Vec::new() }
-    }
-
-    /// Runs `cmd` (stdin null unless set) under this transcript's allocator,
-    /// records it under the label `what`, and returns the run.
-    fn step(&mut self, what: &str, mut cmd: Command) -> Run {
-        self.alloc.apply(&mut cmd);
-        let r = run(&mut cmd);
-        let _ = write!(self.text, "$ {what}\n{}[{}]\n", r.stdout, describe(r.status));
-        if !r.stderr.is_empty() {
-            let _ = write!(self.stderr, "$ {what}\n{}\n", tail(&r.stderr, 4000));
-        }
-        if !r.ok() {
-            self.failures.push(format!("{what}: {}", r.how()));
-        }
-        r
-    }
-}
-
-/// Common environment for the real programs: C locale, UTC, a private HOME.
-fn program(prog: &str, home: &Path) -> Command {
-    let mut cmd = Command::new(prog);
-    cmd.env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .env("HOME", home)
-        .current_dir(home)
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// Runs `session` once on glibc and once under the preload, each in its own
-/// scratch directory, and requires the same transcript.
-fn compare(name: &str, session: impl Fn(&mut Transcript, &Path)) {
-    let base = scratch(name);
-    let mut runs = Vec::new();
-    for alloc in [Alloc::Glibc, Alloc::Brk] {
-        let dir = base.join(alloc.name());
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let mut t = Transcript::new(alloc);
-        session(&mut t, &dir);
-        // Kept for a post-mortem look (`diff glibc.transcript brkmalloc.transcript`).
-        let _ = fs::write(base.join(format!("{}.transcript", alloc.name())), &t.text);
-        let _ = fs::write(base.join(format!("{}.stderr", alloc.name())), &t.stderr);
-        runs.push(t);
-    }
-    let (glibc, brk) = (&runs[0], &runs[1]);
-    assert!(
-        glibc.failures.is_empty(),
-        "{name}: the reference run on plain glibc failed: {:?}\n--- stderr ---\n{}",
-        glibc.failures,
-        tail(&glibc.stderr, 8000)
-    );
-    assert!(
-        brk.failures.is_empty() && glibc.text == brk.text,
-        "{name}: under LD_PRELOAD=libbrkmalloc.so the output differs from glibc's.\n\
-         failed commands: {:?}\n{}\n--- stderr under the preload ---\n{}",
-        brk.failures,
-        first_difference(&glibc.text, &brk.text),
-        tail(&brk.stderr, 8000)
-    );
-}
-
-/// Where two transcripts part ways, with a little context.
-fn first_difference(a: &str, b: &str) -> String {
-    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let i = la.iter().zip(&lb).position(|(x, y)| x != y).unwrap_or(la.len().min(lb.len()));
-    if la.len() == lb.len() && i == la.len() {
-        return "transcripts are equal".into();
-    }
-    let from = i.saturating_sub(3);
-    let show = |v: &[&str]| {
-        v[from.min(v.len())..(i + 4).min(v.len())]
-            .iter()
-            .map(|l| format!("  {}", tail(l, 300)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    format!(
-        "first difference at transcript line {} (of {} vs {}):\n--- glibc ---\n{}\n--- brkmalloc ---\n{}",
-        i + 1,
-        la.len(),
-        lb.len(),
-        show(&la),
-        show(&lb)
-    )
-}
-
-/// A small deterministic PRNG (xorshift64) for generated inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn word(&mut self, len: usize) -> String {
-        (0..len).map(|_| (b'a' + (self.next() % 26) as u8) as char).collect()
-    }
-}
-
 #[test]
 fn real_ls() {
     require("ls", "coreutils");
@@ -551,7 +140,7 @@ fn real_sort() {
     require("sort", "coreutils");
     let base = scratch("sort-input");
     let input = base.join("lines.txt");
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let mut text = String::with_capacity(8 << 20);
     for i in 0..200_000u32 {
         let len = 3 + (rng.next() % 20) as usize;
@@ -577,7 +166,7 @@ fn real_sort() {
 #[test]
 fn real_python_threads() {
     require("python3", "python3");
-    let script = workspace().join("tests").join("data").join("py_threads.py");
+    let script = data("py_threads.py");
     compare("python", |t, dir| {
         let mut cmd = program("python3", dir);
         cmd.env("PYTHONMALLOC", "malloc")
@@ -591,7 +180,7 @@ fn real_python_threads() {
 #[test]
 fn real_gcc() {
     require("gcc", "gcc");
-    let src = workspace().join("tests").join("data").join("gcc_input.c");
+    let src = data("gcc_input.c");
     compare("gcc", |t, dir| {
         let mut cmd = program("gcc", dir);
         cmd.args(["-O2", "-Wall", "-o", "prog"]).arg(&src);
@@ -624,7 +213,7 @@ fn real_git() {
             cmd
         };
         t.step("git init repo", git(&["init", "-q", "repo"]));
-        let mut rng = Rng(42);
+        let mut rng = Rng::new(42);
         let src = repo.join("src");
         fs::create_dir_all(&src).expect("mkdir src");
         for i in 0..120 {
@@ -662,7 +251,7 @@ fn real_sqlite3() {
     require("sqlite3", "sqlite3");
     let base = scratch("sqlite-input");
     let script = base.join("script.sql");
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut sql = String::from(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL, grp INTEGER, val REAL, \
          pad BLOB);\nBEGIN;\n",

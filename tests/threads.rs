@@ -8,6 +8,10 @@
 //! ([`serial`]), and each leaves its own thread's cache empty when it ends.
 #![allow(clippy::std_instead_of_core)]
 
+mod common;
+
+use common::rng::Rng;
+
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::ptr;
@@ -41,6 +45,13 @@ fn serial() -> Serial {
 fn used_blocks() -> usize {
     brkmalloc::flush_thread_cache();
     brkmalloc::heap_stats().used_blocks
+}
+
+/// The heap invariants hold `when`, and the count of blocks in use is back to `base` (else
+/// `leak` explains what was lost).
+fn assert_all_returned(base: usize, when: &str, leak: &str) {
+    assert_heap_ok(when);
+    assert_eq!(used_blocks(), base, "{when}: {leak}");
 }
 
 fn assert_heap_ok(when: &str) {
@@ -80,27 +91,6 @@ impl Rendezvous {
             g = self.cv.wait_timeout(g, left).unwrap().0;
         }
         false
-    }
-}
-
-/// xorshift64*.
-#[derive(Clone, Copy)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -296,8 +286,7 @@ fn sixteen_threads_churn_with_contents_checked() {
     for h in handles {
         h.join().unwrap();
     }
-    assert_heap_ok("after churn");
-    assert_eq!(used_blocks(), base, "blocks leaked: exited threads' caches not drained?");
+    assert_all_returned(base, "after churn", "blocks leaked: exited threads' caches not drained?");
 }
 
 /// Producers allocate and hand blocks through channels to consumers, which verify, sometimes
@@ -368,8 +357,7 @@ fn cross_thread_frees_through_channels() {
         h.join().unwrap();
     }
     assert_eq!(consumed.load(Ordering::Relaxed), PRODUCERS * PER_PRODUCER);
-    assert_heap_ok("after cross-thread frees");
-    assert_eq!(used_blocks(), base, "blocks leaked");
+    assert_all_returned(base, "after cross-thread frees", "blocks leaked");
 }
 
 /// Threads that exit while their caches are full: the thread-exit destructor must drain them.
@@ -412,8 +400,11 @@ fn threads_exiting_with_full_caches_give_every_block_back() {
     for h in handles {
         h.join().unwrap();
     }
-    assert_heap_ok("after the threads exited");
-    assert_eq!(used_blocks(), base, "exited threads' caches were not drained");
+    assert_all_returned(
+        base,
+        "after the threads exited",
+        "exited threads' caches were not drained",
+    );
 
     // 2. Threads that only free: blocks allocated here, freed there.
     let mut rng = Rng::new(77);
@@ -433,8 +424,11 @@ fn threads_exiting_with_full_caches_give_every_block_back() {
     for h in handles {
         h.join().unwrap();
     }
-    assert_heap_ok("after free-only threads");
-    assert_eq!(used_blocks(), base, "free-only threads' caches were not drained");
+    assert_all_returned(
+        base,
+        "after free-only threads",
+        "free-only threads' caches were not drained",
+    );
 
     // 3. A later pthread key whose destructor allocates and frees in every destructor round,
     //    after brkmalloc's key (created earlier, so its destructor runs first in each round).
@@ -505,8 +499,11 @@ fn threads_exiting_with_full_caches_give_every_block_back() {
     }
     // glibc runs up to 4 destructor rounds: the late destructor ran in each of them.
     assert_eq!(LATE_OK.load(Ordering::Relaxed), 8 * 4, "late destructor rounds (all verified)");
-    assert_heap_ok("after late destructors");
-    assert_eq!(used_blocks(), base, "blocks freed by a late destructor were lost");
+    assert_all_returned(
+        base,
+        "after late destructors",
+        "blocks freed by a late destructor were lost",
+    );
 }
 
 /// What a forked child does: allocate, verify, free through brkmalloc, check the heap and its
@@ -674,8 +671,7 @@ fn fork_while_threads_hold_cached_blocks() {
     if let Some(f) = failure {
         panic!("{f}");
     }
-    assert_heap_ok("parent after forks");
-    assert_eq!(used_blocks(), base, "parent leaked blocks");
+    assert_all_returned(base, "parent after forks", "parent leaked blocks");
 }
 
 /// 100,000 short-lived threads, each allocating and freeing small blocks and exiting with
@@ -735,8 +731,7 @@ fn hundred_thousand_short_lived_threads() {
         heap_after_1000 >> 10,
         st.heap_bytes >> 10
     );
-    assert_heap_ok("after 100,000 threads");
-    assert_eq!(used_blocks(), base, "exited threads leaked blocks");
+    assert_all_returned(base, "after 100,000 threads", "exited threads leaked blocks");
     assert!(
         st.heap_bytes < heap_after_1000 + (16 << 20),
         "heap grew from {heap_after_1000} to {} bytes over 99,000 threads",

@@ -16,6 +16,10 @@
 #![cfg(not(loom))]
 #![allow(clippy::std_instead_of_core)]
 
+mod common;
+
+use common::rng::Rng;
+
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
@@ -91,25 +95,14 @@ impl Block {
     }
 }
 
-/// xorshift64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Mostly thread-cache sizes, some central-heap sizes, a few large (mmap) blocks.
-    fn size(&mut self) -> usize {
-        let r = self.next();
-        match r % 64 {
-            0 => (128 << 10) + (r >> 20) as usize % (64 << 10),
-            1..=6 => (r >> 20) as usize % (48 << 10),
-            _ => 1 + (r >> 20) as usize % 600,
-        }
+/// A request size: mostly thread-cache sizes, some central-heap sizes, a few large (mmap)
+/// blocks.
+fn size(rng: &mut Rng) -> usize {
+    let r = rng.next();
+    match r % 64 {
+        0 => (128 << 10) + (r >> 20) as usize % (64 << 10),
+        1..=6 => (r >> 20) as usize % (48 << 10),
+        _ => 1 + (r >> 20) as usize % 600,
     }
 }
 
@@ -135,18 +128,18 @@ fn ring_of_threads_with_cross_thread_frees() {
             let rx = rxs[t].take().unwrap();
             thread::spawn(move || {
                 let mut rng =
-                    Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1).wrapping_mul(0x1234_5678_9abc));
+                    Rng::new(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1).wrapping_mul(0x1234_5678_9abc));
                 let mut mine: Vec<Block> = Vec::new();
                 for i in 0..OPS {
                     while let Ok(b) = rx.try_recv() {
                         b.free();
                     }
                     match rng.next() % 8 {
-                        0..=3 => mine.push(Block::new(rng.size(), (i % 251) as u8)),
+                        0..=3 => mine.push(Block::new(size(&mut rng), (i % 251) as u8)),
                         4 if !mine.is_empty() => {
                             let k = rng.next() as usize % mine.len();
                             let b = mine.swap_remove(k);
-                            mine.push(b.realloc(rng.size()));
+                            mine.push(b.realloc(size(&mut rng)));
                         }
                         5 if !mine.is_empty() => {
                             let k = rng.next() as usize % mine.len();
@@ -198,7 +191,7 @@ fn producer_consumer() {
         }
         n
     });
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for i in 0..20_000 {
         let n = 1 + (rng.next() % 300) as usize;
         tx.send(Block::new(n, (i % 13) as u8)).unwrap();
@@ -219,7 +212,7 @@ fn thread_churn_with_full_caches_at_exit() {
             .map(|t| {
                 let tx = tx.clone();
                 thread::spawn(move || {
-                    let mut rng = Rng((wave * 16 + t + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+                    let mut rng = Rng::new((wave * 16 + t + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
                     let mut blocks: Vec<Block> =
                         (0..40).map(|i| Block::new(1 + (rng.next() % 900) as usize, i)).collect();
                     let keep = blocks.split_off(20);
@@ -256,11 +249,11 @@ fn fork_while_threads_allocate() {
         .map(|t| {
             let (stop, rounds, start) = (stop.clone(), rounds.clone(), start.clone());
             thread::spawn(move || {
-                let mut rng = Rng(t + 77);
+                let mut rng = Rng::new(t + 77);
                 start.wait();
                 while !stop.load(Ordering::Relaxed) {
                     let blocks: Vec<Block> =
-                        (0..32).map(|i| Block::new(rng.size() % 5000 + 1, i)).collect();
+                        (0..32).map(|i| Block::new(size(&mut rng) % 5000 + 1, i)).collect();
                     for b in blocks {
                         b.free();
                     }
@@ -314,6 +307,24 @@ fn fork_while_threads_allocate() {
     assert_heap_ok();
 }
 
+/// Runs `f(t)` for `t` in `0..n` on `n` threads released together (a barrier), and returns
+/// how each ended.
+#[cfg(any(brkmalloc_planted_race, brkmalloc_sabotage))]
+fn together(n: usize, f: impl Fn(usize) + Send + Sync + 'static) -> Vec<thread::Result<()>> {
+    let f = Arc::new(f);
+    let start = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|t| {
+            let (f, start) = (f.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                f(t);
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join()).collect()
+}
+
 /// The planted race (only with `--cfg brkmalloc_planted_race`): two threads write the same
 /// block from this allocator with no synchronisation. TSan must report it; `ci/tsan.sh` fails
 /// if it does not.
@@ -322,22 +333,15 @@ fn fork_while_threads_allocate() {
 fn planted_race_on_a_brkmalloc_block() {
     let shared = Box::new([0u64; 4]);
     let p = Box::into_raw(shared).addr();
-    let start = Arc::new(Barrier::new(2));
-    let writers: Vec<_> = (0..2u64)
-        .map(|t| {
-            let start = start.clone();
-            thread::spawn(move || {
-                start.wait();
-                for i in 0..1000 {
-                    // SAFETY: the block is valid until both writers are joined; the unordered
-                    // writes are the point of this test.
-                    unsafe { (p as *mut u64).write_volatile(t * 1000 + i) };
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
+    let joined = together(2, move |t| {
+        for i in 0..1000 {
+            // SAFETY: the block is valid until both writers are joined; the unordered writes
+            // are the point of this test.
+            unsafe { (p as *mut u64).write_volatile(t as u64 * 1000 + i) };
+        }
+    });
+    for j in joined {
+        j.unwrap();
     }
     // SAFETY: the box made above, given back once.
     drop(unsafe { Box::from_raw(p as *mut [u64; 4]) });
@@ -354,22 +358,13 @@ fn planted_race_on_a_brkmalloc_block() {
 fn sabotaged_central_lock() {
     use brkmalloc::sync::sabotage::{Defect, arm};
     arm(Defect::Lock);
-    let start = Arc::new(Barrier::new(4));
-    let workers: Vec<_> = (0..4usize)
-        .map(|t| {
-            let start = start.clone();
-            thread::spawn(move || {
-                start.wait();
-                for i in 0..20_000usize {
-                    // Above the thread caches' largest class: every call takes the central lock.
-                    let p = api::malloc(40_000 + (i * 16 + t) % 4000);
-                    // SAFETY: a live block of ours, freed once.
-                    unsafe { api::free(p) };
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+    // A thread's panic is not the point here (the defect may break anything): ignored.
+    let _ = together(4, |t| {
+        for i in 0..20_000usize {
+            // Above the thread caches' largest class: every call takes the central lock.
+            let p = api::malloc(40_000 + (i * 16 + t) % 4000);
+            // SAFETY: a live block of ours, freed once.
+            unsafe { api::free(p) };
+        }
+    });
 }

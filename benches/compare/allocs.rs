@@ -169,6 +169,33 @@ pub fn glibc() -> Allocator {
     }
 }
 
+/// `cargo build --release -p brkmalloc-preload EXTRA` into `target_dir`;
+/// returns `target_dir/release/libbrkmalloc.so`.
+fn build_preload(root: &Path, target_dir: &Path, extra: &[&str]) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let line = format!("cargo build --release -p brkmalloc-preload {}", extra.join(" "));
+    let line = line.trim_end();
+    eprintln!("compare: building brkmalloc: {line}");
+    let out = Command::new(&cargo)
+        .args(["build", "--release", "-p", "brkmalloc-preload"])
+        .args(extra)
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .output()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        return Err(format!("`{line}` failed:\n{tail}"));
+    }
+    let so = target_dir.join("release").join("libbrkmalloc.so");
+    if !so.is_file() {
+        return Err(format!("the build succeeded but {} is missing", so.display()));
+    }
+    Ok(so)
+}
+
 /// Build `target/release/libbrkmalloc.so` (or use $BRKMALLOC_SO).  Returns
 /// the allocator or the reason it is not available.
 pub fn brkmalloc(root: &Path, target: &Path, commit: &str) -> Result<Allocator, String> {
@@ -184,27 +211,27 @@ pub fn brkmalloc(root: &Path, target: &Path, commit: &str) -> Result<Allocator, 
             is_peer: false,
         });
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("compare: building brkmalloc: cargo build --release -p brkmalloc-preload");
-    let out = Command::new(&cargo)
-        .args(["build", "--release", "-p", "brkmalloc-preload"])
-        .current_dir(root)
-        .env("CARGO_TARGET_DIR", target)
-        .output()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = err.lines().collect();
-        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-        return Err(format!("`cargo build --release -p brkmalloc-preload` failed:\n{tail}"));
-    }
-    let so = target.join("release").join("libbrkmalloc.so");
-    if !so.is_file() {
-        return Err(format!("the build succeeded but {} is missing", so.display()));
-    }
+    let so = build_preload(root, target, &[])?;
     Ok(Allocator {
         name: "brkmalloc",
         version: format!("brkmalloc {} at {}", env!("CARGO_PKG_VERSION"), commit),
+        preload: Some(so),
+        is_peer: false,
+    })
+}
+
+/// brkmalloc without its hardening checks (`--no-default-features`), built in
+/// `<target>/nohard` so that it does not replace the default build.  Only the
+/// instruction counts use it (the cost of the checks on the fast path).
+pub fn brkmalloc_nohard(root: &Path, target: &Path, commit: &str) -> Result<Allocator, String> {
+    let so = build_preload(root, &target.join("nohard"), &["--no-default-features"])?;
+    Ok(Allocator {
+        name: "brkmalloc-nohard",
+        version: format!(
+            "brkmalloc {} at {}, --no-default-features (no hardening)",
+            env!("CARGO_PKG_VERSION"),
+            commit
+        ),
         preload: Some(so),
         is_peer: false,
     })

@@ -1,5 +1,6 @@
 //! Instructions per call inside `malloc` and `free`, from
-//! `valgrind --tool=callgrind` on the churn workload.
+//! `valgrind --tool=callgrind` on a workload that takes `1 OPS` (churn, and
+//! fastpath: the fast-path probe of 64 live blocks of 16–128 B).
 //!
 //! The callgrind output is parsed directly: every `calls=` line carries the
 //! call count and the inclusive cost of those calls, so summing them over
@@ -103,16 +104,19 @@ fn main_object(t: &Target) -> String {
         .unwrap_or_default()
 }
 
-/// One callgrind run of `churn 1 OPS`: (malloc calls, malloc Ir, free calls,
-/// free Ir, program Ir, symbols).
+/// One callgrind run of `PROG 1 OPS`: (malloc calls, malloc Ir, free calls,
+/// free Ir, program Ir, symbols).  The output file is
+/// `callgrind.PROG.ALLOC.OPS.out` in `out_dir`, with per-line costs (for
+/// `callgrind_annotate --auto=yes`).
 fn one(
     alloc: &Allocator,
-    churn: &Path,
+    prog: &Path,
     ops: u64,
     out_dir: &Path,
 ) -> Result<(u64, u64, u64, u64, u64, String), String> {
-    let out = out_dir.join(format!("callgrind.{}.{ops}.out", alloc.name));
-    let log = out_dir.join(format!("callgrind.{}.{ops}.log", alloc.name));
+    let stem = prog.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let out = out_dir.join(format!("callgrind.{stem}.{}.{ops}.out", alloc.name));
+    let log = out_dir.join(format!("callgrind.{stem}.{}.{ops}.log", alloc.name));
     let _ = std::fs::remove_file(&out);
     let mut cmd = Command::new("valgrind");
     cmd.arg("--tool=callgrind")
@@ -120,11 +124,12 @@ fn one(
         .args([
             "--compress-strings=no",
             "--compress-pos=no",
+            "--dump-instr=no",
             // Keep valgrind from replacing a preloaded malloc (see
             // shared/toolchain-notes.md); harmless for glibc.
             "--soname-synonyms=somalloc=nouserintercepts",
         ])
-        .arg(churn)
+        .arg(prog)
         .args(["1", &ops.to_string()])
         .env_remove("LD_PRELOAD");
     if let Some(p) = &alloc.preload {
@@ -153,17 +158,17 @@ fn one(
 /// Callgrind at OPS/2 and at OPS. The plain figures come from the OPS run;
 /// the marginal one, (Ir(OPS) - Ir(OPS/2)) / (calls(OPS) - calls(OPS/2)) over
 /// malloc+free, cancels one-time costs (initialisation, first growth).
-pub fn measure(alloc: &Allocator, churn: &Path, ops: u64, out_dir: &Path) -> CgResult {
+pub fn measure(alloc: &Allocator, prog: &Path, ops: u64, out_dir: &Path) -> CgResult {
     let mut res = CgResult { alloc: alloc.name.to_string(), ..Default::default() };
     let _ = std::fs::create_dir_all(out_dir);
-    let half = match one(alloc, churn, ops / 2, out_dir) {
+    let half = match one(alloc, prog, ops / 2, out_dir) {
         Ok(h) => h,
         Err(e) => {
             res.error = Some(e);
             return res;
         }
     };
-    match one(alloc, churn, ops, out_dir) {
+    match one(alloc, prog, ops, out_dir) {
         Ok((mc, mi, fc, fi, total, symbols)) => {
             res.malloc_calls = mc;
             res.malloc_ir = mi;
@@ -178,6 +183,22 @@ pub fn measure(alloc: &Allocator, churn: &Path, ops: u64, out_dir: &Path) -> CgR
         Err(e) => res.error = Some(e),
     }
     res
+}
+
+/// [`measure`] for each allocator in turn, with a progress line on stderr.
+pub fn measure_all(allocs: &[Allocator], prog: &Path, ops: u64, out_dir: &Path) -> Vec<CgResult> {
+    let name = prog.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    allocs
+        .iter()
+        .map(|alloc| {
+            eprintln!("compare: callgrind {name} under {}", alloc.name);
+            let r = measure(alloc, prog, ops, out_dir);
+            if let Some(e) = &r.error {
+                eprintln!("    {e}");
+            }
+            r
+        })
+        .collect()
 }
 
 /// A check of the parser on a hand-written sample, run by `--self-test`.

@@ -30,6 +30,11 @@ usage: cargo bench --bench compare [-- OPTIONS]
   --threads LIST     thread counts for the threaded workloads (default 1,2,4,8)
   --no-real          skip python, sqlite, redis and memcached
   --no-callgrind     skip the callgrind instruction counts
+  --fastpath         only the fast-path probe under callgrind (64 live blocks of
+                     16-128 B, one free + one malloc per step) for every allocator
+                     and brkmalloc --no-default-features; writes fastpath.md
+  --fastpath-steps N its steps (default 12800000; --quick 1280000); the
+                     marginal figure is from a second run of N/2 steps
   --timeout SECS     per-run limit (default 60 quick, 300 full)
   --save / --no-save copy report and charts to benches/results/ and update
                      benches/README.md (default: on in full mode only)
@@ -49,6 +54,8 @@ struct Opts {
     threads: Vec<u32>,
     real: bool,
     callgrind: bool,
+    fastpath_only: bool,
+    fastpath_steps: Option<u64>,
     timeout: Option<u64>,
     save: Option<bool>,
     self_test_only: bool,
@@ -75,6 +82,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
         threads: vec![1, 2, 4, 8],
         real: true,
         callgrind: true,
+        fastpath_only: false,
+        fastpath_steps: None,
         timeout: None,
         save: None,
         self_test_only: false,
@@ -100,6 +109,16 @@ fn parse_args() -> Result<Option<Opts>, String> {
             }
             "--no-real" => o.real = false,
             "--no-callgrind" => o.callgrind = false,
+            "--fastpath" => o.fastpath_only = true,
+            "--fastpath-steps" => {
+                o.fastpath_steps = Some(
+                    val("--fastpath-steps")?
+                        .parse()
+                        .ok()
+                        .filter(|&n: &u64| n >= 2)
+                        .ok_or("--fastpath-steps: not a number >= 2")?,
+                )
+            }
             "--timeout" => {
                 o.timeout = Some(val("--timeout")?.parse().map_err(|_| "--timeout: not a number")?)
             }
@@ -246,6 +265,20 @@ fn save_results(root: &Path, out: &Path, files: &[&str], date: &str, commit: &st
     }
 }
 
+/// Draws one chart (into the file its closure names).
+type Draw<'a> = Box<dyn Fn() -> Result<(), Box<dyn std::error::Error>> + 'a>;
+
+/// A bar chart of `metric`'s ratio to glibc per configuration, drawn into `path`.
+fn ratio_chart<'a>(
+    res: &'a Results,
+    path: &Path,
+    title: &'static str,
+    metric: fn(&Cell, bool) -> Option<f64>,
+) -> Draw<'a> {
+    let path = path.to_path_buf();
+    Box::new(move || charts::ratio_bars(res, &path, title, "ratio to glibc (log scale)", &metric))
+}
+
 fn main() -> ExitCode {
     let opts = match parse_args() {
         Ok(Some(o)) => o,
@@ -345,6 +378,49 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     }
     if allocs.is_empty() {
         return Err("no allocator to run".into());
+    }
+
+    // The fast-path probe: every allocator and the non-hardened build under callgrind.
+    let fp_steps = opts.fastpath_steps.unwrap_or(if opts.quick { 1_280_000 } else { 12_800_000 });
+    let want_fastpath = opts.fastpath_only || (opts.callgrind && opts.only.is_none());
+    let mut fastpath = Vec::new();
+    if want_fastpath {
+        if runner::which("valgrind").is_none() {
+            notes.push(
+                "valgrind is not installed: no instruction counts (apt-get install -y valgrind)"
+                    .into(),
+            );
+        } else {
+            let mut fp_allocs = allocs.clone();
+            if allocs.iter().any(|a| a.name == "brkmalloc") {
+                match allocs::brkmalloc_nohard(&root, &target, &commit) {
+                    Ok(b) => fp_allocs.push(b),
+                    Err(e) => notes.push(format!(
+                        "brkmalloc --no-default-features could not be built: {}",
+                        e.lines().next().unwrap_or("")
+                    )),
+                }
+            }
+            fastpath = callgrind::measure_all(
+                &fp_allocs,
+                &bin_dir.join("fastpath"),
+                fp_steps,
+                &out.join("callgrind"),
+            );
+        }
+    }
+    if opts.fastpath_only {
+        let mut md = String::new();
+        for n in &notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+        md.push_str(&report::fastpath_section(&fastpath, fp_steps));
+        println!("{md}");
+        let path = out.join("fastpath.md");
+        std::fs::write(&path, &md).map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("compare: wrote {}", path.display());
+        let failed = exit_fail || fastpath.iter().any(|c| c.error.is_some());
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
 
     // Workloads and configurations.
@@ -463,19 +539,12 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let mut cg = Vec::new();
     if opts.callgrind && wls.iter().any(|w| w.name == "churn") {
         if runner::which("valgrind").is_some() {
-            for alloc in &allocs {
-                eprintln!("compare: callgrind churn under {}", alloc.name);
-                let r = callgrind::measure(
-                    alloc,
-                    &bin_dir.join("churn"),
-                    cg_ops,
-                    &out.join("callgrind"),
-                );
-                if let Some(e) = &r.error {
-                    eprintln!("    {e}");
-                }
-                cg.push(r);
-            }
+            cg = callgrind::measure_all(
+                &allocs,
+                &bin_dir.join("churn"),
+                cg_ops,
+                &out.join("callgrind"),
+            );
         } else {
             notes.push(
                 "valgrind is not installed: no instruction counts (apt-get install -y valgrind)"
@@ -489,35 +558,26 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
 
     // Charts.
     let mut chart_files: Vec<(&str, &str)> = Vec::new();
-    let time_metric = |c: &Cell, rps: bool| c.cost(rps);
-    let rss_metric = |c: &Cell, _: bool| c.rss_mib.map(|r| r.med);
-    type Draw<'a> = Box<dyn Fn() -> Result<(), Box<dyn std::error::Error>> + 'a>;
     let charts: [(&str, &str, Draw<'_>); 3] = [
         (
             "time_ratio.svg",
             "time ratio vs glibc",
-            Box::new(|| {
-                charts::ratio_bars(
-                    &res,
-                    &out.join("time_ratio.svg"),
-                    "Time ÷ glibc time (median; lower is better; servers: glibc req/s ÷ req/s)",
-                    "ratio to glibc (log scale)",
-                    &time_metric,
-                )
-            }),
+            ratio_chart(
+                &res,
+                &out.join("time_ratio.svg"),
+                "Time ÷ glibc time (median; lower is better; servers: glibc req/s ÷ req/s)",
+                |c, rps| c.cost(rps),
+            ),
         ),
         (
             "peak_rss_ratio.svg",
             "peak RSS ratio vs glibc",
-            Box::new(|| {
-                charts::ratio_bars(
-                    &res,
-                    &out.join("peak_rss_ratio.svg"),
-                    "Peak RSS ÷ glibc peak RSS (median; lower is better)",
-                    "ratio to glibc (log scale)",
-                    &rss_metric,
-                )
-            }),
+            ratio_chart(
+                &res,
+                &out.join("peak_rss_ratio.svg"),
+                "Peak RSS ÷ glibc peak RSS (median; lower is better)",
+                |c, _| c.rss_mib.map(|r| r.med),
+            ),
         ),
         (
             "throughput.svg",
@@ -544,6 +604,8 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
             notes: &notes,
             callgrind: &cg,
             callgrind_ops: cg_ops,
+            fastpath: &fastpath,
+            fastpath_steps: fp_steps,
             self_test: self_test.as_deref(),
             charts: &chart_files,
             elapsed_s: started.elapsed().as_secs_f64(),
@@ -570,7 +632,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
             "compare: WARNING: {timeouts} run(s) timed out (reported, not counted as failure)"
         );
     }
-    let cg_fail = cg.iter().any(|c| c.error.is_some());
+    let cg_fail = cg.iter().chain(&fastpath).any(|c| c.error.is_some());
     if cg_fail {
         eprintln!("compare: WARNING: a callgrind measurement failed (see the report)");
     }

@@ -157,6 +157,54 @@ fn rps_text(s: Option<Spread>) -> String {
 }
 
 /// A summary cell: the ratio, or the failure, or both.
+/// The fast-path probe's section: `workloads/fastpath.c` under callgrind.
+pub fn fastpath_section(rows: &[CgResult], steps: u64) -> String {
+    let mut s = format!(
+        "## Fast path probe: instructions per call (callgrind, fastpath workload, {steps} steps)\n\n\
+         64 live blocks of 16–128 B; each step frees one at random and allocates one of a random \
+         size in its place, nothing else (`benches/workloads/fastpath.c`). Same columns as the \
+         churn table; *marginal* is from this run and one of {} steps, the figure to compare \
+         (start-up cost cancels). `brkmalloc-nohard` is brkmalloc built with \
+         `--no-default-features` (no hardening checks). Alone: \
+         `cargo bench --bench compare -- --fastpath`.\n\n",
+        steps / 2
+    );
+    s.push_str(&cg_table(rows));
+    s
+}
+
+/// One row per allocator: calls and inclusive Ir per call of malloc and free.
+fn cg_table(rows: &[CgResult]) -> String {
+    let mut s = String::from(
+        "| allocator | malloc calls | Ir / malloc | free calls | Ir / free | Ir / (malloc+free) | marginal Ir / (malloc+free) | program Ir / (malloc+free) | symbols measured |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for cg in rows {
+        match &cg.error {
+            Some(e) => {
+                let _ = writeln!(s, "| {} | **{}** | | | | | | | |", cg.alloc, e);
+            }
+            None => {
+                let calls = (cg.malloc_calls + cg.free_calls).max(1) as f64;
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} | {} |",
+                    cg.alloc,
+                    cg.malloc_calls,
+                    cg.malloc_ir as f64 / cg.malloc_calls.max(1) as f64,
+                    cg.free_calls,
+                    cg.free_ir as f64 / cg.free_calls.max(1) as f64,
+                    (cg.malloc_ir + cg.free_ir) as f64 / calls,
+                    cg.marginal.map(|m| format!("{m:.1}")).unwrap_or_else(|| "–".into()),
+                    cg.total_ir as f64 / calls,
+                    cg.symbols
+                );
+            }
+        }
+    }
+    s.push('\n');
+    s
+}
+
 fn summary_cell(cell: &Cell, ratio: Option<f64>) -> String {
     match (cell.failed(), cell.ok) {
         (false, _) => x(ratio),
@@ -170,6 +218,9 @@ pub struct Extra<'a> {
     pub notes: &'a [String],
     pub callgrind: &'a [CgResult],
     pub callgrind_ops: u64,
+    /// The fast-path probe under callgrind, and its steps.
+    pub fastpath: &'a [CgResult],
+    pub fastpath_steps: u64,
     pub self_test: Option<&'a str>,
     pub charts: &'a [(&'a str, &'a str)],
     pub elapsed_s: f64,
@@ -312,34 +363,10 @@ pub fn markdown(res: &Results, ex: &Extra<'_>) -> String {
             s,
             "Inclusive instruction count (Ir) of `malloc` and of `free` divided by their calls, from `valgrind --tool=callgrind` (deterministic, unlike seconds), summed over every call site. *Marginal* compares this run with one of half the ops: (Ir − Ir½) ÷ (calls − calls½), which cancels one-time costs such as initialisation. *Program Ir* is the whole program's instructions (including the workload's pattern writing and checking) per malloc+free call.\n"
         );
-        let _ = writeln!(
-            s,
-            "| allocator | malloc calls | Ir / malloc | free calls | Ir / free | Ir / (malloc+free) | marginal Ir / (malloc+free) | program Ir / (malloc+free) | symbols measured |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
-        );
-        for cg in ex.callgrind {
-            match &cg.error {
-                Some(e) => {
-                    let _ = writeln!(s, "| {} | **{}** | | | | | | | |", cg.alloc, e);
-                }
-                None => {
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} | {} |",
-                        cg.alloc,
-                        cg.malloc_calls,
-                        cg.malloc_ir as f64 / cg.malloc_calls.max(1) as f64,
-                        cg.free_calls,
-                        cg.free_ir as f64 / cg.free_calls.max(1) as f64,
-                        (cg.malloc_ir + cg.free_ir) as f64
-                            / (cg.malloc_calls + cg.free_calls).max(1) as f64,
-                        cg.marginal.map(|m| format!("{m:.1}")).unwrap_or_else(|| "–".into()),
-                        cg.total_ir as f64 / (cg.malloc_calls + cg.free_calls).max(1) as f64,
-                        cg.symbols
-                    );
-                }
-            }
-        }
-        s.push('\n');
+        s.push_str(&cg_table(ex.callgrind));
+    }
+    if !ex.fastpath.is_empty() {
+        s.push_str(&fastpath_section(ex.fastpath, ex.fastpath_steps));
     }
 
     if !ex.charts.is_empty() {

@@ -219,6 +219,7 @@ pub fn compile_c(root: &Path, bin_dir: &Path) -> Result<(), String> {
     let header = src.join("common.h");
     let progs = [
         "churn",
+        "fastpath",
         "server",
         "prodcons",
         "falseshare",
@@ -296,7 +297,7 @@ fn error(why: String, log: PathBuf) -> Outcome {
 pub fn run_once(ctx: &Ctx, w: &Workload, threads: u32, alloc: &Allocator, round: usize) -> Outcome {
     let log = ctx.log_dir.join(format!("{}-t{}-{}-r{}.log", w.name, threads, alloc.name, round));
     match w.kind {
-        Kind::Synthetic => run_synthetic(ctx, w, threads, alloc, log),
+        Kind::Synthetic => run_synth(ctx, w, threads, alloc, log),
         Kind::Python => run_python(ctx, w, alloc, log),
         Kind::Sqlite => run_sqlite(ctx, w, alloc, log),
         Kind::Redis => run_redis(ctx, w, alloc, log),
@@ -311,13 +312,7 @@ pub fn synthetic_args(w: &Workload, threads: u32, amount: u64, quick: bool) -> V
     args
 }
 
-fn run_synthetic(
-    ctx: &Ctx,
-    w: &Workload,
-    threads: u32,
-    alloc: &Allocator,
-    log: PathBuf,
-) -> Outcome {
+fn run_synth(ctx: &Ctx, w: &Workload, threads: u32, alloc: &Allocator, log: PathBuf) -> Outcome {
     let prog = ctx.bin_dir.join(w.name);
     let args = synthetic_args(w, threads, w.amount(ctx.quick), ctx.quick);
     let env = base_env(alloc, false);
@@ -408,6 +403,20 @@ struct ServerRun {
     client_wall: f64,
     maxrss_kib: i64,
     rps: Option<f64>,
+}
+
+impl ServerRun {
+    /// The run's outcome: the client's wall time and the server's peak RSS.
+    fn outcome(self, log: PathBuf, repro: String) -> Outcome {
+        Outcome {
+            status: self.status,
+            wall_s: self.client_wall,
+            maxrss_kib: self.maxrss_kib,
+            rps: self.rps,
+            log,
+            repro,
+        }
+    }
 }
 
 /// Common skeleton: start the server, wait for it, run the client (and the
@@ -581,46 +590,31 @@ fn run_redis(ctx: &Ctx, w: &Workload, alloc: &Allocator, log: PathBuf) -> Outcom
     .collect();
     let repro =
         format!("{} &  then: {}", repro_server, runner::render(&[], &bench_bin, &bench_args));
-    let timeout = ctx.timeout;
-    let client_log = log.clone();
+    let (timeout, client_log) = (ctx.timeout, &log);
+    let mut server = command(&server_bin, &server_args, &env);
     // redis shuts down cleanly and quickly on SIGTERM.
-    let run = with_server(
-        ctx,
-        &mut command(&server_bin, &server_args, &env),
-        &server_log,
-        port,
-        libc::SIGTERM,
-        || {
-            let exit =
-                runner::run(&mut command(&bench_bin, &bench_args, &[]), &client_log, timeout);
-            if !exit.status.is_ok() {
-                return (
-                    Status::BadOutput(format!("redis-benchmark ended {}", exit.status)),
-                    exit.wall_s,
-                    None,
-                );
-            }
-            let text = std::fs::read_to_string(&client_log).unwrap_or_default();
-            let rps = parse_redis_csv(&text);
-            if rps.is_none() {
-                return (
-                    Status::BadOutput("no rps in redis-benchmark output".into()),
-                    exit.wall_s,
-                    None,
-                );
-            }
-            (redis_checks(port), exit.wall_s, rps)
-        },
-    );
+    let run = with_server(ctx, &mut server, &server_log, port, libc::SIGTERM, || {
+        let exit = runner::run(&mut command(&bench_bin, &bench_args, &[]), client_log, timeout);
+        if !exit.status.is_ok() {
+            return (
+                Status::BadOutput(format!("redis-benchmark ended {}", exit.status)),
+                exit.wall_s,
+                None,
+            );
+        }
+        let text = std::fs::read_to_string(client_log).unwrap_or_default();
+        let rps = parse_redis_csv(&text);
+        if rps.is_none() {
+            return (
+                Status::BadOutput("no rps in redis-benchmark output".into()),
+                exit.wall_s,
+                None,
+            );
+        }
+        (redis_checks(port), exit.wall_s, rps)
+    });
     let _ = std::fs::remove_dir_all(&dir);
-    Outcome {
-        status: run.status,
-        wall_s: run.client_wall,
-        maxrss_kib: run.maxrss_kib,
-        rps: run.rps,
-        log,
-        repro,
-    }
+    run.outcome(log, repro)
 }
 
 fn run_memcached(
@@ -668,50 +662,32 @@ fn run_memcached(
         runner::render(&[], &client, &client_args)
     );
     let server_log = log.with_extension("server.log");
-    let timeout = ctx.timeout;
-    let client_log = log.clone();
+    let mut server = command(&server_bin, &server_args, &env);
     // memcached takes up to a second to stop on SIGTERM (its clock tick);
     // its answers are already checked, so it is killed.
-    let run = with_server(
-        ctx,
-        &mut command(&server_bin, &server_args, &env),
-        &server_log,
-        port,
-        libc::SIGKILL,
-        || {
-            let exit = runner::run(&mut command(&client, &client_args, &[]), &client_log, timeout);
-            match exit.status {
-                Status::Ok => {}
-                // A wrong value from the server is the allocator's verification failure.
-                Status::VerifyFail(3) => return (Status::VerifyFail(3), exit.wall_s, None),
-                other => {
-                    return (
-                        Status::BadOutput(format!("mcclient ended {other}")),
-                        exit.wall_s,
-                        None,
-                    );
-                }
+    let (timeout, client_log) = (ctx.timeout, &log);
+    let run = with_server(ctx, &mut server, &server_log, port, libc::SIGKILL, || {
+        let exit = runner::run(&mut command(&client, &client_args, &[]), client_log, timeout);
+        match exit.status {
+            Status::Ok => {}
+            // A wrong value from the server is the allocator's verification failure.
+            Status::VerifyFail(3) => return (Status::VerifyFail(3), exit.wall_s, None),
+            other => {
+                return (Status::BadOutput(format!("mcclient ended {other}")), exit.wall_s, None);
             }
-            let text = runner::tail(&client_log, 2);
-            let rps = text
-                .split_whitespace()
-                .skip_while(|t| *t != "rps")
-                .nth(1)
-                .and_then(|v| v.parse::<f64>().ok());
-            match rps {
-                Some(r) => (Status::Ok, exit.wall_s, Some(r)),
-                None => (Status::BadOutput("no rps in mcclient output".into()), exit.wall_s, None),
-            }
-        },
-    );
-    Outcome {
-        status: run.status,
-        wall_s: run.client_wall,
-        maxrss_kib: run.maxrss_kib,
-        rps: run.rps,
-        log,
-        repro,
-    }
+        }
+        let text = runner::tail(client_log, 2);
+        let rps = text
+            .split_whitespace()
+            .skip_while(|t| *t != "rps")
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok());
+        match rps {
+            Some(r) => (Status::Ok, exit.wall_s, Some(r)),
+            None => (Status::BadOutput("no rps in mcclient output".into()), exit.wall_s, None),
+        }
+    });
+    run.outcome(log, repro)
 }
 
 /// The Debian packages the real programs come from, by program.

@@ -6,7 +6,6 @@
 #define MAXSZ 512
 
 int main(int argc, char **argv) {
-    g_workload = "churn";
     (void)arg_long(argc, argv, 1, 1);
     long ops = arg_long(argc, argv, 2, 2000000);
     long nslots = arg_long(argc, argv, 3, 4096);

@@ -14,6 +14,7 @@
 #define BENCH_COMMON_H
 
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -84,7 +85,9 @@ static inline size_t rng_logsize(rng_t *r, size_t lo, size_t hi) {
     return rng_range(r, base, top);
 }
 
-static const char *g_workload = "workload";
+/* The workload's name in messages: the program's own name (the harness names each binary
+ * after its workload). */
+#define g_workload program_invocation_short_name
 
 static void die_verify(const void *p, size_t size, uint64_t tag, size_t off, const char *what) {
     fprintf(stderr, "VERIFY-FAIL %s: block %p size %zu tag %016llx offset %zu: %s\n", g_workload,

@@ -40,7 +40,6 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    g_workload = "falseshare";
     long threads = arg_long(argc, argv, 1, 4);
     long ops = arg_long(argc, argv, 2, 200000);
     objsize = arg_long(argc, argv, 3, 8);

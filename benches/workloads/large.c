@@ -8,7 +8,6 @@
 #define MAXSZ (16u * 1024u * 1024u)
 
 int main(int argc, char **argv) {
-    g_workload = "large";
     (void)arg_long(argc, argv, 1, 1);
     long ops = arg_long(argc, argv, 2, 20000);
     long nslots = arg_long(argc, argv, 3, 16);

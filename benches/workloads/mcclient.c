@@ -176,7 +176,6 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    g_workload = "mcclient";
     if (argc < 4) {
         fprintf(stderr, "usage: mcclient PORT THREADS REQUESTS_PER_THREAD [KEYS_PER_THREAD]\n");
         return EXIT_USAGE;

@@ -55,7 +55,6 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    g_workload = "mixed";
     long threads = arg_long(argc, argv, 1, 4);
     long ops = arg_long(argc, argv, 2, 1000000);
     nslots = arg_long(argc, argv, 3, 1000);

@@ -75,7 +75,6 @@ static void *consumer(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    g_workload = "prodcons";
     long threads = arg_long(argc, argv, 1, 4);
     long ops = arg_long(argc, argv, 2, 2000000);
     if (threads == 1) {

@@ -43,7 +43,6 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    g_workload = "server";
     long threads = arg_long(argc, argv, 1, 4);
     long ops = arg_long(argc, argv, 2, 2000000);
     long nslots = arg_long(argc, argv, 3, 2000);

@@ -20,7 +20,6 @@ static void verify(const str_t *s) {
 }
 
 int main(int argc, char **argv) {
-    g_workload = "strings";
     (void)arg_long(argc, argv, 1, 1);
     long ops = arg_long(argc, argv, 2, 2000000);
     long nstr = arg_long(argc, argv, 3, 256);

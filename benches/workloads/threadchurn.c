@@ -30,7 +30,6 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    g_workload = "threadchurn";
     long threads = arg_long(argc, argv, 1, 4);
     long total = arg_long(argc, argv, 2, 2000);
     churn = arg_long(argc, argv, 3, 200);

@@ -20,6 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ctest.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void (*volatile x_free)(void *) = free;
 static void *(*volatile x_calloc)(size_t, size_t) = calloc;
@@ -58,13 +60,6 @@ static long page_size;
 /* ---- small helpers ---------------------------------------------------- */
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void) {
-    uint64_t x = rng_state;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return rng_state = x;
-}
 
 static unsigned char pat(uint64_t seed, size_t i) {
     return (unsigned char)((seed * 131u + i * 7u + (i >> 8)) & 0xff);
@@ -390,7 +385,7 @@ static void calloc_zeroed(void) {
     static unsigned char *v[N];
     for (int r = 0; r < 4; r++) {
         for (int i = 0; i < N; i++) {
-            size_t n = 1 + (size_t)(rnd() % 600);
+            size_t n = 1 + (size_t)(rnd(&rng_state) % 600);
             v[i] = x_malloc(n);
             CHECK(v[i], "malloc");
             memset(v[i], 0xa5, n);
@@ -398,7 +393,7 @@ static void calloc_zeroed(void) {
         for (int i = 0; i < N; i++)
             x_free(v[i]);
         for (int i = 0; i < N; i++) {
-            size_t n = 1 + (size_t)(rnd() % 600);
+            size_t n = 1 + (size_t)(rnd(&rng_state) % 600);
             v[i] = x_calloc(1, n);
             CHECK(v[i], "calloc");
             for (size_t j = 0; j < n; j++)
@@ -410,7 +405,7 @@ static void calloc_zeroed(void) {
     }
     /* realloc to a larger size then calloc: the grown part must not leak into calloc. */
     for (int r = 0; r < 50; r++) {
-        size_t n = 100 + (size_t)(rnd() % 100000);
+        size_t n = 100 + (size_t)(rnd(&rng_state) % 100000);
         unsigned char *p = x_malloc(n);
         CHECK(p, "malloc");
         memset(p, 0xcc, n);
@@ -435,7 +430,7 @@ static void calloc_after_trim(void) {
     static size_t len[N];
     for (int r = 0; r < 3; r++) {
         for (int i = 0; i < N; i++) {
-            len[i] = rnd() % 16 == 0 ? 20000 + (size_t)(rnd() % 200000) : 1 + (size_t)(rnd() % 3000);
+            len[i] = rnd(&rng_state) % 16 == 0 ? 20000 + (size_t)(rnd(&rng_state) % 200000) : 1 + (size_t)(rnd(&rng_state) % 3000);
             v[i] = x_malloc(len[i]);
             CHECK(v[i], "malloc(%zu)", len[i]);
             memset(v[i], 0xff, x_usable(v[i]));
@@ -692,8 +687,8 @@ static void usable_write_no_corruption(void) {
     static size_t us[N];
     for (int round = 0; round < 3; round++) {
         for (int i = 0; i < N; i++) {
-            size_t n = rnd() % 8 == 0 ? (size_t)(rnd() % 300000) : (size_t)(rnd() % 2048);
-            switch (rnd() % 5) {
+            size_t n = rnd(&rng_state) % 8 == 0 ? (size_t)(rnd(&rng_state) % 300000) : (size_t)(rnd(&rng_state) % 2048);
+            switch (rnd(&rng_state) % 5) {
             case 0: v[i] = x_calloc(1, n); break;
             case 1: v[i] = x_memalign(64, n); break;
             case 2: v[i] = x_realloc(x_malloc(n / 2 + 1), n + 1); break;
@@ -775,7 +770,7 @@ static void malloc_trim_works(void) {
     enum { N = 4000 };
     static void *v[N];
     for (int i = 0; i < N; i++) {
-        v[i] = x_malloc(1 + (size_t)(rnd() % 5000));
+        v[i] = x_malloc(1 + (size_t)(rnd(&rng_state) % 5000));
         CHECK(v[i], "malloc");
     }
     for (int i = 0; i < N; i += 2)
@@ -809,14 +804,14 @@ static void no_overlap(void) {
     static struct live v[N];
     uint64_t seed = 1;
     for (int op = 0; op < OPS + N; op++) {
-        int i = op < N ? op : (int)(rnd() % N);
+        int i = op < N ? op : (int)(rnd(&rng_state) % N);
         if (v[i].p) {
             size_t bad = verify(v[i].p, v[i].n, v[i].seed);
             CHECK(bad == (size_t)-1, "live block %p (%zu bytes) corrupted at %zu", v[i].p,
                   v[i].n, bad);
             x_free(v[i].p);
         }
-        uint64_t r = rnd();
+        uint64_t r = rnd(&rng_state);
         size_t n = r % 64 == 0 ? 100000 + (size_t)(r >> 8) % 300000 : 1 + (size_t)(r >> 8) % 1500;
         char *p;
         switch ((r >> 40) % 6) {

@@ -14,18 +14,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ctest.h"
+
 enum { THREADS = 4, FORKS = 200 };
 
 static volatile int stop;
 static volatile long thread_ops[THREADS];
-
-static uint64_t rnd(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 static void *churn(void *arg) {
     uintptr_t id = (uintptr_t)arg;

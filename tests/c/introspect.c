@@ -45,6 +45,17 @@ static void (*volatile x_free)(void *) = free;
 
 static int failed;
 
+/* x_malloc(size) with its first `fill` bytes set to `byte`; exits 1 when malloc fails. */
+static void *filled(size_t size, int byte, size_t fill) {
+    void *p = x_malloc(size);
+    if (!p) {
+        printf("FAIL - malloc(%zu) returned NULL\n", size);
+        exit(1);
+    }
+    memset(p, byte, fill);
+    return p;
+}
+
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (cond) {                                                                                \
@@ -80,12 +91,7 @@ static void mallinfo_pattern(void) {
     struct mallinfo2 m0 = mallinfo2();
     print_mi2("start", m0);
     for (int i = 0; i < MID; i++) {
-        mid[i] = x_malloc(MID_SIZE);
-        if (!mid[i]) {
-            printf("FAIL - malloc(64 KiB) returned NULL\n");
-            exit(1);
-        }
-        memset(mid[i], 1, MID_SIZE);
+        mid[i] = filled(MID_SIZE, 1, MID_SIZE);
     }
     struct mallinfo2 m1 = mallinfo2();
     print_mi2("after 100 x 64 KiB", m1);
@@ -109,12 +115,7 @@ static void mallinfo_pattern(void) {
 
     struct mallinfo2 m3 = mallinfo2();
     for (int i = 0; i < BIG; i++) {
-        big[i] = x_malloc(BIG_SIZE);
-        if (!big[i]) {
-            printf("FAIL - malloc(1 MiB) returned NULL\n");
-            exit(1);
-        }
-        memset(big[i], 2, 4096);
+        big[i] = filled(BIG_SIZE, 2, 4096);
     }
     struct mallinfo2 m4 = mallinfo2();
     print_mi2("after 10 x 1 MiB", m4);
@@ -153,12 +154,7 @@ static void mmap8k(int mmapped) {
     void *p[N];
     struct mallinfo2 m0 = mallinfo2();
     for (int i = 0; i < N; i++) {
-        p[i] = x_malloc(SIZE);
-        if (!p[i]) {
-            printf("FAIL - malloc(8 KiB) returned NULL\n");
-            exit(1);
-        }
-        memset(p[i], 3, SIZE);
+        p[i] = filled(SIZE, 3, SIZE);
     }
     struct mallinfo2 m1 = mallinfo2();
     print_mi2("before", m0);
@@ -227,12 +223,7 @@ static void trim(void) {
     enum { N = 200 };
     static void *p[N];
     for (int i = 0; i < N; i++) {
-        p[i] = x_malloc(64 << 10);
-        if (!p[i]) {
-            printf("FAIL - malloc(64 KiB) returned NULL\n");
-            exit(1);
-        }
-        memset(p[i], 4, 64 << 10);
+        p[i] = filled(64 << 10, 4, 64 << 10);
     }
     void *guard = x_malloc(100); /* the freed blocks are not the top of the heap */
     for (int i = 0; i < N; i++)
@@ -250,12 +241,7 @@ static void top_trim(int trimmed) {
     void *guard = x_malloc(100);
     struct mallinfo2 m0 = mallinfo2();
     for (int i = 0; i < MID; i++) {
-        p[i] = x_malloc(MID_SIZE);
-        if (!p[i]) {
-            printf("FAIL - malloc(64 KiB) returned NULL\n");
-            exit(1);
-        }
-        memset(p[i], 5, MID_SIZE);
+        p[i] = filled(MID_SIZE, 5, MID_SIZE);
     }
     struct mallinfo2 m1 = mallinfo2();
     for (int i = MID - 1; i >= 0; i--)

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "ctest.h"
+
 static void (*volatile x_free)(void *) = free;
 static void *(*volatile x_malloc)(size_t) = malloc;
 
@@ -29,30 +31,21 @@ static void double_free(size_t n) {
 }
 
 int main(int argc, char **argv) {
-    /* no core dumps from the expected aborts */
-    struct rlimit no_core = {0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    setvbuf(stdout, NULL, _IONBF, 0);
-    if (argc < 2) {
-        fprintf(stderr, "usage: misuse MODE\n");
-        return 2;
-    }
-    const char *m = argv[1];
-    printf("mode %s\n", m);
+    const char *m = misuse_mode(argc, argv, "misuse");
     if (strcmp(m, "double-free") == 0) {
         double_free(40);
     } else if (strcmp(m, "double-free-medium") == 0) {
         double_free(4096);
     } else if (strcmp(m, "invalid-free-static") == 0) {
         x_free(static_area + 32);
-    } else if (strcmp(m, "invalid-free-stack") == 0) {
-        char local[128] __attribute__((aligned(64)));
-        memset(local, 0, sizeof local);
-        x_free(local + 16);
     } else if (strcmp(m, "interior-free") == 0) {
         char *p = x_malloc(100);
         memset(p, 7, 100);
         x_free(p + 16);
+    } else if (strcmp(m, "invalid-free-stack") == 0) {
+        char local[128] __attribute__((aligned(64)));
+        memset(local, 0, sizeof local);
+        x_free(local + 16);
     } else {
         fprintf(stderr, "unknown mode %s\n", m);
         return 2;

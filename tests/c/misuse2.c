@@ -48,6 +48,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "ctest.h"
+
 /* Called through volatile pointers so that gcc neither warns about nor removes the misuse. */
 static void (*volatile x_free)(void *) = free;
 static void *(*volatile x_malloc)(size_t) = malloc;
@@ -150,16 +152,8 @@ static uint64_t link_forged(char *p) {
 }
 
 int main(int argc, char **argv) {
-    struct rlimit no_core = {0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    setvbuf(stdout, NULL, _IONBF, 0);
-    if (argc < 2) {
-        fprintf(stderr, "usage: misuse2 MODE\n");
-        return 2;
-    }
-    const char *m = argv[1];
+    const char *m = misuse_mode(argc, argv, "misuse2");
     void *keep[2];
-    printf("mode %s\n", m);
     if (strcmp(m, "double-free-cached") == 0) {
         char *p = middle(40, keep);
         x_free(p);

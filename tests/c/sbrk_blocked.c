@@ -12,17 +12,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "ctest.h"
+
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-static uint64_t rng = 0x2545F4914F6CDD1Dull;
-static uint64_t rnd(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
 
 static unsigned char pat(size_t idx, size_t i) { return (unsigned char)(idx * 31 + i); }
 
@@ -66,7 +62,7 @@ int main(void) {
     }
     int failed = 0;
     while (total < target) {
-        size_t n = 16 + (size_t)(rnd() % 1009);
+        size_t n = 16 + (size_t)(rnd(&rng_state) % 1009);
         unsigned char *p = malloc(n);
         if (!p) {
             printf("FAIL - malloc(%zu) returned NULL after %zu bytes (errno %d)\n", n, total,
@@ -90,10 +86,10 @@ int main(void) {
         total += n;
         /* some churn: free and reallocate now and then */
         if (count % 16 == 0) {
-            size_t k = (size_t)(rnd() % count);
+            size_t k = (size_t)(rnd(&rng_state) % count);
             free(v[k]);
             total -= len[k];
-            size_t m = 16 + (size_t)(rnd() % 1009);
+            size_t m = 16 + (size_t)(rnd(&rng_state) % 1009);
             v[k] = malloc(m);
             if (!v[k]) {
                 printf("FAIL - malloc(%zu) returned NULL during churn\n", m);

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ctest.h"
+
 enum { THREADS = 8, OPS = 15000, SLOTS = 512, LOCAL = 64 };
 
 struct blk {
@@ -63,14 +65,6 @@ static int check(const struct blk *b, const char *what) {
             return 0;
         }
     return 1;
-}
-
-static uint64_t rnd(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
 }
 
 static size_t pick_size(uint64_t *s) {
@@ -260,6 +254,16 @@ static void *churn_thread(void *arg) {
     return NULL;
 }
 
+/* Checks and frees the blocks left in the exchange array (`what`: the message on damage). */
+static void drain_slots(const char *what) {
+    for (int k = 0; k < SLOTS; k++)
+        if (slots[k].p) {
+            check(&slots[k], what);
+            free(slots[k].p);
+            slots[k].p = NULL;
+        }
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
     pthread_t t[THREADS];
@@ -278,23 +282,13 @@ int main(void) {
         pthread_join(t[i], NULL);
     printf("ok - %d threads x %d ops joined (malloc_trim running alongside)\n", THREADS, OPS);
     /* Blocks left in the exchange array were allocated by threads that have exited. */
-    for (int k = 0; k < SLOTS; k++)
-        if (slots[k].p) {
-            check(&slots[k], "exchange block corrupted after thread exit");
-            free(slots[k].p);
-            slots[k].p = NULL;
-        }
+    drain_slots("exchange block corrupted after thread exit");
     /* Second wave: fresh threads reuse what the first wave's caches returned. */
     for (uintptr_t i = 0; i < THREADS; i++)
         pthread_create(&t[i], NULL, worker, (void *)(i + 100));
     for (int i = 0; i < THREADS; i++)
         pthread_join(t[i], NULL);
-    for (int k = 0; k < SLOTS; k++)
-        if (slots[k].p) {
-            check(&slots[k], "exchange block corrupted after second wave");
-            free(slots[k].p);
-            slots[k].p = NULL;
-        }
+    drain_slots("exchange block corrupted after second wave");
     printf("ok - second wave\n");
     /* Third phase: thread churn.  Short-lived threads allocate, hand blocks
      * to the exchange array, and exit; pthread-key destructors (which run
@@ -314,12 +308,7 @@ int main(void) {
         for (int i = 0; i < CHURN_BATCH; i++)
             pthread_join(c[i], NULL);
     }
-    for (int k = 0; k < SLOTS; k++)
-        if (slots[k].p) {
-            check(&slots[k], "exchange block corrupted after thread churn");
-            free(slots[k].p);
-            slots[k].p = NULL;
-        }
+    drain_slots("exchange block corrupted after thread churn");
     if (dtor_runs != 2 * CHURN_BATCHES * CHURN_BATCH) {
         printf("FAIL - %d key destructor runs, want %d\n", (int)dtor_runs,
                2 * CHURN_BATCHES * CHURN_BATCH);

@@ -13,13 +13,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static uint64_t rng = 0x853c49e6748fea9bull;
-static uint64_t rnd(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+#include "ctest.h"
+
+static uint64_t rng_state = 0x853c49e6748fea9bull;
 
 static long rss_mib(void) {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -43,7 +39,7 @@ int main(int argc, char **argv) {
     }
     printf("rss at start: %ld MiB\n", rss_mib());
     while (total < target && count < cap) {
-        uint64_t r = rnd();
+        uint64_t r = rnd(&rng_state);
         size_t n;
         if (r % 200 == 0)
             n = 1u << 20;
@@ -66,7 +62,7 @@ int main(int argc, char **argv) {
     printf("allocated %zu blocks, %zu MiB; rss %ld MiB\n", count, total >> 20, peak);
     /* Free in random order (Fisher-Yates shuffle first). */
     for (size_t i = count - 1; i > 0; i--) {
-        size_t j = (size_t)(rnd() % (i + 1));
+        size_t j = (size_t)(rnd(&rng_state) % (i + 1));
         void *t = v[i];
         v[i] = v[j];
         v[j] = t;

@@ -1,0 +1,33 @@
+/* Helpers shared by the C test programs in tests/c/. */
+#ifndef CTEST_H
+#define CTEST_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+/* xorshift64: the programs' deterministic random numbers (*s must not be 0). */
+static inline uint64_t rnd(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/* The start of a misuse program: no core dumps from the expected aborts, unbuffered stdout
+ * (a run shows how far it got), and the mode from argv[1], printed; exits 2 without one. */
+static inline const char *misuse_mode(int argc, char **argv, const char *prog) {
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODE\n", prog);
+        exit(2);
+    }
+    printf("mode %s\n", argv[1]);
+    return argv[1];
+}
+
+#endif
