@@ -36,7 +36,7 @@ use core::ops::{Deref, DerefMut};
 /// loom (which tracks every access) and natively.
 ///
 /// # Invariants
-/// - U1: callers uphold Rust's aliasing rules for the closure's pointer; the cell itself adds
+/// - UC1: callers uphold Rust's aliasing rules for the closure's pointer; the cell itself adds
 ///   no synchronisation.
 #[cfg(not(loom))]
 #[derive(Debug)]
@@ -109,9 +109,9 @@ fn lock_release() -> Ordering {
 /// is `const`-constructible, and can be force-released in a forked child.
 ///
 /// # Invariants
-/// - L1: `state` is `UNLOCKED`, `LOCKED` or `CONTENDED`; it is not `UNLOCKED` while an owner
+/// - LK1: `state` is `UNLOCKED`, `LOCKED` or `CONTENDED`; it is not `UNLOCKED` while an owner
 ///   holds the lock.
-/// - L2: a thread sleeps in `futex_wait` only after it observed or set `CONTENDED`, so an
+/// - LK2: a thread sleeps in `futex_wait` only after it observed or set `CONTENDED`, so an
 ///   unlock that swaps out `CONTENDED` wakes at least one sleeper.
 ///
 /// Every acquisition is an `Acquire` read-modify-write that reads `UNLOCKED`, and every release
@@ -183,7 +183,7 @@ impl RawLock {
                 return;
             }
         }
-        // Acquire: as in `lock`. Having set CONTENDED, we may sleep (L2).
+        // Acquire: as in `lock`. Having set CONTENDED, we may sleep (LK2).
         while self.state.swap(CONTENDED, lock_acquire()) != UNLOCKED {
             self.futex_wait();
         }
@@ -242,7 +242,7 @@ impl RawLock {
     #[cfg(not(loom))]
     fn futex_wait(&self) {
         // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives as long as `self`; the kernel
-        // returns at once if the word is no longer CONTENDED (no lost wake-up, L2).
+        // returns at once if the word is no longer CONTENDED (no lost wake-up, LK2).
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
@@ -665,7 +665,7 @@ impl<T> Mutex<T> {
 /// Proof that the current thread holds a [`Mutex`]; derefs to the data.
 ///
 /// # Invariants
-/// - G1: while a guard exists, its thread holds `mutex.lock` (M1).
+/// - MG1: while a guard exists, its thread holds `mutex.lock` (M1).
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
     #[cfg(loom)]
@@ -692,12 +692,12 @@ impl<T> Deref for MutexGuard<'_, T> {
     fn deref(&self) -> &T {
         #[cfg(not(loom))]
         {
-            // SAFETY: G1 — we hold the lock, so no other reference to the data exists.
+            // SAFETY: MG1 — we hold the lock, so no other reference to the data exists.
             self.mutex.data.with(|p| unsafe { &*p })
         }
         #[cfg(loom)]
         {
-            // SAFETY: G1; loom tracks the access through `ptr`.
+            // SAFETY: MG1; loom tracks the access through `ptr`.
             unsafe { (*self.ptr).deref() }
         }
     }
@@ -708,12 +708,12 @@ impl<T> DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         #[cfg(not(loom))]
         {
-            // SAFETY: G1 — we hold the lock, and `&mut self` makes this the only reference.
+            // SAFETY: MG1 — we hold the lock, and `&mut self` makes this the only reference.
             self.mutex.data.with_mut(|p| unsafe { &mut *p })
         }
         #[cfg(loom)]
         {
-            // SAFETY: G1; loom tracks the access through `ptr`.
+            // SAFETY: MG1; loom tracks the access through `ptr`.
             unsafe { (*self.ptr).deref() }
         }
     }
@@ -728,7 +728,7 @@ impl<T> Drop for MutexGuard<'_, T> {
         unsafe {
             core::mem::ManuallyDrop::drop(&mut self.ptr)
         };
-        // SAFETY: G1 — this thread holds the lock.
+        // SAFETY: MG1 — this thread holds the lock.
         unsafe { self.mutex.lock.unlock() };
     }
 }
