@@ -437,6 +437,18 @@ pub fn flush_thread_cache() {
     }
 }
 
+/// Tears the calling thread's cache down for good: its blocks go back to the central heap and
+/// its later operations take the central paths (`mallopt(M_PERTURB)`, whose fills happen
+/// there).
+pub fn tear_down_thread_cache() {
+    if let Some(tc) = tcache() {
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+            crate::diag::fatal("mallopt", e.message(), 0);
+        }
+    }
+}
+
 /// Runs the heap walker over the process-wide central heap (under its lock) and returns the
 /// first broken invariant, if any. Cost: a walk of every block; meant for tests and debugging.
 pub fn check_heap() -> Result<(), crate::central::HeapError> {
