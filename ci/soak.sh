@@ -20,20 +20,20 @@ secs=${1:-60}
 [[ $secs =~ ^[0-9]+$ && $secs -ge 10 ]] || { echo "usage: ci/soak.sh [SECONDS >= 10]" >&2; exit 2; }
 
 missing=()
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v redis-benchmark >/dev/null || missing+=(redis-tools)
-command -v memcached >/dev/null || missing+=(memcached)
-command -v gcc >/dev/null || missing+=(gcc libc6-dev)
-command -v python3 >/dev/null || missing+=(python3)
+need() { command -v "$1" >/dev/null || missing+=("${@:2}"); } # program, packages...
+need redis-server redis-server
+need redis-benchmark redis-tools
+need memcached memcached
+need gcc gcc libc6-dev
+need python3 python3
 if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "soak: installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
         echo "soak: missing ${missing[*]}; install them with: sudo apt-get install ${missing[*]}" >&2
         exit 1
     fi
+    echo "soak: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The packages start their own servers where an init system runs; ours use other ports.
 
@@ -86,47 +86,41 @@ done
 start=$(date +%s)
 deadline=$((start + secs))
 
-redis_load() { # alloc
-    local a=$1 n=0
+# Runs "$@" again and again until the deadline, then adds "LABEL: N" (the rounds run) to the
+# summary; stops at the first failed round (which reports itself through `fail`).
+repeat() { # label, command...
+    local label=$1 n=0
+    shift
     while [ "$(date +%s)" -lt "$deadline" ]; do
-        # value size, key space, requests per test (LPUSH then LPOP: the list grows by the
-        # requests times the size, then shrinks back)
-        for spec in "16 50000 5000" "128 50000 5000" "1024 20000 2000" "8192 2000 1000" \
-            "65536 200 200"; do
-            read -r size space reqs <<<"$spec"
-            [ "$(date +%s)" -lt "$deadline" ] || break
-            redis-benchmark -p "${rport[$a]}" -c 20 -n "$reqs" -r "$space" -d "$size" --csv \
-                -t set,get,incr,lpush,lpop,sadd,spop,hset,mset >>"$work/bench-$a.log" 2>&1 \
-                || { fail "redis-benchmark against redis-$a (size $size)"; return; }
-            n=$((n + 1))
-        done
-    done
-    echo "redis-$a: $n redis-benchmark runs" >>"$work/summary"
-}
-
-bgsaves() { # alloc
-    local a=$1 n=0
-    while [ "$(date +%s)" -lt "$deadline" ]; do
-        sleep 5
-        if redis-cli -p "${rport[$a]}" bgsave 2>&1 | grep -q 'started\|scheduled'; then
-            n=$((n + 1))
-        fi
-        if redis-cli -p "${rport[$a]}" info persistence | grep -q 'rdb_last_bgsave_status:err'; then
-            fail "BGSAVE of redis-$a"
-            return
-        fi
-    done
-    echo "redis-$a: $n BGSAVEs started" >>"$work/summary"
-}
-
-memcached_load() { # alloc
-    local a=$1 n=0
-    while [ "$(date +%s)" -lt "$deadline" ]; do
-        "$work/mcclient" "${mport[$a]}" 4 20000 20000 >>"$work/mcclient-$a.log" 2>&1 \
-            || { fail "mcclient against memcached-$a (exit $?): $(tail -1 "$work/mcclient-$a.log")"; return; }
+        "$@" || return 0
         n=$((n + 1))
     done
-    echo "memcached-$a: $n mcclient runs of 80000 requests over 80000 keys, values checked" >>"$work/summary"
+    echo "$label: $n" >>"$work/summary"
+}
+
+bench_round() { # alloc
+    # value size, key space, requests per test (LPUSH then LPOP: the list grows by the
+    # requests times the size, then shrinks back)
+    for spec in "16 50000 5000" "128 50000 5000" "1024 20000 2000" "8192 2000 1000" \
+        "65536 200 200"; do
+        read -r size space reqs <<<"$spec"
+        [ "$(date +%s)" -lt "$deadline" ] || return 0
+        redis-benchmark -p "${rport[$1]}" -c 20 -n "$reqs" -r "$space" -d "$size" --csv \
+            -t set,get,incr,lpush,lpop,sadd,spop,hset,mset >>"$work/bench-$1.log" 2>&1 \
+            || { fail "redis-benchmark against redis-$1 (size $size)"; return 1; }
+    done
+}
+
+bgsave_round() { # alloc
+    sleep 5
+    redis-cli -p "${rport[$1]}" bgsave >/dev/null 2>&1
+    ! redis-cli -p "${rport[$1]}" info persistence | grep -q 'rdb_last_bgsave_status:err' \
+        || { fail "BGSAVE of redis-$1"; return 1; }
+}
+
+mc_round() { # alloc
+    "$work/mcclient" "${mport[$1]}" 4 20000 20000 >>"$work/mcclient-$1.log" 2>&1 \
+        || { fail "mcclient against memcached-$1: $(tail -n 1 "$work/mcclient-$1.log")"; return 1; }
 }
 
 checker() { # alloc
@@ -149,9 +143,10 @@ sampler() {
 }
 
 for a in "${allocs[@]}"; do
-    redis_load "$a" & pids+=($!)
-    bgsaves "$a" & pids+=($!)
-    memcached_load "$a" & pids+=($!)
+    repeat "redis-$a: redis-benchmark rounds (5 value sizes each)" bench_round "$a" & pids+=($!)
+    repeat "redis-$a: BGSAVEs (every 5 s)" bgsave_round "$a" & pids+=($!)
+    repeat "memcached-$a: mcclient runs (4 threads, 80000 requests, every hit checked)" \
+        mc_round "$a" & pids+=($!)
     checker "$a" & pids+=($!)
 done
 sampler & pids+=($!)

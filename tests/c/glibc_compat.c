@@ -350,27 +350,24 @@ static void fork_children(void) {
     printf("fork_children: parent %d, 3 children\n", (int)getpid());
 }
 
+static const struct {
+    const char *name;
+    void (*run)(void);
+} modes[] = {
+    {"fork_stdio", fork_stdio},     {"fork_signal", fork_signal},
+    {"memalign_errno", memalign_errno}, {"mallopt", mallopt_values},
+    {"perturb", perturb},           {"stats_cancel", stats_cancel},
+    {"fork_children", fork_children},
+};
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    const char *m = argc > 1 ? argv[1] : "";
-    if (strcmp(m, "fork_stdio") == 0)
-        fork_stdio();
-    else if (strcmp(m, "fork_signal") == 0)
-        fork_signal();
-    else if (strcmp(m, "memalign_errno") == 0)
-        memalign_errno();
-    else if (strcmp(m, "mallopt") == 0)
-        mallopt_values();
-    else if (strcmp(m, "perturb") == 0)
-        perturb();
-    else if (strcmp(m, "stats_cancel") == 0)
-        stats_cancel();
-    else if (strcmp(m, "fork_children") == 0)
-        fork_children();
-    else {
-        fprintf(stderr, "usage: glibc_compat fork_stdio|fork_signal|memalign_errno|mallopt|"
-                        "perturb|stats_cancel|fork_children\n");
-        return 2;
-    }
-    return failures ? 1 : 0;
+    for (size_t i = 0; argc > 1 && i < sizeof modes / sizeof *modes; i++)
+        if (strcmp(argv[1], modes[i].name) == 0) {
+            modes[i].run();
+            return failures ? 1 : 0;
+        }
+    fprintf(stderr, "usage: glibc_compat fork_stdio|fork_signal|memalign_errno|mallopt|"
+                    "perturb|stats_cancel|fork_children\n");
+    return 2;
 }
