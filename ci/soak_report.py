@@ -5,9 +5,10 @@ second half of the run (least-squares slope times the half's length) and draws a
 
 A brkmalloc server fails the check when its RSS keeps growing: its second-half growth is over
 10 % of its second-half mean AND more than 1.25 times the same server's growth under glibc
-plus 16 MiB
-(so growth the workload itself causes, visible under glibc too, is not blamed on the
-allocator). Exit 0 when every brkmalloc server passes, 1 otherwise.
+plus 16 MiB (so growth the workload itself causes, visible under glibc too, is not blamed on
+the allocator). Runs shorter than 10 minutes (CI's 60 s) are still filling their key spaces
+in the second half, and their RSS swings as widely as it grows: they are allowed a quarter of
+the mean more. Exit 0 when every brkmalloc server passes, 1 otherwise.
 
 usage: soak_report.py SAMPLES.csv CHART.svg
 """
@@ -17,6 +18,7 @@ import sys
 
 COLORS = {"glibc": "#1f77b4", "brkmalloc": "#d62728"}
 DASH = {"redis": "", "memcached": "6,4"}
+SHORT_RUN_S = 600
 
 
 def growth(ts, ys):
@@ -114,7 +116,10 @@ def main():
         server, alloc = n.split("-", 1)
         if alloc == "brkmalloc":
             base = grow.get(server + "-glibc", 0.0)
-            keeps_growing = grow[n] > 0.10 * mean[n] and grow[n] > 1.25 * max(base, 0.0) + 16 * 1024
+            allow = 1.25 * max(base, 0.0) + 16 * 1024
+            if ts[-1] < SHORT_RUN_S:
+                allow += 0.25 * mean[n]  # still warming up: noisier
+            keeps_growing = grow[n] > 0.10 * mean[n] and grow[n] > allow
             verdict = "  FAIL: keeps growing" if keeps_growing else "  ok"
             failed |= keeps_growing
         print(
