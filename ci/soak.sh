@@ -179,6 +179,7 @@ for a in "${allocs[@]}"; do
     LD_PRELOAD=${preload[$a]} redis-check-rdb "$work/redis-$a/dump.rdb" >"$work/rdb-$a.log" 2>&1 \
         || fail "redis-check-rdb on redis-$a's dump: $(tail -2 "$work/rdb-$a.log")"
     echo "redis-$a: $keys keys at the end, last BGSAVE ok, dump checked by redis-check-rdb" >>"$work/summary"
+    rm -f "$work/redis-$a/dump.rdb" "$work/redis-$a"/temp-*.rdb # only the logs are kept
 done
 
 for a in "${allocs[@]}"; do
