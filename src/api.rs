@@ -116,7 +116,10 @@ pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, n: usize) -> i
             unsafe { out.write(p.as_ptr().cast()) };
             0
         }
-        None => libc::ENOMEM,
+        None => {
+            set_errno(libc::ENOMEM);
+            libc::ENOMEM
+        }
     }
 }
 
@@ -164,13 +167,21 @@ pub fn malloc_trim(pad: usize) -> i32 {
     i32::from(released)
 }
 
-/// glibc's `mallopt`: `M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD` and `M_TOP_PAD` take effect;
-/// `M_ARENA_MAX` is accepted and ignored (there is one central heap). Returns 1 on success, 0
-/// for a parameter it does not support or a negative value.
+/// glibc's `M_MXFAST` limit (`80 * sizeof(size_t) / 4`): larger values are refused.
+const MXFAST_MAX: usize = 160;
+
+/// glibc's `mallopt`, with glibc 2.36's return values: 1, except 0 for `M_MXFAST` above 160
+/// (negative values count as huge, as glibc's `size_t` conversion makes them). Effects: `M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD` (negative: never
+/// trim) and `M_TOP_PAD` as in glibc; `M_PERTURB` fills new memory with the byte's complement
+/// and freed memory with the byte (the calling thread's cache is torn down so that its
+/// operations are filled; other threads' active caches are not, as glibc's tcache is not);
+/// `M_MXFAST`, `M_MMAP_MAX`, `M_CHECK_ACTION`, `M_ARENA_TEST`, `M_ARENA_MAX` and unknown
+/// parameters are accepted and ignored (one central heap, no fastbins, misuse always checked).
 pub fn mallopt(param: i32, value: i32) -> i32 {
     ensure_config();
     let r = Ordering::Relaxed;
-    let Ok(v) = usize::try_from(value) else { return 0 };
+    // glibc converts to size_t: -1 is SIZE_MAX.
+    let v = value as isize as usize;
     match param {
         libc::M_MMAP_THRESHOLD => {
             config::MMAP_THRESHOLD_FIXED.store(true, r);
@@ -181,9 +192,17 @@ pub fn mallopt(param: i32, value: i32) -> i32 {
             config::MMAP_THRESHOLD_FIXED.store(true, r);
             config::TRIM_THRESHOLD.store(v, r);
         }
-        libc::M_TOP_PAD => config::TOP_PAD.store(v, r),
-        libc::M_ARENA_MAX => return 1,
-        _ => return 0,
+        // A negative pad would be SIZE_MAX bytes per growth: ignored (still 1, as glibc).
+        libc::M_TOP_PAD if value >= 0 => config::TOP_PAD.store(v, r),
+        libc::M_MXFAST => return i32::from(v <= MXFAST_MAX),
+        libc::M_PERTURB => {
+            config::set_perturb(value as u8);
+            if value as u8 != 0 {
+                crate::process::tear_down_thread_cache();
+            }
+            return 1;
+        }
+        _ => return 1,
     }
     apply_config();
     1

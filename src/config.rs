@@ -10,6 +10,10 @@
 use crate::diag::Line;
 use crate::size_class::MAX_CLASS_REQUEST;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::AtomicU8;
+
+/// Byte written over freed memory with `junk:1` (new memory gets its complement, `0xa5`).
+pub const JUNK_FREE: u8 = 0x5a;
 
 /// `stats` values.
 pub const STATS_OFF: usize = 0;
@@ -52,13 +56,25 @@ pub static TCACHE: AtomicBool = AtomicBool::new(true);
 pub static PURGE_DELAY_MS: AtomicUsize = AtomicUsize::new(DEFAULT_PURGE_DELAY_MS);
 /// Start a background thread that purges idle memory.
 pub static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
-/// Fill new and freed memory with junk bytes.
+/// Fill new and freed memory with junk bytes (`junk:1`, or glibc's `M_PERTURB`).
 pub static JUNK: AtomicBool = AtomicBool::new(false);
+/// The byte freed memory is filled with while [`JUNK`] is on; new memory gets its complement
+/// (glibc's `M_PERTURB` convention: `junk:1` is perturb byte `JUNK_FREE`).
+static JUNK_BYTE: AtomicUsize = AtomicUsize::new(JUNK_FREE as usize);
 /// Run the heap verifier every this many central-heap operations (0 = never).
 pub static CHECK_EVERY: AtomicUsize = AtomicUsize::new(0);
 /// Abort on a detected misuse (default), or report it, leak the block and go on (the flag
 /// lives with the reporting, `diag.rs`).
 pub use crate::diag::ABORT_ON_ERROR;
+
+/// Longest `stats_file` path, in bytes.
+pub const STATS_FILE_MAX: usize = 255;
+/// `stats_file:PATH`: the report goes to this file instead of stderr (`%p` is the pid). Bytes
+/// as atomics so that no `unsafe` is needed: written once while the options load, read at
+/// exit (Relaxed, published by the `Release` store of [`STATS_FILE_LEN`]).
+static STATS_FILE: [AtomicU8; STATS_FILE_MAX] = [const { AtomicU8::new(0) }; STATS_FILE_MAX];
+/// Length of the `stats_file` path; 0 for none.
+static STATS_FILE_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Load state: not yet, in progress, done.
 static LOAD_STATE: AtomicUsize = AtomicUsize::new(0);
@@ -105,6 +121,11 @@ fn load() {
         i += 1;
     }
     LOAD_STATE.store(2, Ordering::Relaxed);
+    if STATS.load(Ordering::Relaxed) != STATS_OFF {
+        // Now, while stderr is open: many programs close it before they exit (and a
+        // `stats_file` that cannot be opened falls back to it).
+        crate::diag::open_report_fd();
+    }
     if VERBOSE.load(Ordering::Relaxed) {
         print_options();
     }
@@ -143,6 +164,7 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
             b"json" => STATS.store(STATS_JSON, Ordering::Relaxed),
             _ => return false,
         },
+        b"stats_file" => return set_stats_file(value),
         b"verbose" => return set_bool(&VERBOSE, value),
         // Setting either threshold turns glibc's dynamic threshold off, as in glibc (only
         // when the value is valid: a rejected value keeps the defaults, dynamics included).
@@ -159,6 +181,50 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
         _ => warn(b"unknown option ignored: ", key),
     }
     true
+}
+
+/// `stats_file:PATH`: stores the path and turns the text report on if `stats` is off.
+fn set_stats_file(path: &[u8]) -> bool {
+    if path.is_empty() || path.len() > STATS_FILE_MAX || path.contains(&0) {
+        return false;
+    }
+    for (slot, &b) in STATS_FILE.iter().zip(path) {
+        slot.store(b, Ordering::Relaxed);
+    }
+    STATS_FILE_LEN.store(path.len(), Ordering::Release);
+    if STATS.load(Ordering::Relaxed) == STATS_OFF {
+        STATS.store(STATS_TEXT, Ordering::Relaxed);
+    }
+    true
+}
+
+/// The `stats_file` path with `%p` replaced by `pid`, NUL-terminated in `out`; `None` when no
+/// file was asked for (or the expansion does not fit).
+pub fn stats_file_path(pid: usize, out: &mut [u8; 2 * STATS_FILE_MAX]) -> Option<&[u8]> {
+    let len = STATS_FILE_LEN.load(Ordering::Acquire);
+    if len == 0 {
+        return None;
+    }
+    let mut n = 0;
+    let mut i = 0;
+    while i < len {
+        let b = STATS_FILE[i].load(Ordering::Relaxed);
+        if b == b'%' && i + 1 < len && STATS_FILE[i + 1].load(Ordering::Relaxed) == b'p' {
+            let mut digits = crate::diag::Line::new();
+            digits.dec(pid);
+            for &d in digits.as_bytes() {
+                *out.get_mut(n)? = d;
+                n += 1;
+            }
+            i += 2;
+        } else {
+            *out.get_mut(n)? = b;
+            n += 1;
+            i += 1;
+        }
+    }
+    *out.get_mut(n)? = 0;
+    Some(&out[..=n])
 }
 
 fn fix_threshold(ok: bool) -> bool {
@@ -249,6 +315,25 @@ pub fn print_options() {
     l.write_stderr();
 }
 
+/// The byte written over freed memory while `junk` is on.
+pub fn junk_free_byte() -> u8 {
+    JUNK_BYTE.load(Ordering::Relaxed) as u8
+}
+
+/// The byte written over new memory while `junk` is on: the complement of the free byte.
+pub fn junk_alloc_byte() -> u8 {
+    !junk_free_byte()
+}
+
+/// glibc's `mallopt(M_PERTURB, byte)`: junk filling with `byte` (freed memory) and its
+/// complement (new memory); 0 turns it off.
+pub fn set_perturb(byte: u8) {
+    if byte != 0 {
+        JUNK_BYTE.store(byte as usize, Ordering::Relaxed);
+    }
+    JUNK.store(byte != 0, Ordering::Relaxed);
+}
+
 /// Whether the thread caches may be used: off with `tcache:0`, and with `junk` or `check`,
 /// whose work happens on the central paths.
 pub fn caches_enabled() -> bool {
@@ -272,6 +357,23 @@ mod tests {
         assert_eq!(parse_size(b"-1"), None);
         assert_eq!(parse_size(b"99999999999999999999999"), None);
         assert_eq!(parse_size(b"18014398509481984k"), None, "overflow in the suffix");
+    }
+
+    #[test]
+    fn stats_file_expands_the_pid() {
+        let mut buf = [0u8; 2 * STATS_FILE_MAX];
+        assert!(set_stats_file(b"/tmp/st.%p.txt"));
+        assert_eq!(stats_file_path(4242, &mut buf), Some(&b"/tmp/st.4242.txt\0"[..]));
+        assert!(set_stats_file(b"%p%p/%"));
+        assert_eq!(stats_file_path(7, &mut buf), Some(&b"77/%\0"[..]));
+        assert!(!set_stats_file(b""));
+        assert!(!set_stats_file(&[b'a'; STATS_FILE_MAX + 1]));
+        assert!(set_stats_file(&[b'%'; STATS_FILE_MAX]), "the longest path");
+        assert!(stats_file_path(1, &mut buf).is_some());
+        assert!(set_stats_file(&b"%p".repeat(STATS_FILE_MAX / 2)));
+        assert_eq!(stats_file_path(1_234_567, &mut buf), None, "expansion too long");
+        STATS_FILE_LEN.store(0, Ordering::Release);
+        STATS.store(STATS_OFF, Ordering::Relaxed);
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! Code that runs inside `malloc` cannot use `format!`, `eprintln!` with arguments, or a panic
 //! (each may allocate, and a panic while the heap lock is held deadlocks). Every message is built
 //! here from `&'static str` pieces and hexadecimal numbers.
+//!
+//! The statistics report at exit goes to [`report_fd`]: a duplicate of stderr taken when the
+//! options are loaded, so that programs which close stderr before exiting (GNU coreutils'
+//! `close_stdout`, daemons) still get it.
+
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// A small line buffer on the stack. Text beyond its capacity is dropped, never overflowed.
 ///
@@ -102,18 +108,25 @@ impl Line {
 
     /// Writes the line to stderr (fd 2), retrying on `EINTR` and short writes.
     pub fn write_stderr(&self) {
+        self.write_fd(2);
+    }
+
+    /// Writes the line to `fd`, retrying on `EINTR` and short writes; `false` if a write
+    /// failed (a closed or broken descriptor).
+    pub fn write_fd(&self, fd: i32) -> bool {
         let mut rest = self.as_bytes();
         while !rest.is_empty() {
             // SAFETY: `rest` is a valid initialised byte slice for the duration of the call.
-            let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
             if n > 0 {
                 rest = &rest[n as usize..];
             } else if n < 0 && errno() == libc::EINTR {
                 continue;
             } else {
-                break;
+                return false;
             }
         }
+        true
     }
 }
 
@@ -121,6 +134,57 @@ impl Default for Line {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The duplicate of stderr for the statistics report; -1 until [`open_report_fd`] made one.
+/// Published with `Release` after [`REPORT_DEV`] and [`REPORT_INO`] are stored.
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+/// Device and inode of the open file behind [`REPORT_FD`] when it was made (Relaxed: written
+/// before the `Release` store of [`REPORT_FD`], read after its `Acquire` load).
+static REPORT_DEV: AtomicU64 = AtomicU64::new(0);
+/// See [`REPORT_DEV`].
+static REPORT_INO: AtomicU64 = AtomicU64::new(0);
+/// The duplicate is placed at or above this number, out of the way of programs that expect
+/// their first `open` to return 3.
+const REPORT_FD_MIN: i32 = 200;
+
+/// Device and inode of the file open on `fd`, or `None` if `fd` is not open.
+fn file_id(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid out buffer.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is a valid out pointer; fstat reports a bad descriptor as an error.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some((st.st_dev, st.st_ino))
+}
+
+/// Duplicates stderr (close-on-exec, at fd 200 or above where the limit allows) for the
+/// statistics report, once. Call from the one thread that loads the options (`config.rs`).
+/// Does nothing when stderr is already closed: [`report_fd`] then falls back to fd 2.
+pub fn open_report_fd() {
+    if REPORT_FD.load(Ordering::Acquire) >= 0 {
+        return;
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) only reads its integer arguments.
+    let mut fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, REPORT_FD_MIN) };
+    if fd < 0 {
+        // SAFETY: as above (a low RLIMIT_NOFILE rejects the high minimum).
+        fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
+    }
+    let Some((dev, ino)) = file_id(fd) else { return };
+    REPORT_DEV.store(dev, Ordering::Relaxed);
+    REPORT_INO.store(ino, Ordering::Relaxed);
+    REPORT_FD.store(fd, Ordering::Release);
+}
+
+/// Where the statistics report goes: the duplicate of stderr while it still refers to the
+/// same file (a program may have closed it and opened something else under its number), else
+/// fd 2.
+pub fn report_fd() -> i32 {
+    let fd = REPORT_FD.load(Ordering::Acquire);
+    let saved = (REPORT_DEV.load(Ordering::Relaxed), REPORT_INO.load(Ordering::Relaxed));
+    if fd >= 0 && file_id(fd) == Some(saved) { fd } else { 2 }
 }
 
 /// The calling thread's `errno`.

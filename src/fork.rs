@@ -6,10 +6,57 @@
 //! list, and that growth calls `malloc` (seen as a hang; shared/toolchain-notes.md §1e).
 //! Rust programs that use [`crate::BrkMalloc`] get them registered on their first allocation,
 //! since no constructor of an rlib is guaranteed to be linked in.
+//!
+//! Two of glibc's own `fork` behaviours are kept:
+//! - Lock order with stdio. glibc's `fork` runs the prepare handlers, *then* takes its stdio
+//!   list lock (`_IO_list_lock`), then its malloc locks. A thread that holds the list lock
+//!   (`fflush(NULL)`) may wait for a stream whose holder (`getline`) waits for our heap lock:
+//!   had `prepare` taken the heap lock first, `fork` would then wait for the list lock
+//!   forever. So `prepare` takes the list lock first (it is recursive, so glibc's own
+//!   acquisition in `fork` just counts up), then ours; `parent` releases it after ours, and
+//!   `child` resets it, as glibc does in the child. glibc exports the three functions; they
+//!   are linked directly (looking them up with `dlsym` would allocate inside `prepare`).
+//! - `fork` from a signal handler that interrupted `fork` (POSIX lists `fork` as
+//!   async-signal-safe; glibc supports it in single-threaded programs): the nested `prepare`
+//!   finds that its own thread already holds the fork locks ([`OWNER`]) and only counts the
+//!   nesting ([`DEPTH`]); the nested `parent`/`child` handlers count down without unlocking.
 
 use crate::large::REGISTRY;
 use crate::process::HEAP;
-use crate::sync::Claim;
+use crate::sync::{AtomicUsize, Claim, Ordering};
+
+#[cfg(target_env = "gnu")]
+unsafe extern "C" {
+    /// glibc: takes the (recursive) lock of the list of all stdio streams.
+    fn _IO_list_lock();
+    /// glibc: releases it once.
+    fn _IO_list_unlock();
+    /// glibc: re-initialises it (unlocked), as glibc's `fork` does in the child.
+    fn _IO_list_resetlock();
+}
+
+/// The thread (`pthread_self`) that holds the fork locks, or 0. Written by the holder only:
+/// set after it took the locks, cleared before it releases them, so another thread never
+/// reads its own id here (Relaxed: compared only with the reader's own id).
+static OWNER: AtomicUsize = AtomicUsize::new(0);
+/// Nested `fork`s in progress on the [`OWNER`] thread (1 for a plain `fork`). Touched only by
+/// the owner (Relaxed).
+static DEPTH: AtomicUsize = AtomicUsize::new(0);
+
+fn self_id() -> usize {
+    // SAFETY: pthread_self has no preconditions; it is the same in a forked child.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// A nested handler: `true` (and one level counted off) when this call belongs to a `fork`
+/// made while the calling thread already held the fork locks.
+fn leave_nested() -> bool {
+    if OWNER.load(Ordering::Relaxed) == self_id() && DEPTH.load(Ordering::Relaxed) > 1 {
+        DEPTH.fetch_sub(1, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
 
 /// Claimed by the thread that registers the handlers (`sync::Claim`; loom model
 /// `once::claim_has_one_winner`). Another thread's first allocation may return before the
@@ -34,30 +81,80 @@ pub fn ensure_installed() {
     }
 }
 
-/// Before `fork`: take every lock in the documented order (`sync.rs`): CENTRAL, then LARGE.
+/// Before `fork`: take glibc's stdio list lock, then every lock of ours in the documented
+/// order (`sync.rs`): CENTRAL, then LARGE. Nested in a `fork` of the same thread (a signal
+/// handler): count the level only.
 extern "C" fn prepare() {
+    let me = self_id();
+    if OWNER.load(Ordering::Relaxed) == me {
+        DEPTH.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // Signals wait until OWNER says who holds the locks: a handler that forks in between
+    // would not know that its thread holds them.
+    // SAFETY: all-zero sigsets are valid; sigfillset and pthread_sigmask fill valid out slots.
+    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: valid sigset pointers.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    #[cfg(target_env = "gnu")]
+    // SAFETY: glibc's recursive list lock; released by `parent`, reset by `child`.
+    unsafe {
+        _IO_list_lock()
+    };
     HEAP.raw().lock();
     REGISTRY.raw().lock();
+    DEPTH.store(1, Ordering::Relaxed);
+    OWNER.store(me, Ordering::Relaxed);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
 }
 
-/// In the parent after `fork`: release in reverse order.
+/// In the parent after `fork`: release in reverse order (glibc has already released its own
+/// count of the list lock).
 extern "C" fn parent() {
+    if leave_nested() {
+        return;
+    }
+    OWNER.store(0, Ordering::Relaxed);
+    DEPTH.store(0, Ordering::Relaxed);
     // SAFETY: `prepare` took both locks on this thread.
     unsafe {
         REGISTRY.raw().unlock();
         HEAP.raw().unlock();
     }
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `prepare` took the list lock once on this thread.
+    unsafe {
+        _IO_list_unlock()
+    };
 }
 
 /// In the child after `fork`: the locks were taken by `prepare` in the thread that forked,
 /// which is the child's only thread; release them. The heap and the registry are consistent
 /// (nobody was inside them). The forking thread's cache stays valid; the other threads'
 /// caches are gone with their threads, and the blocks they held stay allocated (leaked) in the
-/// child.
+/// child. The stdio list lock is reset (glibc resets it itself in multi-threaded parents, and
+/// leaves it as `prepare` took it in single-threaded ones). A child of a nested `fork` keeps
+/// every lock: it returns into the outer `fork`'s parent side, whose handler releases them.
 extern "C" fn child() {
+    if leave_nested() {
+        return;
+    }
+    OWNER.store(0, Ordering::Relaxed);
+    DEPTH.store(0, Ordering::Relaxed);
     // SAFETY: see above; no other thread exists in the child.
     unsafe {
         REGISTRY.raw().unlock();
         HEAP.raw().unlock();
     }
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no other thread exists in the child; glibc's `fork` does the same.
+    unsafe {
+        _IO_list_resetlock()
+    };
 }

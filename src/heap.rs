@@ -27,11 +27,6 @@ use crate::stats::{self, Counter};
 use crate::sync::Mutex;
 use crate::thread_cache::{State, ThreadCache};
 
-/// Byte written over new memory with `junk:1`.
-pub const JUNK_ALLOC: u8 = 0xa5;
-/// Byte written over freed memory with `junk:1`.
-pub const JUNK_FREE: u8 = 0x5a;
-
 /// What the front end runs over: a central heap, a way to find this thread's cache, the
 /// large-block mappings, and the options. Methods with a default describe an environment
 /// without large blocks, options or hooks (the models' and the fuzz driver's).
@@ -72,9 +67,9 @@ pub trait Env {
     /// Runs at the start of every central-heap operation (`check:N`).
     fn on_central(&self) {}
 
-    /// Whether new and freed memory is filled with junk (`junk:1`).
-    fn junk(&self) -> bool {
-        false
+    /// The bytes new and freed memory are filled with (`junk:1`, `M_PERTURB`), if any.
+    fn junk(&self) -> Option<(u8, u8)> {
+        None
     }
 
     /// Maps a large block of at least `n` bytes aligned to `align`.
@@ -281,9 +276,9 @@ impl<E: Env> Front<E> {
             // SAFETY: `n <= MAX_CLASS_REQUEST`.
             stats::add(unsafe { class_for_request(n) }, Counter::DirectAllocs, 1);
         }
-        if self.0.junk() {
+        if let Some((fill, _)) = self.0.junk() {
             // SAFETY: a fresh block with at least `n` usable bytes.
-            unsafe { ptr::write_bytes(p.as_ptr(), JUNK_ALLOC, n) };
+            unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
         }
         Some(p)
     }
@@ -468,11 +463,11 @@ impl<E: Env> Front<E> {
         self.0.on_slow_path();
         self.0.on_central();
         let mut heap = self.0.central().lock();
-        if self.0.junk()
+        if let Some((_, fill)) = self.0.junk()
             && let Ok(n) = heap.usable_size(p)
         {
             // SAFETY: a validated in-use block of ours with `n` usable bytes.
-            unsafe { ptr::write_bytes(p.as_ptr(), JUNK_FREE, n) };
+            unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
         }
         let r = heap.free(p);
         drop(heap);

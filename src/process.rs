@@ -76,8 +76,10 @@ impl Env for Process {
         check_hook();
     }
 
-    fn junk(&self) -> bool {
-        config::JUNK.load(Ordering::Relaxed)
+    fn junk(&self) -> Option<(u8, u8)> {
+        config::JUNK
+            .load(Ordering::Relaxed)
+            .then(|| (config::junk_alloc_byte(), config::junk_free_byte()))
     }
 
     fn large_alloc(&self, n: usize, align: usize) -> Option<NonNull<u8>> {
@@ -293,6 +295,18 @@ pub fn lock_contended() -> usize {
 /// this first; tests use it to account for every block).
 pub fn flush_thread_cache() {
     FRONT.flush_cache();
+}
+
+/// Tears the calling thread's cache down for good: its blocks go back to the central heap and
+/// its later operations take the central paths (`mallopt(M_PERTURB)`, whose fills happen
+/// there).
+pub fn tear_down_thread_cache() {
+    if let Some(tc) = tls::cache() {
+        // SAFETY: this thread's cache.
+        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+            diag::fatal("mallopt", e.message(), 0);
+        }
+    }
 }
 
 /// Runs the whole verifier (`Front::check`: the central heap, this thread's cache, the

@@ -106,6 +106,15 @@ impl Sink for Stderr {
     }
 }
 
+/// A file descriptor, through `write(2)`.
+pub struct Fd(pub i32);
+
+impl Sink for Fd {
+    fn put(&mut self, line: &Line) {
+        line.write_fd(self.0);
+    }
+}
+
 /// A C `FILE *`, through `fwrite` (glibc's `malloc_info` writes to one).
 pub struct CFile(pub *mut libc::FILE);
 
@@ -302,17 +311,61 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
     out.put(&l);
 }
 
-/// Prints the statistics if `stats` is on (called at exit).
+/// Prints the statistics if `stats` is on (called at exit, in every process that exits
+/// through `exit`, forked children included): to the `stats_file` (appended, created 0644;
+/// `%p` makes it one file per process), else to the duplicate of stderr taken at start-up
+/// (`diag::report_fd`), which survives a program closing its stderr.
 pub fn at_exit() {
-    match config::STATS.load(Ordering::Relaxed) {
-        config::STATS_TEXT => write_text(&stats(), &mut Stderr),
-        config::STATS_JSON => write_json(&stats(), &mut Stderr),
-        _ => {}
+    let mode = config::STATS.load(Ordering::Relaxed);
+    if mode == config::STATS_OFF {
+        return;
+    }
+    let mut path = [0u8; 2 * config::STATS_FILE_MAX];
+    let mut file = -1;
+    if let Some(p) = config::stats_file_path(std_pid(), &mut path) {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC;
+        // SAFETY: `p` is NUL-terminated (`stats_file_path`).
+        file = unsafe { libc::open(p.as_ptr().cast(), flags, 0o644) };
+        if file < 0 {
+            let mut l = Line::new();
+            l.str("brkmalloc: stats_file: cannot open '")
+                .str(core::str::from_utf8(&p[..p.len() - 1]).unwrap_or("?"))
+                .str("'; statistics on stderr\n");
+            l.write_fd(crate::diag::report_fd());
+        }
+    }
+    let mut out = Fd(if file >= 0 { file } else { crate::diag::report_fd() });
+    if mode == config::STATS_JSON {
+        write_json(&stats(), &mut out);
+    } else {
+        write_text(&stats(), &mut out);
+    }
+    if file >= 0 {
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { libc::close(file) };
     }
 }
 
-/// glibc's `malloc_stats()`: the same lines as glibc, to stderr.
+unsafe extern "C" {
+    /// POSIX; not in the `libc` crate.
+    fn pthread_setcancelstate(state: libc::c_int, old: *mut libc::c_int) -> libc::c_int;
+}
+/// `PTHREAD_CANCEL_DISABLE` of glibc's `<pthread.h>`.
+const PTHREAD_CANCEL_DISABLE: libc::c_int = 1;
+
+/// glibc's `malloc_stats()`: the same lines as glibc, to stderr. Cancellation is disabled
+/// while it prints, as in glibc (`write` is a cancellation point: a pending cancel would
+/// otherwise end the thread at the first line).
 pub fn malloc_stats() {
+    let mut old = 0;
+    // SAFETY: a valid out pointer; the state is restored below.
+    unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) };
+    write_malloc_stats();
+    // SAFETY: restores the state saved above (a pending cancel acts at the next point).
+    unsafe { pthread_setcancelstate(old, &mut old) };
+}
+
+fn write_malloc_stats() {
     let s = stats();
     let in_use = s.heap.used_bytes;
     for (label, value) in [
