@@ -10,7 +10,8 @@
 #  4. the launcher's exit codes (127, 126) and --help / --version;
 #  5. `cargo install --path` of a copy of the checkout, the copy deleted, and the installed
 #     launcher run from /tmp with an empty cache (it unpacks its embedded library);
-#  6. with BRKMALLOC_PACKAGE_INSTALL=1 (as root): a real `apt-get install ./brkmalloc_*.deb`,
+#  6. `cargo package` of the library crate (its verification build included);
+#  7. with BRKMALLOC_PACKAGE_INSTALL=1 (as root): a real `apt-get install ./brkmalloc_*.deb`,
 #     a run through /usr/bin/brkmalloc-run and LD_PRELOAD=libbrkmalloc.so.0, then
 #     `apt-get remove` and a check that nothing is left. Off by default: it changes the system.
 set -euo pipefail
@@ -110,7 +111,8 @@ found=$(cd /tmp && "$launcher" --print-lib)
 echo "ok: $launcher --print-lib: $found"
 compare launcher "$launcher" --stats sqlite3 :memory:
 compare preload env LD_PRELOAD="$lib" BRKMALLOC_CONF=stats:1 sqlite3 :memory:
-LD_PRELOAD=$lib cat /proc/self/maps | grep -q "$lib" || fail "libbrkmalloc.so.0 not in /proc/PID/maps"
+LD_PRELOAD=$lib cat /proc/self/maps >"$scratch/maps"
+grep -q "$lib" "$scratch/maps" || fail "libbrkmalloc.so.0 not in /proc/PID/maps"
 echo "ok: /proc/PID/maps of a preloaded cat lists $lib"
 
 step "launcher: exit codes, --help, --version"
@@ -138,16 +140,16 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
 # A fixed copy path and target dir keep repeated runs incremental.
 CARGO_TARGET_DIR=$root/target/install-test cargo install --locked --quiet --path "$src" --root "$scratch/inst"
 rm -rf "$src"
-installed=$scratch/inst/bin/brkmalloc-run
-export HOME=$scratch/home XDG_CACHE_HOME=
-found=$(cd /tmp && "$installed" --print-lib)
-echo "$installed --print-lib: $found"
+# An empty cache: a HOME of its own.
+installed=(env HOME="$scratch/home" XDG_CACHE_HOME= "$scratch/inst/bin/brkmalloc-run")
+found=$(cd /tmp && "${installed[@]}" --print-lib)
+echo "$scratch/inst/bin/brkmalloc-run --print-lib: $found"
 if [ ! -e /usr/lib/x86_64-linux-gnu/libbrkmalloc.so.0 ] && [ ! -e /usr/local/lib/libbrkmalloc.so.0 ]; then
-    case $found in "$HOME/.cache/brkmalloc/"*/libbrkmalloc.so.0) ;; *) fail "expected the unpacked embedded copy" ;; esac
+    case $found in "$scratch/home/.cache/brkmalloc/"*/libbrkmalloc.so.0) ;; *) fail "expected the unpacked embedded copy" ;; esac
     cmp -s "$found" "$root/target/install-test/embed/release/libbrkmalloc.so" || fail "the unpacked copy differs from the build"
 fi
-compare installed "$installed" --stats sqlite3 :memory:
-[ "$(cd /tmp && "$installed" --print-lib)" = "$found" ] || fail "a second run chose another library"
+compare installed "${installed[@]}" --stats sqlite3 :memory:
+[ "$(cd /tmp && "${installed[@]}" --print-lib)" = "$found" ] || fail "a second run chose another library"
 echo "ok: the second run reuses $found"
 
 if [ "${BRKMALLOC_PACKAGE_INSTALL:-0}" = 1 ]; then
@@ -166,5 +168,14 @@ if [ "${BRKMALLOC_PACKAGE_INSTALL:-0}" = 1 ]; then
     done
     echo "ok: installed, ran, removed; nothing left"
 fi
+
+step "cargo package -p brkmalloc (the library crate, as it would be published)"
+rm -f target/package/brkmalloc-*.crate
+# (It warns that tests/ and benches/ are left out of the package: on purpose, see Cargo.toml.)
+cargo package -p brkmalloc --allow-dirty --quiet 2>"$scratch/package.err" || {
+    cat "$scratch/package.err"
+    fail "cargo package"
+}
+ls target/package/brkmalloc-*.crate
 
 step "ci/package.sh passed"

@@ -24,17 +24,21 @@ use clap::Parser;
     name = "brkmalloc-run",
     version,
     override_usage = "brkmalloc-run [OPTIONS] [--] PROGRAM [ARGS]...\n       brkmalloc-run --print-lib",
-    after_help = "Examples:\n  brkmalloc-run --stats sqlite3 :memory: 'select 1'\n  \
-                  brkmalloc-run --stats=json --conf tcache_max_bytes:256k,junk:1 -- ./server --port 80\n\n\
-                  Environment: BRKMALLOC_CONF (options; --conf and --stats are added after it \
-                  and win), BRKMALLOC_LIB (the library to preload, as --lib), LD_PRELOAD (kept, \
-                  after brkmalloc).\n\
-                  Exit status: the program's; 127 if it is not found, 126 if it cannot be \
-                  executed, 2 for a usage error, 1 if no libbrkmalloc.so is found."
+    after_help = "\
+Examples:
+  brkmalloc-run --stats sqlite3 :memory: 'select 1'
+  brkmalloc-run --stats=json --conf tcache_max_bytes:256k,junk:1 -- ./server --port 80
+
+Environment:
+  BRKMALLOC_CONF  options; --conf and --stats are added after it, so they win
+  BRKMALLOC_LIB   the library to preload (as --lib)
+  LD_PRELOAD      kept, after libbrkmalloc
+
+Exit status: the program's; 127 if it is not found, 126 if it cannot be executed,
+2 for a usage error, 1 if no libbrkmalloc.so is found."
 )]
 struct Cli {
-    /// Print allocator statistics when the program exits: a table, or one JSON object with
-    /// --stats=json (the option stats:1 / stats:json).
+    /// Print statistics at exit: a table, or JSON with --stats=json
     #[arg(
         long,
         value_name = "FORMAT",
@@ -45,21 +49,19 @@ struct Cli {
     )]
     stats: Option<String>,
 
-    /// brkmalloc options, key:value,... as in BRKMALLOC_CONF (see the README's option table).
-    /// May be repeated; later settings win.
+    /// Add brkmalloc options, as in BRKMALLOC_CONF (repeatable; later ones win)
     #[arg(long, value_name = "KEY:VALUE,...", value_parser = parse_conf)]
     conf: Vec<String>,
 
-    /// The libbrkmalloc.so to preload, instead of searching for one [env: BRKMALLOC_LIB].
+    /// Preload this library instead of searching for one [env: BRKMALLOC_LIB]
     #[arg(long, value_name = "PATH")]
     lib: Option<PathBuf>,
 
-    /// Print the path of the library that would be preloaded, and exit.
+    /// Print the path of the library that would be preloaded, and exit
     #[arg(long)]
     print_lib: bool,
 
-    /// The program to run and its arguments (put `--` before them if the program's name
-    /// starts with `-`).
+    /// The program to run, and its arguments
     #[arg(
         value_name = "PROGRAM [ARGS]",
         required_unless_present = "print_lib",
