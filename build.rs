@@ -62,11 +62,12 @@ fn wants_embedding() -> bool {
 /// so that a launcher still comes out, one that needs an installed library.
 fn build_library(profile_dir: &Path) -> Option<PathBuf> {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR")?);
-    for dir in ["src", "preload/src"] {
-        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    // What the library is built from: not src/bin, so that an edit to the launcher does
+    // not rebuild the allocator (cargo rebuilds a package whose build script reran).
+    watch_sources(&root.join("src"));
+    for path in ["preload/src", "preload/Cargo.toml", "preload/build.rs", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("preload/Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", root.join("preload/build.rs").display());
     let target_dir = profile_dir.parent()?.join("embed");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut nested = Command::new(cargo);
@@ -94,6 +95,21 @@ fn build_library(profile_dir: &Path) -> Option<PathBuf> {
         Ok(s) if s.success() && so.exists() => Some(so),
         Ok(s) => warn(&format!("building the embedded libbrkmalloc.so failed ({s})")),
         Err(e) => warn(&format!("cannot run cargo to build the embedded libbrkmalloc.so: {e}")),
+    }
+}
+
+/// `rerun-if-changed` for every file under `dir` but the launcher's (`src/bin`).
+fn watch_sources(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name() != Some("bin".as_ref()) {
+                watch_sources(&path);
+            }
+        } else {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
 }
 

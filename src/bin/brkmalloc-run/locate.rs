@@ -2,7 +2,7 @@
 //!
 //! 1. `--lib PATH` or `BRKMALLOC_LIB=PATH` (an error if it is not a file);
 //! 2. from the source tree (the launcher is the one cargo built in this checkout's target
-//!    directory): `cargo build --release -p brkmalloc-preload`, then that build's
+//!    directory): `cargo build --release --lib -p brkmalloc -p brkmalloc-preload`, then that build's
 //!    `target/release/libbrkmalloc.so`, so that an edit to the allocator is always what runs;
 //! 3. next to the launcher: `libbrkmalloc.so.0`, then `libbrkmalloc.so`;
 //! 4. in `../lib` from the launcher, then in `../lib/<multiarch>` (an install prefix, such as
@@ -64,7 +64,19 @@ fn build_in_tree(manifest: &Path) -> Result<PathBuf, String> {
     let target_dir = profile_dir.parent().unwrap_or(profile_dir);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "-p", "brkmalloc-preload", "--manifest-path"])
+        // The same packages as `cargo build --release` (the default members), so that the
+        // allocator crate gets the same features and neither build undoes the other's.
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--lib",
+            "-p",
+            "brkmalloc",
+            "-p",
+            "brkmalloc-preload",
+        ])
+        .arg("--manifest-path")
         .arg(manifest)
         .arg("--target-dir")
         .arg(target_dir)
