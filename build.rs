@@ -1,13 +1,15 @@
 //! Embeds `libbrkmalloc.so` in the `brkmalloc-run` launcher, so that a launcher installed with
 //! `cargo install --path .` works once the checkout is gone (README, "Install").
 //!
-//! Only for release builds with the `launcher` feature and the `preload/` sources present:
-//! it runs `cargo build --release -p brkmalloc-preload` in a target directory of its own
-//! (`<target>/embed`; the outer cargo holds the lock on `<target>/release`) and hands the
+//! Only for plain release builds with the `launcher` feature and the `preload/` sources
+//! present: it runs `cargo build --release -p brkmalloc-preload` in a target directory of its
+//! own (`<target>/embed`; the outer cargo holds the lock on `<target>/release`) and hands the
 //! launcher the file's path and an FNV-1a hash of its bytes (the name of its cache
-//! directory). Everywhere else (debug builds, `cargo package`'s verification build, which has
-//! no `preload/`, or `BRKMALLOC_EMBED=0`) it embeds nothing and the launcher relies on finding
-//! an installed library. The allocator library itself never sees any of this.
+//! directory). Everywhere else (debug builds, loom/sanitizer/fuzz builds, `cargo package`'s
+//! verification build, which has no `preload/`, or `BRKMALLOC_EMBED=0`) it embeds nothing
+//! and the launcher relies on finding an installed library. The nested build compiles this
+//! crate, and so runs this script, again: it runs with `BRKMALLOC_EMBED=0`, which ends the
+//! recursion. The allocator library itself never sees any of this.
 //!
 //! It also hands the launcher the directory its own profile builds into
 //! (`BRKMALLOC_PROFILE_DIR`), which is how a launcher knows that it runs from the source tree.
@@ -41,9 +43,25 @@ fn main() {
     println!("cargo:rustc-env=BRKMALLOC_EMBEDDED_HASH={hash:016x}");
 }
 
-/// Release profile, the launcher feature on, and the preload crate's sources at hand.
+/// Builds with these cfgs (from RUSTFLAGS; cargo passes them to build scripts as
+/// `CARGO_CFG_*`) compile this crate for their own tests: the loom models (`ci/loom.sh`, a
+/// release build), the sanitizers, the fuzzer, Miri, the planted defects. A nested build would
+/// inherit their RUSTFLAGS and fail or waste minutes.
+const SPECIAL_CFGS: &[&str] = &[
+    "CARGO_CFG_LOOM",
+    "CARGO_CFG_SANITIZE",
+    "CARGO_CFG_FUZZING",
+    "CARGO_CFG_MIRI",
+    "CARGO_CFG_BRKMALLOC_SABOTAGE",
+    "CARGO_CFG_BRKMALLOC_PLANTED_RACE",
+];
+
+/// Release profile, the launcher feature on, no special cfg, and the preload crate's sources
+/// at hand.
 fn wants_embedding() -> bool {
-    if env::var_os("CARGO_FEATURE_LAUNCHER").is_none() {
+    if env::var_os("CARGO_FEATURE_LAUNCHER").is_none()
+        || SPECIAL_CFGS.iter().any(|cfg| env::var_os(cfg).is_some())
+    {
         return false;
     }
     match env::var("BRKMALLOC_EMBED").as_deref() {
