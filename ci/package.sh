@@ -28,7 +28,8 @@ command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v nm >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
-    [ "$(id -u)" = 0 ] || fail "missing ${need[*]}; install them with: sudo apt-get install ${need[*]}"
+    [ "$(id -u)" = 0 ] ||
+        fail "missing ${need[*]}; install them with: sudo apt-get install ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -41,7 +42,8 @@ fi
 cat >"$scratch/work.sql" <<'SQL'
 create table t(a integer primary key, b text);
 with recursive c(x) as (select 1 union all select x + 1 from c where x < 20000)
-insert into t select x, printf('%08d-%s', (x * 7919) % 20011, substr('abcdefghijklmnopqrstuvwxyz', 1 + x % 26)) from c;
+insert into t select x, printf('%08d-%s', (x * 7919) % 20011,
+                               substr('abcdefghijklmnopqrstuvwxyz', 1 + x % 26)) from c;
 create index tb on t(b);
 select count(*), sum(length(b)), min(b), max(b) from t;
 select a, b from t order by b desc limit 5;
@@ -62,8 +64,10 @@ compare() {
         diff "$scratch/plain.out" "$scratch/$name.out" | head -20
         fail "$name: output differs from the plain run"
     }
-    grep -q '^brkmalloc statistics' "$scratch/$name.err" || fail "$name: no brkmalloc statistics on stderr"
-    echo "ok: $name: same $(wc -l <"$scratch/$name.out") lines as the plain run; $(grep -m1 '^central heap' "$scratch/$name.err")"
+    grep -q '^brkmalloc statistics' "$scratch/$name.err" ||
+        fail "$name: no brkmalloc statistics on stderr"
+    echo "ok: $name: same $(wc -l <"$scratch/$name.out") lines as the plain run;" \
+        "$(grep -m1 '^central heap' "$scratch/$name.err")"
 }
 
 step "build (target/deb, BRKMALLOC_EMBED=0) and cargo deb --no-build"
@@ -122,7 +126,8 @@ printf '#!/bin/sh\necho hi\n' >"$scratch/not-exec"; chmod 644 "$scratch/not-exec
 "$launcher" -- "$scratch/not-exec" 2>"$scratch/e2"; rc2=$?
 "$launcher" --conf bad 2>/dev/null; rc3=$?
 set -e
-[ $rc1 = 127 ] && grep -q brkmalloc-no-such-program "$scratch/e1" || fail "missing program: rc $rc1, $(cat "$scratch/e1")"
+[ $rc1 = 127 ] && grep -q brkmalloc-no-such-program "$scratch/e1" ||
+    fail "missing program: rc $rc1, $(cat "$scratch/e1")"
 [ $rc2 = 126 ] || fail "non-executable program: rc $rc2, $(cat "$scratch/e2")"
 [ $rc3 = 2 ] || fail "bad --conf: rc $rc3"
 echo "ok: not found -> 127 ($(cat "$scratch/e1")); not executable -> 126 ($(cat "$scratch/e2")); bad --conf -> 2"

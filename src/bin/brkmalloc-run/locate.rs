@@ -2,8 +2,9 @@
 //!
 //! 1. `--lib PATH` or `BRKMALLOC_LIB=PATH` (an error if it is not a file);
 //! 2. from the source tree (the launcher is the one cargo built in this checkout's target
-//!    directory): `cargo build --release --lib -p brkmalloc -p brkmalloc-preload`, then that build's
-//!    `target/release/libbrkmalloc.so`, so that an edit to the allocator is always what runs;
+//!    directory): `cargo build --release --lib -p brkmalloc -p brkmalloc-preload`, then that
+//!    build's `target/release/libbrkmalloc.so`, so that an edit to the allocator is always what
+//!    runs;
 //! 3. next to the launcher: `libbrkmalloc.so.0`, then `libbrkmalloc.so`;
 //! 4. in `../lib` from the launcher, then in `../lib/<multiarch>` (an install prefix, such as
 //!    `/usr/local` or the Debian package's `/usr`);
