@@ -1,7 +1,13 @@
 //! brkmalloc: a multi-threaded `malloc` for Linux.
 //!
 //! A central heap of boundary-tag blocks (grown with `sbrk`, falling back to `mmap`) behind one
-//! mutex; large blocks in their own mappings. Use it from Rust as a global allocator:
+//! mutex, per-thread caches of size-classed blocks in front of it, and large blocks in their
+//! own mappings. Use it from Rust as the global allocator:
+//!
+//! ```toml
+//! [dependencies]
+//! brkmalloc = { version = "0.1", default-features = false, features = ["hardening"] }
+//! ```
 //!
 //! ```
 //! #[global_allocator]
@@ -11,8 +17,14 @@
 //! assert_eq!(v.iter().sum::<u64>(), 499_500);
 //! ```
 //!
-//! or from any program through `LD_PRELOAD=target/release/libbrkmalloc.so` (the `preload`
-//! crate). This crate exports no C symbols: linking it never replaces the process's `malloc`.
+//! Features: `hardening` (on by default) keeps the misuse checks on the fast paths;
+//! `launcher` (on by default, not needed by a Rust program) builds the `brkmalloc-run`
+//! launcher and brings in its command-line parser, hence `default-features = false` above.
+//!
+//! This crate exports no C symbols: linking it never replaces the process's `malloc`. For
+//! that, any program can run on brkmalloc through `LD_PRELOAD=libbrkmalloc.so.0` (the
+//! `brkmalloc-preload` crate of the repository, also in its Debian package) or through the
+//! launcher, `brkmalloc-run PROGRAM [ARGS]`; see the README.
 //!
 //! Modules in dependency order, lowest first: `sync` ← `diag` ← `os` ← `size_class` ← `block`
 //! ← `stats` ← `central` ← `thread_cache` ← `heap` (the front end) ← `config` ← `large` ←

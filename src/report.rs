@@ -116,13 +116,27 @@ impl Sink for Fd {
 }
 
 /// A C `FILE *`, through `fwrite` (glibc's `malloc_info` writes to one).
-pub struct CFile(pub *mut libc::FILE);
+///
+/// # Invariants
+/// - CF1: the stream is valid and open for writing for the life of the value ([`CFile::new`]
+///   is where the caller promises it), so [`Sink::put`] can stay a safe function.
+pub struct CFile(*mut libc::FILE);
+
+impl CFile {
+    /// Wraps `stream`.
+    ///
+    /// # Safety
+    /// `stream` is a valid `FILE *` open for writing, and stays so while the `CFile` lives.
+    pub unsafe fn new(stream: *mut libc::FILE) -> Self {
+        Self(stream)
+    }
+}
 
 impl Sink for CFile {
     fn put(&mut self, line: &Line) {
         let b = line.as_bytes();
-        // SAFETY: the caller of `malloc_info` passed a valid stream; no lock of ours is held,
-        // so stdio may allocate its buffer through our malloc.
+        // SAFETY: CF1 — a valid stream; no lock of ours is held, so stdio may allocate its
+        // buffer through our malloc.
         unsafe { libc::fwrite(b.as_ptr().cast(), 1, b.len(), self.0) };
     }
 }

@@ -42,6 +42,9 @@ use brkmalloc::os::{FixedArena, PAGE};
 use brkmalloc::sync::Mutex;
 use brkmalloc::thread_cache::{ThreadCache, max_count};
 
+/// Where in its page every model's arena starts (see [`Heap::new`]).
+pub const ARENA_PAGE_OFFSET: usize = 256;
+
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
 pub const DEFAULT_PREEMPTIONS: usize = 2;
 
@@ -128,12 +131,20 @@ pub struct Heap {
 impl Heap {
     /// A heap over an arena of `pages` pages, with the top pad off so that each growth takes
     /// one page and small models stay small.
+    ///
+    /// The arena starts [`ARENA_PAGE_OFFSET`] bytes into a page, wherever the buffer lands, so
+    /// the models are deterministic: a block whose payload lies less than 32 bytes into a page
+    /// takes the front end's central path instead of its cache (`UserPtr::header_on_same_page`),
+    /// and with an arbitrary buffer address the setup of a model could differ from run to run.
     pub fn new(pages: usize) -> Self {
         let cap = pages * PAGE;
-        let mut buf = vec![0u128; cap / 16].into_boxed_slice();
-        let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
-        // SAFETY: the buffer is zeroed, 16-aligned, owned by `Heap` and outlives the heap
-        // (field order).
+        let mut buf = vec![0u128; (cap + PAGE) / 16].into_boxed_slice();
+        let start = buf.as_mut_ptr().cast::<u8>();
+        let skip = (ARENA_PAGE_OFFSET + PAGE - start.addr() % PAGE) % PAGE;
+        // SAFETY: `skip < PAGE`, and the buffer holds `cap + PAGE` bytes.
+        let base = NonNull::new(unsafe { start.add(skip) }).unwrap();
+        // SAFETY: the `cap` bytes from `base` are zeroed, 16-aligned (both `start` and `skip`
+        // are), owned by `Heap` and outlive the heap (field order).
         let arena = unsafe { FixedArena::new(base, cap) };
         let mut heap = CentralHeap::new(arena);
         heap.top_pad = 0;

@@ -63,7 +63,9 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
         brkmalloc_core::diag::set_errno(libc::EINVAL);
         return -1;
     }
-    brkmalloc_core::report::malloc_info(&mut brkmalloc_core::report::CFile(stream));
+    // SAFETY: forwarded contract: a valid stream, open for writing during the call.
+    let mut out = unsafe { brkmalloc_core::report::CFile::new(stream) };
+    brkmalloc_core::report::malloc_info(&mut out);
     0
 }
 
