@@ -86,7 +86,9 @@ pub const HARDENED: bool = cfg!(feature = "hardening");
 
 /// Written into the second payload word of every cached block, cleared when it leaves the
 /// cache. A freed block that carries it is looked up in the cache: found, it is a double free.
-pub const CACHE_KEY: usize = 0x6b72_6263_6163_6865 ^ 0x5a5a_0000_0000_a5a5;
+/// A sign-extended 32-bit value, so compare and store take it as an immediate (no `movabs`);
+/// with its high half all ones it is not a small integer, a length or a user-space pointer.
+pub const CACHE_KEY: usize = (-0x3a5b_7c1d_i64) as usize;
 
 /// The check tag of a header at `addr`: bits 4–19 of its payload address `addr + 8` (B5). The
 /// free fast path compares it against the user pointer shifted left by 44, one instruction.

@@ -95,31 +95,16 @@ unsafe fn link_in(slot: UserPtr, next: *mut u8) {
     }
 }
 
-/// The list of one class code.
-///
-/// # Invariants
-/// - T1: `max - room` blocks are linked from `head` through their first payload word, each in
-///   use as far as the heap knows, of block size at least `class_size(class)`, with
-///   [`CACHE_KEY`] in its second payload word (with `hardening`).
-/// - T2: `room <= max`; codes at or above [`NCLASSES`] have `max == 0` (no list).
+/// The slow paths' view of the list of one class code: its limit and next refill batch. (The
+/// list's head and room live in arrays of their own, `ThreadCache::heads` and `rooms`, so the
+/// fast paths index them with a scaled address and no shift.)
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-pub struct Bin {
-    head: *mut u8,
-    /// Free slots left before the list is full.
-    room: u32,
+struct Limit {
     /// List limit.
     max: u16,
     /// Next refill's batch.
     batch: u16,
-}
-
-impl Bin {
-    const EMPTY: Bin = Bin { head: ptr::null_mut(), room: 0, max: 0, batch: 0 };
-
-    fn count(&self) -> u32 {
-        u32::from(self.max) - self.room
-    }
 }
 
 /// List limit of class `c` for a cache of at most `max_bytes`: `max_bytes / 64` bytes of
@@ -138,6 +123,10 @@ pub fn max_count(c: usize, max_bytes: usize) -> u32 {
 /// One thread's cache.
 ///
 /// # Invariants
+/// - T1: for each class code `c`, `max - rooms[c]` blocks are linked from `heads[c]` through
+///   their first payload word, each in use as far as the heap knows, of block size at least
+///   `class_size(c)`, with [`CACHE_KEY`] in its second payload word (with `hardening`).
+/// - T2: `rooms[c] <= limits[c].max`; codes at or above [`NCLASSES`] have `max == 0` (no list).
 /// - T3: all-zero bytes are a valid `Uninit` cache ([`ThreadCache::new`]), so a zero-filled
 ///   thread-local block is one (`tls.rs`).
 /// - T4: the cache holds at most `sum(max_count(c) * class_size(c)) <= max_bytes` bytes.
@@ -146,7 +135,12 @@ pub fn max_count(c: usize, max_bytes: usize) -> u32 {
 #[derive(Debug)]
 #[repr(C)]
 pub struct ThreadCache {
-    bins: [Bin; CLASS_CODES],
+    /// The head of each list.
+    heads: [*mut u8; CLASS_CODES],
+    /// Free slots left in each list before it is full.
+    rooms: [u32; CLASS_CODES],
+    /// Each list's limit and refill batch.
+    limits: [Limit; CLASS_CODES],
     /// Pops until the next collection (T6).
     gc_countdown: u32,
     /// The class the next collection visits.
@@ -173,7 +167,9 @@ impl ThreadCache {
     /// A cache in `Uninit` (T3, T5).
     pub const fn new() -> Self {
         Self {
-            bins: [Bin::EMPTY; CLASS_CODES],
+            heads: [ptr::null_mut(); CLASS_CODES],
+            rooms: [0; CLASS_CODES],
+            limits: [Limit { max: 0, batch: 0 }; CLASS_CODES],
             gc_countdown: 0,
             gc_next: 0,
             dry: 0,
@@ -190,17 +186,17 @@ impl ThreadCache {
 
     /// Bytes of blocks in the cache, by class size (a walk of the counts; not for fast paths).
     pub fn bytes(&self) -> usize {
-        (0..NCLASSES).map(|c| self.bins[c].count() as usize * class_size(c)).sum()
+        (0..NCLASSES).map(|c| self.count(c) * class_size(c)).sum()
     }
 
     /// Blocks cached for class `c`.
     pub fn count(&self, c: usize) -> usize {
-        self.bins[c].count() as usize
+        (u32::from(self.limits[c].max) - self.rooms[c]) as usize
     }
 
     /// The list limit of class `c`.
     pub fn limit(&self, c: usize) -> usize {
-        usize::from(self.bins[c].max)
+        usize::from(self.limits[c].max)
     }
 
     /// Adds the allocations this cache served since the last merge to the statistics.
@@ -213,9 +209,11 @@ impl ThreadCache {
 
     /// Sets the limits and moves to `Active`.
     pub fn activate(&mut self, max_bytes: usize) {
-        for (c, bin) in self.bins.iter_mut().enumerate().take(NCLASSES) {
+        for c in 0..NCLASSES {
             let max = max_count(c, max_bytes).min(u32::from(u16::MAX)) as u16;
-            *bin = Bin { head: ptr::null_mut(), room: u32::from(max), max, batch: FIRST_BATCH };
+            self.heads[c] = ptr::null_mut();
+            self.rooms[c] = u32::from(max);
+            self.limits[c] = Limit { max, batch: FIRST_BATCH };
         }
         self.gc_countdown = GC_INTERVAL;
         self.max_kib = u32::try_from(max_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
@@ -225,9 +223,9 @@ impl ThreadCache {
     /// Gives class `c` no list (an empty one with no room), right after [`Self::activate`]:
     /// for classes the options route elsewhere.
     pub fn disable_class(&mut self, c: usize) {
-        debug_assert!(self.bins[c].head.is_null());
-        self.bins[c].max = 0;
-        self.bins[c].room = 0;
+        debug_assert!(self.heads[c].is_null());
+        self.limits[c].max = 0;
+        self.rooms[c] = 0;
     }
 
     /// Pops a block of class code `c`; `None` when the list is empty (then call
@@ -236,18 +234,18 @@ impl ThreadCache {
     pub fn pop(&mut self, c: usize) -> Option<UserPtr> {
         debug_assert!(c < CLASS_CODES);
         // SAFETY: class codes come from the size-class tables or a header's six class bits.
-        let bin = unsafe { self.bins.get_unchecked_mut(c) };
-        let p = UserPtr::new(ptr::NonNull::new(bin.head)?);
+        let head = unsafe { self.heads.get_unchecked_mut(c) };
+        let p = UserPtr::new(ptr::NonNull::new(*head)?);
         // SAFETY: T1 — `p` is a cached block of ours: its first word is the next link, its
         // second the key, which leaving the cache clears.
         unsafe {
-            bin.head = match read_link(p) {
+            *head = match read_link(p) {
                 Ok(next) => next,
                 Err(e) => corrupt_link(e, p),
             };
             p.clear_cache_key();
+            *self.rooms.get_unchecked_mut(c) += 1;
         }
-        bin.room += 1;
         self.gc_countdown = self.gc_countdown.wrapping_sub(1);
         Some(p)
     }
@@ -261,7 +259,7 @@ impl ThreadCache {
     /// Whether `p`, which carries [`CACHE_KEY`], really is in this cache's list `c` (a double
     /// free) rather than a program that happened to store the key.
     pub fn contains(&self, p: UserPtr, c: usize) -> bool {
-        let mut cur = self.bins[c].head;
+        let mut cur = self.heads[c];
         while let Some(b) = ptr::NonNull::new(cur) {
             if b == p.ptr() {
                 return true;
@@ -277,7 +275,7 @@ impl ThreadCache {
 
     /// Every block of list `c`, newest first (a walk; for the heap verifier).
     pub fn for_each_cached(&self, c: usize, mut f: impl FnMut(UserPtr)) -> CacheResult<()> {
-        let mut cur = self.bins[c].head;
+        let mut cur = self.heads[c];
         while let Some(b) = ptr::NonNull::new(cur) {
             f(UserPtr::new(b));
             // SAFETY: T1.
@@ -296,17 +294,19 @@ impl ThreadCache {
     pub unsafe fn push(&mut self, p: UserPtr, c: usize) -> bool {
         debug_assert!(c < CLASS_CODES);
         // SAFETY: as in `pop`.
-        let bin = unsafe { self.bins.get_unchecked_mut(c) };
+        let room = unsafe { self.rooms.get_unchecked_mut(c) };
         // One decrement and a sign test: a full list goes negative and is put back.
-        bin.room = bin.room.wrapping_sub(1);
-        if (bin.room as i32) < 0 {
-            bin.room = 0;
+        *room = room.wrapping_sub(1);
+        if (*room as i32) < 0 {
+            *room = 0;
             return false;
         }
+        // SAFETY: as above.
+        let head = unsafe { self.heads.get_unchecked_mut(c) };
         // SAFETY: contract — the block is ours and nobody else uses it now; its payload holds
         // at least three words (MIN_BLOCK), so link and key fit (T1).
-        unsafe { link_in(p, bin.head) };
-        bin.head = p.ptr().as_ptr();
+        unsafe { link_in(p, *head) };
+        *head = p.ptr().as_ptr();
         true
     }
 
@@ -325,21 +325,20 @@ impl ThreadCache {
         if let Some(p) = self.pop(c) {
             return Some(p);
         }
-        let bin = &mut self.bins[c];
-        if bin.max == 0 {
+        let lim = &mut self.limits[c];
+        if lim.max == 0 {
             return None;
         }
-        let want = bin.batch.min(bin.max / 2).max(1) as usize;
-        bin.batch = (bin.batch * 2).min(bin.max / 2).max(1);
+        let want = lim.batch.min(lim.max / 2).max(1) as usize;
+        lim.batch = (lim.batch * 2).min(lim.max / 2).max(1);
         self.dry |= 1 << c;
         let (head, n) = heap.lock().alloc_batch(class_size(c), want, |b, next| {
             // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
             unsafe { link_in(UserPtr::new(b), next) }
         });
         let head = ptr::NonNull::new(head)?;
-        let bin = &mut self.bins[c];
-        bin.head = head.as_ptr();
-        bin.room -= n as u32;
+        self.heads[c] = head.as_ptr();
+        self.rooms[c] -= n as u32;
         stats::add(c, Counter::Refills, 1);
         stats::add(c, Counter::RefilledBlocks, n);
         self.pop(c)
@@ -362,10 +361,10 @@ impl ThreadCache {
         c: usize,
         heap: &Mutex<CentralHeap<S>>,
     ) -> CacheResult<bool> {
-        if self.state != State::Active || c >= NCLASSES || self.bins[c].max == 0 {
+        if self.state != State::Active || c >= NCLASSES || self.limits[c].max == 0 {
             return Ok(false);
         }
-        let keep = (self.bins[c].max / 2) as usize;
+        let keep = (self.limits[c].max / 2) as usize;
         self.flush_class(c, keep, &mut heap.lock())?;
         // SAFETY: forwarded contract.
         Ok(unsafe { self.push(p, c) })
@@ -378,8 +377,7 @@ impl ThreadCache {
         keep: usize,
         heap: &mut CentralHeap<S>,
     ) -> CacheResult<()> {
-        let bin = &mut self.bins[c];
-        let count = bin.count() as usize;
+        let count = self.count(c);
         if count <= keep {
             return Ok(());
         }
@@ -387,11 +385,12 @@ impl ThreadCache {
         stats::add(c, Counter::FlushedBlocks, count - keep);
         // Find the cut: the `keep` newest stay.
         let mut rest = if keep == 0 {
-            let h = bin.head;
-            bin.head = ptr::null_mut();
+            let h = self.heads[c];
+            self.heads[c] = ptr::null_mut();
             h
         } else {
-            let mut cur = UserPtr::new(ptr::NonNull::new(bin.head).ok_or(Misuse::CorruptLink)?);
+            let mut cur =
+                UserPtr::new(ptr::NonNull::new(self.heads[c]).ok_or(Misuse::CorruptLink)?);
             for _ in 1..keep {
                 // SAFETY: T1 — `keep <= count`, so each link read is a cached block.
                 let next = unsafe { read_link(cur) }?;
@@ -404,7 +403,7 @@ impl ThreadCache {
                 r
             }
         };
-        bin.room = u32::from(bin.max) - keep as u32;
+        self.rooms[c] = u32::from(self.limits[c].max) - keep as u32;
         while let Some(b) = ptr::NonNull::new(rest) {
             let p = UserPtr::new(b);
             // SAFETY: T1 — a cached block; read its link and clear the key before the heap
@@ -434,11 +433,10 @@ impl ThreadCache {
         let was_dry = (self.dry | self.dry_before) & bit != 0;
         self.dry_before = (self.dry_before & !bit) | (self.dry & bit);
         self.dry &= !bit;
-        let bin = &mut self.bins[c];
-        let count = bin.count() as usize;
+        let count = self.count(c);
         if !was_dry && count > 0 {
             let keep = count - (count * 3).div_ceil(4);
-            bin.batch = (bin.batch / 2).max(1);
+            self.limits[c].batch = (self.limits[c].batch / 2).max(1);
             self.flush_class(c, keep, &mut heap.lock())?;
         }
         Ok(())
@@ -450,7 +448,7 @@ impl ThreadCache {
     /// As [`Self::free_slow`].
     pub fn flush_all<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
         self.merge_counters();
-        if self.bins.iter().all(|b| b.head.is_null()) {
+        if self.heads.iter().all(|h| h.is_null()) {
             return Ok(());
         }
         let mut guard = heap.lock();
@@ -467,9 +465,9 @@ impl ThreadCache {
     /// As [`Self::free_slow`].
     pub fn tear_down<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
         let r = self.flush_all(heap);
-        for bin in &mut self.bins {
-            bin.max = 0;
-            bin.room = 0;
+        self.rooms = [0; CLASS_CODES];
+        for lim in &mut self.limits {
+            lim.max = 0;
         }
         self.state = State::TornDown;
         r
@@ -486,15 +484,16 @@ impl ThreadCache {
     pub fn check<S: MemorySource>(&self, heap: &CentralHeap<S>) -> Result<(), HeapError> {
         let err = |what, addr| Err(HeapError { what, addr });
         let mut limit_bytes = 0;
-        for (c, bin) in self.bins.iter().enumerate() {
-            if bin.room > u32::from(bin.max) || (c >= NCLASSES && bin.max != 0) {
+        for c in 0..CLASS_CODES {
+            let max = self.limits[c].max;
+            if self.rooms[c] > u32::from(max) || (c >= NCLASSES && max != 0) {
                 return err("T2: list room above its limit, or a list for a code without one", c);
             }
-            if self.state != State::Active && (bin.max != 0 || !bin.head.is_null()) {
+            if self.state != State::Active && (max != 0 || !self.heads[c].is_null()) {
                 return err("T5: an inactive cache holds blocks or room", c);
             }
             if c < NCLASSES {
-                limit_bytes += usize::from(bin.max) * class_size(c);
+                limit_bytes += usize::from(max) * class_size(c);
             }
             let mut n = 0u32;
             let mut bad = None;
@@ -515,7 +514,7 @@ impl ThreadCache {
                         // SAFETY: an in-use heap block.
                         && (!HARDENED || unsafe { u.has_cache_key() })
                 });
-                if !ok || n > u32::from(bin.max) {
+                if !ok || n > u32::from(max) {
                     bad = Some(u.addr());
                 }
             });
@@ -528,7 +527,7 @@ impl ThreadCache {
                     addr,
                 );
             }
-            if n != bin.count() {
+            if n as usize != self.count(c) {
                 return err("T1: list length differs from its count", c);
             }
         }
