@@ -187,6 +187,37 @@ impl BlockPtr {
         unsafe { self.0.add(HEADER) }
     }
 
+    /// The first block of a segment that starts at `base` (G2: its header is the segment's
+    /// second word; the first is padding that puts every payload on a 16-byte boundary).
+    ///
+    /// # Safety
+    /// `base` starts a segment of at least 16 bytes.
+    #[inline(always)]
+    pub unsafe fn first_in_segment(base: NonNull<u8>) -> Self {
+        // SAFETY: forwarded contract.
+        Self(unsafe { base.add(HEADER) })
+    }
+
+    /// The sentinel of a segment `[base, base + len)` (B4: its last word).
+    ///
+    /// # Safety
+    /// `base` starts a segment of `len >= 16` bytes.
+    #[inline(always)]
+    pub unsafe fn sentinel_of_segment(base: NonNull<u8>, len: usize) -> Self {
+        // SAFETY: forwarded contract.
+        Self(unsafe { base.add(len - HEADER) })
+    }
+
+    /// The payload word at byte offset `off` from the header (the heap walker's B6 check).
+    ///
+    /// # Safety
+    /// `off` is 8-aligned and the word lies inside this block, which the caller's heap owns.
+    #[inline(always)]
+    pub unsafe fn word_at(self, off: usize) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.add(off).cast::<usize>().read() }
+    }
+
     /// The header address.
     #[inline(always)]
     pub fn ptr(self) -> NonNull<u8> {

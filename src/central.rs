@@ -105,13 +105,13 @@ impl Segment {
     }
 
     fn first(&self) -> BlockPtr {
-        // SAFETY: G1 — base is non-null for a live segment and base + 8 is inside it.
-        BlockPtr::at(unsafe { NonNull::new_unchecked(self.base.add(8)) })
+        // SAFETY: G1 — base is non-null for a live segment of at least 16 bytes.
+        unsafe { BlockPtr::first_in_segment(NonNull::new_unchecked(self.base)) }
     }
 
     fn sentinel(&self) -> BlockPtr {
-        // SAFETY: G1/G2 — the sentinel is the segment's last word.
-        BlockPtr::at(unsafe { NonNull::new_unchecked(self.base.add(self.len - 8)) })
+        // SAFETY: G1/G2 — a live segment; the sentinel is its last word.
+        unsafe { BlockPtr::sentinel_of_segment(NonNull::new_unchecked(self.base), self.len) }
     }
 }
 

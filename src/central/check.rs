@@ -76,7 +76,7 @@ impl<S: MemorySource> CentralHeap<S> {
                     if deep && h & FRESH != 0 {
                         for off in (HEADER + 16..size - 8).step_by(8) {
                             // SAFETY: inside the free block's payload.
-                            if unsafe { b.ptr().add(off).cast::<usize>().read() } != 0 {
+                            if unsafe { b.word_at(off) } != 0 {
                                 return err("B6: FRESH payload not zero", b.addr() + off);
                             }
                         }
