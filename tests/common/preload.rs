@@ -31,9 +31,10 @@ pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A file of `tests/data/`.
-pub fn data(name: &str) -> PathBuf {
-    workspace().join("tests").join("data").join(name)
+/// The path of a file of `tests/data/`, as a command-line argument.
+pub fn data(name: &str) -> String {
+    let path = workspace().join("tests").join("data").join(name);
+    path.to_str().expect("utf-8 path").to_owned()
 }
 
 /// A `Command` for a helper tool (cargo, gcc) that must not run on the preload.
