@@ -9,166 +9,30 @@
 //!   `sort`: gnulib's `close_stdout`), and `stats_file:PATH` with `%p`, one file per process
 //!   including forked children.
 //!
-//! The library and the C program are built once into `target/preload-test` (shared with
-//! `tests/preload.rs`; cargo's lock orders the two builds). Every child runs with a timeout.
+//! The library and the C program are built by `tests/common/preload.rs` (into
+//! `target/preload-test`, as for `tests/preload.rs`; `glibc_compat.c` with `-fno-builtin`).
+//! Every child runs with the timeout of `tests/common/child.rs`.
+
+mod common;
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-struct Setup {
-    so: PathBuf,
-    prog: PathBuf,
-    tmp: PathBuf,
-}
-
-fn setup() -> &'static Setup {
-    static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
-    match SETUP.get_or_init(build) {
-        Ok(s) => s,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build() -> Result<Setup, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("target").join("preload-test");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let b = Command::new(&cargo)
-        .args(["build", "--release", "-p", "brkmalloc-preload", "--manifest-path"])
-        .arg(root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&out)
-        .env_remove("LD_PRELOAD")
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !b.status.success() {
-        return Err(format!(
-            "building the preload failed:\n{}",
-            String::from_utf8_lossy(&b.stderr)
-        ));
-    }
-    let cbin = out.join("cbin");
-    fs::create_dir_all(&cbin).map_err(|e| e.to_string())?;
-    let prog = cbin.join("glibc_compat");
-    // -fno-builtin: gcc otherwise assumes that malloc-family calls leave errno alone.
-    let g = Command::new("gcc")
-        .args(["-O1", "-fno-builtin", "-g", "-pthread", "-Wall", "-o"])
-        .arg(&prog)
-        .arg(root.join("tests/c/glibc_compat.c"))
-        .env_remove("LD_PRELOAD")
-        .output()
-        .map_err(|e| format!("cannot run gcc: {e}"))?;
-    if !g.status.success() {
-        return Err(format!("gcc failed:\n{}", String::from_utf8_lossy(&g.stderr)));
-    }
-    let tmp = out.join("tmp");
-    fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-    Ok(Setup { so: out.join("release").join("libbrkmalloc.so"), prog, tmp })
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    timed_out: bool,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.status.success() && !self.timed_out
-    }
-
-    fn report(&self) -> String {
-        let how = match (self.status.code(), self.status.signal()) {
-            (Some(c), _) => format!("exit {c}"),
-            (None, s) => format!("signal {}", s.unwrap_or(0)),
-        };
-        let t = if self.timed_out { " (killed after the timeout: hung?)" } else { "" };
-        format!(
-            "ended with {how}{t}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` in its own process group with [`TIMEOUT`], capturing its output.
-fn run(cmd: &mut Command) -> Run {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let o = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let e = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            // SAFETY: kill(2) on the process group created for this child.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            break child.wait().expect("wait");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let text = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
-    Run {
-        status,
-        stdout: text(o.join().expect("reader")),
-        stderr: text(e.join().expect("reader")),
-        timed_out,
-    }
-}
-
-/// `prog args` on plain glibc (`conf` None) or under the preload with `BRKMALLOC_CONF=conf`.
-fn command(prog: &Path, args: &[&str], conf: Option<&str>) -> Command {
-    let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(Stdio::null()).env_remove("LD_PRELOAD").env_remove("BRKMALLOC_CONF");
-    if let Some(conf) = conf {
-        cmd.env("LD_PRELOAD", &setup().so).env("BRKMALLOC_CONF", conf);
-    }
-    cmd
-}
-
-/// A fresh scratch directory.
-fn scratch(name: &str) -> PathBuf {
-    let dir = setup().tmp.join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("mkdir scratch");
-    dir
-}
+use common::child::{Run, run};
+use common::compare::command;
+use common::preload::{Alloc, c_pass, c_run, scratch};
 
 /// One mode of `glibc_compat.c`: on glibc (control), then under the preload.
 fn compat(mode: &str) -> Run {
-    let prog = &setup().prog;
-    let r = run(&mut command(prog, &[mode], None));
-    assert!(
-        r.ok(),
-        "glibc_compat {mode} failed on plain glibc (the test is wrong): {}",
-        r.report()
-    );
-    let r = run(&mut command(prog, &[mode], Some("")));
-    assert!(r.ok(), "glibc_compat {mode} failed under LD_PRELOAD=libbrkmalloc.so: {}", r.report());
-    r
+    c_pass("glibc_compat", &[mode], Alloc::Glibc);
+    c_pass("glibc_compat", &[mode], Alloc::Brk(""))
+}
+
+/// `prog args` run in `dir` on `alloc` (the environment of [`common::compare::program`]).
+fn run_in(dir: &Path, alloc: Alloc, prog: &str, args: &[&str]) -> Run {
+    let mut cmd = command(prog, dir, args);
+    alloc.apply(&mut cmd);
+    run(&mut cmd)
 }
 
 #[test]
@@ -211,8 +75,8 @@ const HEADER: &str = "brkmalloc statistics (pid ";
 /// `prog args` with and without `stats:1`: the same stdout and status, and the report on
 /// stderr although the program closes its stderr before exiting.
 fn stats_arrive(prog: &str, args: &[&str], dir: &Path) {
-    let plain = run(command(Path::new(prog), args, None).current_dir(dir));
-    let with = run(command(Path::new(prog), args, Some("stats:1")).current_dir(dir));
+    let plain = run_in(dir, Alloc::Glibc, prog, args);
+    let with = run_in(dir, Alloc::Brk("stats:1"), prog, args);
     assert!(plain.ok() && with.ok(), "{prog}: {}\n{}", plain.report(), with.report());
     assert_eq!(plain.stdout, with.stdout, "{prog}: stdout differs under the preload");
     assert!(with.stderr.contains(HEADER), "{prog}: no statistics on stderr: {}", with.report());
@@ -240,7 +104,7 @@ fn stats_reach_sort_which_closes_stderr() {
 #[test]
 fn stats_json_reaches_ls() {
     let dir = scratch("stats_json");
-    let r = run(command(Path::new("ls"), &["."], Some("stats:json")).current_dir(&dir));
+    let r = run_in(&dir, Alloc::Brk("stats:json"), "ls", &["."]);
     assert!(r.ok(), "{}", r.report());
     let line = r.stderr.lines().find(|l| l.starts_with("{\"brkmalloc\":")).unwrap_or("");
     assert!(line.ends_with("}}}"), "no JSON report: {}", r.report());
@@ -250,7 +114,7 @@ fn stats_json_reaches_ls() {
 fn stats_file_one_per_process_with_forked_children() {
     let dir = scratch("stats_file_pid");
     let conf = format!("stats_file:{}/st.%p.txt", dir.display());
-    let r = run(&mut command(&setup().prog, &["fork_children"], Some(&conf)));
+    let r = c_run("glibc_compat", &["fork_children"], Alloc::Brk(&conf));
     assert!(r.ok(), "{}", r.report());
     assert!(!r.stderr.contains(HEADER), "statistics on stderr too: {}", r.report());
     let mut files: Vec<_> =
@@ -277,13 +141,13 @@ fn stats_file_without_pid_appends_and_bad_path_falls_back() {
     let file = dir.join("all.txt");
     let conf = format!("stats_file:{},stats:json", file.display());
     for _ in 0..2 {
-        let r = run(command(Path::new("ls"), &["."], Some(&conf)).current_dir(&dir));
+        let r = run_in(&dir, Alloc::Brk(&conf), "ls", &["."]);
         assert!(r.ok(), "{}", r.report());
     }
     let body = fs::read_to_string(&file).expect("read");
     assert_eq!(body.matches("{\"brkmalloc\":").count(), 2, "two JSON reports appended:\n{body}");
     let conf = format!("stats_file:{}/no/such/dir/x", dir.display());
-    let r = run(command(Path::new("ls"), &["."], Some(&conf)).current_dir(&dir));
+    let r = run_in(&dir, Alloc::Brk(&conf), "ls", &["."]);
     assert!(r.ok(), "{}", r.report());
     assert!(r.stderr.contains("stats_file: cannot open"), "no warning: {}", r.report());
     assert!(r.stderr.contains(HEADER), "no fallback to stderr: {}", r.report());

@@ -27,7 +27,7 @@ use std::fs;
 use std::os::unix::process::ExitStatusExt;
 
 use common::child::{require, run};
-use common::compare::{compare, program};
+use common::compare::{command, compare, program};
 use common::preload::{Alloc, c_pass, c_test, data, scratch};
 use common::rng::Rng;
 
@@ -129,17 +129,14 @@ fn misuse_interior_free() {
 fn real_ls() {
     require("ls", "coreutils");
     compare("ls", |t, dir| {
-        let mut cmd = program("ls", dir);
-        cmd.args(["-la", "/usr/lib"]);
-        t.step("ls -la /usr/lib", cmd);
+        t.step("ls -la /usr/lib", command("ls", dir, &["-la", "/usr/lib"]));
     });
 }
 
 #[test]
 fn real_sort() {
     require("sort", "coreutils");
-    let base = scratch("sort-input");
-    let input = base.join("lines.txt");
+    let input = scratch("sort-input").join("lines.txt");
     let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let mut text = String::with_capacity(8 << 20);
     for i in 0..200_000u32 {
@@ -148,31 +145,28 @@ fn real_sort() {
             writeln!(text, "{} {} {}{}", rng.word(len), rng.next() % 100_000, rng.word(5), i % 977);
     }
     fs::write(&input, text).expect("write sort input");
+    let input = input.to_str().expect("utf-8 path");
     compare("sort", |t, dir| {
-        let mut cmd = program("sort", dir);
-        cmd.arg(&input);
-        t.step("sort lines.txt", cmd);
-        let mut cmd = program("sort", dir);
-        cmd.args(["-t", " ", "-k2,2n", "-k1,1r"]).arg(&input);
-        t.step("sort -t' ' -k2,2n -k1,1r lines.txt", cmd);
+        t.step("sort lines.txt", command("sort", dir, &[input]));
+        let keys = ["-t", " ", "-k2,2n", "-k1,1r", input];
+        t.step("sort -t' ' -k2,2n -k1,1r lines.txt", command("sort", dir, &keys));
         // A small buffer forces an external sort with temporary files and a
         // multi-threaded merge.
-        let mut cmd = program("sort", dir);
-        cmd.args(["--parallel=4", "-S", "512K", "-T"]).arg(dir).arg("-u").arg(&input);
-        t.step("sort --parallel=4 -S 512K -u lines.txt", cmd);
+        let tmp = dir.to_str().expect("utf-8 path");
+        let external = ["--parallel=4", "-S", "512K", "-T", tmp, "-u", input];
+        t.step("sort --parallel=4 -S 512K -u lines.txt", command("sort", dir, &external));
     });
 }
 
 #[test]
 fn real_python_threads() {
     require("python3", "python3");
-    let script = data("py_threads.py");
+    let script = &data("py_threads.py");
     compare("python", |t, dir| {
-        let mut cmd = program("python3", dir);
+        let mut cmd = command("python3", dir, &[script]);
         cmd.env("PYTHONMALLOC", "malloc")
             .env("PYTHONHASHSEED", "0")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .arg(&script);
+            .env("PYTHONDONTWRITEBYTECODE", "1");
         t.step("PYTHONMALLOC=malloc python3 py_threads.py", cmd);
     });
 }
@@ -180,15 +174,12 @@ fn real_python_threads() {
 #[test]
 fn real_gcc() {
     require("gcc", "gcc");
-    let src = data("gcc_input.c");
+    let src = &data("gcc_input.c");
     compare("gcc", |t, dir| {
-        let mut cmd = program("gcc", dir);
-        cmd.args(["-O2", "-Wall", "-o", "prog"]).arg(&src);
-        t.step("gcc -O2 -Wall -o prog gcc_input.c", cmd);
+        let build = ["-O2", "-Wall", "-o", "prog", src];
+        t.step("gcc -O2 -Wall -o prog gcc_input.c", command("gcc", dir, &build));
         t.step("./prog", program(dir.join("prog").to_str().expect("utf-8"), dir));
-        let mut cmd = program("gcc", dir);
-        cmd.args(["-O2", "-S", "-o", "-"]).arg(&src);
-        t.step("gcc -O2 -S -o - gcc_input.c", cmd);
+        t.step("gcc -O2 -S -o - gcc_input.c", command("gcc", dir, &["-O2", "-S", "-o", "-", src]));
     });
 }
 
@@ -249,8 +240,7 @@ fn real_git() {
 #[test]
 fn real_sqlite3() {
     require("sqlite3", "sqlite3");
-    let base = scratch("sqlite-input");
-    let script = base.join("script.sql");
+    let script = scratch("sqlite-input").join("script.sql");
     let mut rng = Rng::new(7);
     let mut sql = String::from(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL, grp INTEGER, val REAL, \
@@ -288,8 +278,8 @@ fn real_sqlite3() {
     );
     fs::write(&script, sql).expect("write sqlite script");
     compare("sqlite3", |t, dir| {
-        let mut cmd = program("sqlite3", dir);
-        cmd.args(["-batch", "-bail", "test.db"]).stdin(
+        let mut cmd = command("sqlite3", dir, &["-batch", "-bail", "test.db"]);
+        cmd.stdin(
             fs::File::open(&script).unwrap_or_else(|e| panic!("open {}: {e}", script.display())),
         );
         t.step("sqlite3 test.db < script.sql", cmd);

@@ -41,6 +41,13 @@ fn serial() -> Serial {
     Serial { _guard: SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner) }
 }
 
+/// The start of a test: its turn ([`serial`]), and the count of blocks in use then, the
+/// baseline of its [`assert_all_returned`] checks.
+fn begin() -> (Serial, usize) {
+    let s = serial();
+    (s, used_blocks())
+}
+
 /// In-use blocks of the central heap once the calling thread's cache is flushed.
 fn used_blocks() -> usize {
     brkmalloc::flush_thread_cache();
@@ -228,16 +235,29 @@ impl Live {
         assert!(self.ranges.remove(&b.p).is_some());
         b
     }
+
+    /// [`Live::take`] of a block chosen by `rng` (there must be one).
+    fn take_any(&mut self, rng: &mut Rng) -> Block {
+        let k = rng.below(self.blocks.len());
+        self.take(k)
+    }
+
+    /// Frees every block, verifying its contents (`what` names the place in a failure).
+    fn free_all(&mut self, what: &str) {
+        self.ranges.clear();
+        for b in self.blocks.drain(..) {
+            b.free(what);
+        }
+    }
 }
 
 /// 16 threads churning malloc/calloc/realloc/free with contents verified; twice during the run
 /// all threads stop and the union of their live blocks is checked for overlap.
 #[test]
 fn sixteen_threads_churn_with_contents_checked() {
-    let _s = serial();
+    let (_s, base) = begin();
     const THREADS: usize = 16;
     const OPS: usize = 30_000;
-    let base = used_blocks();
     let barrier = Rendezvous::new(THREADS);
     let all: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
     let handles: Vec<_> = (0..THREADS)
@@ -267,19 +287,15 @@ fn sixteen_threads_churn_with_contents_checked() {
                         let b = Block::new(n, rng.below(OFFSETS), r % 20 == 0);
                         live.insert(b);
                     } else if r < 85 || live.blocks.len() > 2 * target {
-                        let k = rng.below(live.blocks.len());
-                        live.take(k).free("churn free");
+                        live.take_any(&mut rng).free("churn free");
                     } else {
-                        let k = rng.below(live.blocks.len());
-                        let b = live.take(k);
+                        let b = live.take_any(&mut rng);
                         b.verify("before realloc");
                         let n = churn_size(&mut rng);
                         live.insert(b.realloc(n));
                     }
                 }
-                for b in live.blocks.drain(..) {
-                    b.free("final free");
-                }
+                live.free_all("final free");
             })
         })
         .collect();
@@ -293,11 +309,10 @@ fn sixteen_threads_churn_with_contents_checked() {
 /// reallocate, and free them (into their own caches, which their own allocations then reuse).
 #[test]
 fn cross_thread_frees_through_channels() {
-    let _s = serial();
     const PRODUCERS: usize = 8;
     const CONSUMERS: usize = 8;
     const PER_PRODUCER: usize = 20_000;
-    let base = used_blocks();
+    let (_s, base) = begin();
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..CONSUMERS).map(|_| mpsc::sync_channel::<Block>(256)).unzip();
     let consumed = Arc::new(AtomicUsize::new(0));
@@ -317,13 +332,10 @@ fn cross_thread_frees_through_channels() {
                     // Own allocations reuse the blocks just freed into this cache.
                     own.insert(Block::new(1 + rng.below(1500), rng.below(OFFSETS), false));
                     if own.blocks.len() > 64 {
-                        let k = rng.below(own.blocks.len());
-                        own.take(k).free("consumer's own block");
+                        own.take_any(&mut rng).free("consumer's own block");
                     }
                 }
-                for b in own.blocks.drain(..) {
-                    b.free("consumer's own block at exit");
-                }
+                own.free_all("consumer's own block at exit");
             })
         })
         .collect();
@@ -342,13 +354,10 @@ fn cross_thread_frees_through_channels() {
                         own.insert(Block::new(1 + rng.below(600), rng.below(OFFSETS), false));
                     }
                     if own.blocks.len() > 32 {
-                        let k = rng.below(own.blocks.len());
-                        own.take(k).free("producer's own block");
+                        own.take_any(&mut rng).free("producer's own block");
                     }
                 }
-                for b in own.blocks.drain(..) {
-                    b.free("producer's own block at exit");
-                }
+                own.free_all("producer's own block at exit");
             })
         })
         .collect();
@@ -366,9 +375,8 @@ fn cross_thread_frees_through_channels() {
 /// to the central heap or a re-armed cache, and are not lost).
 #[test]
 fn threads_exiting_with_full_caches_give_every_block_back() {
-    let _s = serial();
+    let (_s, base) = begin();
     const THREADS: usize = 16;
-    let base = used_blocks();
 
     // 1. Full caches at exit, checked while the threads are parked.
     let parked = Rendezvous::new(THREADS + 1);
@@ -384,8 +392,7 @@ fn threads_exiting_with_full_caches_give_every_block_back() {
                     live.insert(Block::new(1 + rng.below(1024), rng.below(OFFSETS), false));
                 }
                 while !live.blocks.is_empty() {
-                    let k = rng.below(live.blocks.len());
-                    live.take(k).free("before exit");
+                    live.take_any(&mut rng).free("before exit");
                 }
                 parked.wait();
                 go.wait();
@@ -486,9 +493,7 @@ fn threads_exiting_with_full_caches_give_every_block_back() {
                 for _ in 0..500 {
                     live.insert(Block::new(1 + rng.below(700), rng.below(OFFSETS), false));
                 }
-                for b in live.blocks.drain(..) {
-                    b.free("before exit");
-                }
+                live.free_all("before exit");
                 // SAFETY: a valid key; the value is a round counter, never dereferenced.
                 unsafe { libc::pthread_setspecific(key, ptr::without_provenance(1)) };
             })
@@ -582,11 +587,10 @@ fn child_work(round: usize) -> i32 {
 /// brkmalloc, verifies, and exits 0; a deadlock is caught by a watchdog.
 #[test]
 fn fork_while_threads_hold_cached_blocks() {
-    let _s = serial();
+    let (_s, base) = begin();
     // The C library registers the handlers from a constructor; a Rust program calling `api`
     // directly registers them itself.
     brkmalloc::fork::install();
-    let base = used_blocks();
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..8)
@@ -601,8 +605,7 @@ fn fork_while_threads_hold_cached_blocks() {
                         live.insert(Block::new(churn_size(&mut rng), rng.below(OFFSETS), false));
                     }
                     while !live.blocks.is_empty() {
-                        let k = rng.below(live.blocks.len());
-                        live.take(k).free("worker free");
+                        live.take_any(&mut rng).free("worker free");
                     }
                     rounds.fetch_add(1, Ordering::Relaxed);
                 }
@@ -679,11 +682,10 @@ fn fork_while_threads_hold_cached_blocks() {
 /// must come back.
 #[test]
 fn hundred_thousand_short_lived_threads() {
-    let _s = serial();
+    let (_s, base) = begin();
     const WAVES: usize = 2000;
     const PER_WAVE: usize = 50;
     const BLOCKS: usize = 24;
-    let base = used_blocks();
     let start = Instant::now();
     let mut heap_after_1000 = 0;
     for wave in 0..WAVES {

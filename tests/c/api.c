@@ -44,13 +44,11 @@ static int failures;
 static int strict; /* CTEST_EXPECT_BRKMALLOC=1 */
 static long page_size;
 
+/* A failed check ends the test function. */
 #define CHECK(cond, ...)                                                       \
     do {                                                                       \
         if (!(cond)) {                                                         \
-            printf("FAIL - %s:%d: ", __func__, __LINE__);                      \
-            printf(__VA_ARGS__);                                               \
-            printf("\n");                                                      \
-            failures++;                                                        \
+            CTEST_FAIL(__VA_ARGS__);                                           \
             return;                                                            \
         }                                                                      \
     } while (0)

@@ -16,6 +16,16 @@ static inline uint64_t rnd(uint64_t *s) {
     return *s = x;
 }
 
+/* Reports a failed check: prints "FAIL - <function>:<line>: " and the printf-style message,
+ * and counts it in `failures`, a `static int` the including program defines. */
+#define CTEST_FAIL(...)                                                                            \
+    do {                                                                                           \
+        printf("FAIL - %s:%d: ", __func__, __LINE__);                                              \
+        printf(__VA_ARGS__);                                                                       \
+        printf("\n");                                                                              \
+        failures++;                                                                                \
+    } while (0)
+
 /* The start of a misuse program: no core dumps from the expected aborts, unbuffered stdout
  * (a run shows how far it got), and the mode from argv[1], printed; exits 2 without one. */
 static inline const char *misuse_mode(int argc, char **argv, const char *prog) {

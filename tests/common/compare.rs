@@ -54,6 +54,13 @@ pub fn program(prog: &str, home: &Path) -> Command {
     cmd
 }
 
+/// [`program`] `prog` with the arguments `args`.
+pub fn command(prog: &str, home: &Path, args: &[&str]) -> Command {
+    let mut cmd = program(prog, home);
+    cmd.args(args);
+    cmd
+}
+
 /// Runs `session` once on glibc and once under the preload, each in its own
 /// scratch directory, and requires the same transcript.
 pub fn compare(name: &str, session: impl Fn(&mut Transcript, &Path)) {

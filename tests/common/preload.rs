@@ -31,9 +31,10 @@ pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A file of `tests/data/`.
-pub fn data(name: &str) -> PathBuf {
-    workspace().join("tests").join("data").join(name)
+/// The path of a file of `tests/data/`, as a command-line argument.
+pub fn data(name: &str) -> String {
+    let path = workspace().join("tests").join("data").join(name);
+    path.to_str().expect("utf-8 path").to_owned()
 }
 
 /// A `Command` for a helper tool (cargo, gcc) that must not run on the preload.
@@ -78,6 +79,16 @@ pub fn so() -> &'static Path {
     }
 }
 
+/// gcc flags for `tests/c/<name>.c` beyond the common ones.
+fn extra_cflags(name: &str) -> &'static [&'static str] {
+    match name {
+        // It checks errno after malloc-family calls: gcc otherwise assumes that they leave
+        // errno alone.
+        "glibc_compat" => &["-fno-builtin"],
+        _ => &[],
+    }
+}
+
 fn compile(name: &str) -> Result<PathBuf, String> {
     if let Some(msg) = missing("gcc", "gcc") {
         return Err(msg);
@@ -89,7 +100,9 @@ fn compile(name: &str) -> Result<PathBuf, String> {
     // Written under a temporary name and renamed, so that no one runs a half-written file.
     let partial = cbin.join(format!("{name}.partial-{}", std::process::id()));
     let res = tool("gcc")
-        .args(["-O1", "-g", "-pthread", "-Wall", "-o"])
+        .args(["-O1", "-g", "-pthread", "-Wall"])
+        .args(extra_cflags(name))
+        .arg("-o")
         .arg(&partial)
         .arg(&src)
         .arg("-ldl")
