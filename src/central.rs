@@ -355,19 +355,20 @@ impl<S: MemorySource> CentralHeap<S> {
         self.stats.used_blocks += 1;
     }
 
+    /// A free block of at least `size` bytes, out of its bin; the heap grows once if none fits.
+    fn take_or_grow(&mut self, size: usize) -> Option<BlockPtr> {
+        match self.take_free(size) {
+            Some(b) => Some(b),
+            None if self.grow_for(size) => self.take_free(size),
+            None => None,
+        }
+    }
+
     /// Allocates a block with at least `n` payload bytes, 16-byte aligned. With `zero`, the
     /// second value says whether the payload is already all zero (fresh memory).
     pub fn alloc(&mut self, n: usize, zero: bool) -> Option<(NonNull<u8>, bool)> {
         let size = block_size_for(n)?;
-        let b = match self.take_free(size) {
-            Some(b) => b,
-            None => {
-                if !self.grow_for(size) {
-                    return None;
-                }
-                self.take_free(size)?
-            }
-        };
+        let b = self.take_or_grow(size)?;
         // SAFETY: `take_free` returned a free block of this heap, out of its bin, >= size.
         unsafe {
             let fsize = b.size();
@@ -394,15 +395,7 @@ impl<S: MemorySource> CentralHeap<S> {
         if req > MAX_BLOCK {
             return None;
         }
-        let f = match self.take_free(req) {
-            Some(b) => b,
-            None => {
-                if !self.grow_for(req) {
-                    return None;
-                }
-                self.take_free(req)?
-            }
-        };
+        let f = self.take_or_grow(req)?;
         // SAFETY: `f` is a claimed free block of at least `req` bytes; the leader and the
         // aligned block both lie inside it and each is >= MIN_BLOCK.
         unsafe {

@@ -114,24 +114,46 @@ extern "C" fn prepare() {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
 }
 
-/// In the parent after `fork`: release in reverse order (glibc has already released its own
-/// count of the list lock).
-extern "C" fn parent() {
+/// Both sides after `fork`: the outer `fork`'s handler releases the allocator locks in reverse
+/// order (a nested one only counts off its level); then `stdio` does what that side needs.
+///
+/// # Safety
+/// Called from `parent` or `child`, on the thread whose `prepare` took the locks.
+unsafe fn release(stdio: unsafe extern "C" fn()) {
     if leave_nested() {
         return;
     }
     OWNER.store(0, Ordering::Relaxed);
     DEPTH.store(0, Ordering::Relaxed);
-    // SAFETY: `prepare` took both locks on this thread.
+    // SAFETY: `prepare` took both locks on this thread (forwarded contract).
     unsafe {
         REGISTRY.raw().unlock();
         HEAP.raw().unlock();
+        stdio();
     }
-    #[cfg(target_env = "gnu")]
-    // SAFETY: `prepare` took the list lock once on this thread.
-    unsafe {
-        _IO_list_unlock()
-    };
+}
+
+/// What `parent` does to glibc's stdio list lock after ours: drops `prepare`'s count.
+#[cfg(target_env = "gnu")]
+const STDIO_PARENT: unsafe extern "C" fn() = _IO_list_unlock;
+/// What `child` does to it: resets it, as glibc's `fork` does in the child.
+#[cfg(target_env = "gnu")]
+const STDIO_CHILD: unsafe extern "C" fn() = _IO_list_resetlock;
+/// Other C libraries: their stdio lock is not ours to touch.
+#[cfg(not(target_env = "gnu"))]
+const STDIO_PARENT: unsafe extern "C" fn() = no_stdio;
+/// See [`STDIO_PARENT`].
+#[cfg(not(target_env = "gnu"))]
+const STDIO_CHILD: unsafe extern "C" fn() = no_stdio;
+
+#[cfg(not(target_env = "gnu"))]
+unsafe extern "C" fn no_stdio() {}
+
+/// In the parent after `fork`: release in reverse order, then the list lock `prepare` took once
+/// (glibc has already released its own count of it).
+extern "C" fn parent() {
+    // SAFETY: the thread that ran `prepare`.
+    unsafe { release(STDIO_PARENT) };
 }
 
 /// In the child after `fork`: the locks were taken by `prepare` in the thread that forked,
@@ -142,19 +164,6 @@ extern "C" fn parent() {
 /// leaves it as `prepare` took it in single-threaded ones). A child of a nested `fork` keeps
 /// every lock: it returns into the outer `fork`'s parent side, whose handler releases them.
 extern "C" fn child() {
-    if leave_nested() {
-        return;
-    }
-    OWNER.store(0, Ordering::Relaxed);
-    DEPTH.store(0, Ordering::Relaxed);
-    // SAFETY: see above; no other thread exists in the child.
-    unsafe {
-        REGISTRY.raw().unlock();
-        HEAP.raw().unlock();
-    }
-    #[cfg(target_env = "gnu")]
-    // SAFETY: no other thread exists in the child; glibc's `fork` does the same.
-    unsafe {
-        _IO_list_resetlock()
-    };
+    // SAFETY: the child's only thread ran `prepare`.
+    unsafe { release(STDIO_CHILD) };
 }
