@@ -100,7 +100,11 @@ fn flush_races_refill() {
         for b in filled {
             free(&mut tc_a, &heap, &ledger, b);
         }
-        assert_eq!(tc_a.count(0), 4);
+        assert_eq!(
+            tc_a.count(0),
+            4,
+            "cache invariant broken: freed blocks missing from their list"
+        );
         let a = {
             let (heap, ledger) = (heap.clone(), ledger.clone());
             thread::spawn(move || {
