@@ -51,6 +51,11 @@ impl Env for Process {
         tls::cache()
     }
 
+    #[inline(always)]
+    fn cache_on_free(&self) -> Option<*mut ThreadCache> {
+        tls::cache_any_reg()
+    }
+
     unsafe fn activate(&self, tc: *mut ThreadCache) {
         activate(tc);
     }
