@@ -18,8 +18,8 @@
 //!   are linked directly (looking them up with `dlsym` would allocate inside `prepare`).
 //! - `fork` from a signal handler that interrupted `fork` (POSIX lists `fork` as
 //!   async-signal-safe; glibc supports it in single-threaded programs): the nested `prepare`
-//!   finds that its own thread already holds the fork locks ([`OWNER`]) and only counts the
-//!   nesting ([`DEPTH`]); the nested `parent`/`child` handlers count down without unlocking.
+//!   finds that its own thread already holds the fork locks (`OWNER`) and only counts the
+//!   nesting (`DEPTH`); the nested `parent`/`child` handlers count down without unlocking.
 
 use crate::large::REGISTRY;
 use crate::process::HEAP;
@@ -39,7 +39,7 @@ unsafe extern "C" {
 /// set after it took the locks, cleared before it releases them, so another thread never
 /// reads its own id here (Relaxed: compared only with the reader's own id).
 static OWNER: AtomicUsize = AtomicUsize::new(0);
-/// Nested `fork`s in progress on the [`OWNER`] thread (1 for a plain `fork`). Touched only by
+/// Nested `fork`s in progress on the `OWNER` thread (1 for a plain `fork`). Touched only by
 /// the owner (Relaxed).
 static DEPTH: AtomicUsize = AtomicUsize::new(0);
 

@@ -13,7 +13,7 @@
 //!
 //! Built with `--cfg brkmalloc_sabotage` (the loom job's second build, `ci/loom.sh`), the module
 //! also contains one deliberate defect per protocol, off until a test arms it with
-//! [`sabotage::arm`]. Each loom model is run once more with a defect armed and must then fail:
+//! `sabotage::arm`. Each loom model is run once more with a defect armed and must then fail:
 //! a model that cannot fail is visible. Without the cfg, [`sabotage::armed`] is a constant
 //! `false` and the defects are not compiled.
 //!
@@ -545,8 +545,8 @@ impl<T> core::fmt::Debug for Once<T> {
 
 /// Deliberate defects for the loom job's expected-failure twins (`ci/loom.sh`).
 ///
-/// Compiled only with `--cfg brkmalloc_sabotage`; a test arms one defect with [`arm`] before it
-/// runs a model, and that model must then fail. Without the cfg, [`armed`] is `false` and the
+/// Compiled only with `--cfg brkmalloc_sabotage`; a test arms one defect with `arm` before it
+/// runs a model, and that model must then fail. Without the cfg, `armed` is `false` and the
 /// defective paths are removed by the compiler. The switch is a plain `core` atomic, not a loom
 /// one: it is set before the model starts and is invisible to loom's exploration.
 pub mod sabotage {
