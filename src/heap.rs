@@ -379,7 +379,7 @@ impl<E: Env> Front<E> {
     #[inline(never)]
     fn free_near_page_start(&self, p: *mut u8) {
         if let Some(p) = NonNull::new(p) {
-            self.dealloc_central(p, "free");
+            Self::dealloc_central(p, self, "free");
         }
     }
 
@@ -393,11 +393,13 @@ impl<E: Env> Front<E> {
         // A pointer near the start of its page takes the central path, which checks ranges
         // before it reads memory (`UserPtr::header_on_same_page`).
         if HARDENED && !u.header_on_same_page() {
-            return self.dealloc_central(p, func);
+            return Self::dealloc_central(p, self, func);
         }
         // SAFETY: the header word lies on `p`'s page, which the program can access.
-        let Some(c) = (unsafe { u.cache_class() }) else { return self.dealloc_central(p, func) };
-        let Some(tc) = self.0.cache_on_free() else { return self.dealloc_central(p, func) };
+        let Some(c) = (unsafe { u.cache_class() }) else {
+            return Self::dealloc_central(p, self, func);
+        };
+        let Some(tc) = self.0.cache_on_free() else { return Self::dealloc_central(p, self, func) };
         // The `Routing` sabotage twin: a freed block goes to the wrong list (ci/loom.sh and the
         // fuzz driver's twin must catch it). A constant `false` in every other build.
         let c = if crate::sync::sabotage::armed(crate::sync::sabotage::Defect::Routing) {
@@ -407,28 +409,37 @@ impl<E: Env> Front<E> {
         };
         // SAFETY: the header says an in-use heap block (B5, B8), given up by the program.
         if unsafe { u.has_cache_key() } {
-            return self.dealloc_suspect(tc, u, c, func);
+            return Self::dealloc_suspect(u, self, tc, c, func);
         }
         // SAFETY: as above; `tc` is this thread's cache.
         if !unsafe { (*tc).push(u, c) } {
-            self.dealloc_push_slow(tc, u, c, func);
+            Self::dealloc_push_slow(u, self, tc, c, func);
         }
     }
+
+    // The free path's cold functions take the pointer first: it arrives in the first argument
+    // register and stays there, so the fast path moves nothing before a tail call.
 
     /// A freed block that carries the cache key: a double free if it is in this cache,
     /// otherwise (the program stored the key value) an ordinary push.
     #[cold]
     #[inline(never)]
-    fn dealloc_suspect(&self, tc: *mut ThreadCache, u: UserPtr, c: usize, func: &'static str) {
+    fn dealloc_suspect(
+        u: UserPtr,
+        this: &Self,
+        tc: *mut ThreadCache,
+        c: usize,
+        func: &'static str,
+    ) {
         // SAFETY: this thread's cache.
         if unsafe { (*tc).contains(u, c) } {
             // Reported (and, with abort_on_error:0, leaked: it stays cached once).
-            self.0.misuse(func, Misuse::DoubleFree, u.ptr());
+            this.0.misuse(func, Misuse::DoubleFree, u.ptr());
             return;
         }
         // SAFETY: an in-use heap block of class code `c` (checked by `dealloc_as`).
         if !unsafe { (*tc).push(u, c) } {
-            self.dealloc_push_slow(tc, u, c, func);
+            Self::dealloc_push_slow(u, this, tc, c, func);
         }
     }
 
@@ -436,26 +447,32 @@ impl<E: Env> Front<E> {
     /// torn-down cache.
     #[cold]
     #[inline(never)]
-    fn dealloc_push_slow(&self, tc: *mut ThreadCache, u: UserPtr, c: usize, func: &'static str) {
+    fn dealloc_push_slow(
+        u: UserPtr,
+        this: &Self,
+        tc: *mut ThreadCache,
+        c: usize,
+        func: &'static str,
+    ) {
         if c >= NCLASSES {
-            return self.dealloc_central(u.ptr(), func);
+            return Self::dealloc_central(u.ptr(), this, func);
         }
         // `free` preserves errno; the flush may make syscalls.
         let saved = diag::errno();
-        self.0.on_slow_path();
+        this.0.on_slow_path();
         // SAFETY: this thread's cache; an in-use heap block of class `c` (`dealloc_as`).
         let done = unsafe {
             if (*tc).state() == State::Uninit {
-                self.0.activate(tc);
+                this.0.activate(tc);
             }
-            (*tc).free_slow(u, c, self.0.central())
+            (*tc).free_slow(u, c, this.0.central())
         };
         diag::set_errno(saved);
         match done {
             Ok(true) => {}
             Ok(false) => {
                 stats::add(c, Counter::DirectFrees, 1);
-                self.dealloc_central(u.ptr(), func);
+                Self::dealloc_central(u.ptr(), this, func);
             }
             Err(e) => diag::fatal(func, e.message(), u.addr()),
         }
@@ -464,12 +481,12 @@ impl<E: Env> Front<E> {
     /// Frees to the central heap or unmaps, with full validation; `errno` is unchanged.
     #[cold]
     #[inline(never)]
-    fn dealloc_central(&self, p: NonNull<u8>, func: &'static str) {
+    fn dealloc_central(p: NonNull<u8>, this: &Self, func: &'static str) {
         let saved = diag::errno();
-        self.0.on_slow_path();
-        self.0.on_central();
-        let mut heap = self.0.central().lock();
-        if let Some((_, fill)) = self.0.junk()
+        this.0.on_slow_path();
+        this.0.on_central();
+        let mut heap = this.0.central().lock();
+        if let Some((_, fill)) = this.0.junk()
             && let Ok(n) = heap.usable_size(p)
         {
             // SAFETY: a validated in-use block of ours with `n` usable bytes.
@@ -482,11 +499,11 @@ impl<E: Env> Front<E> {
             // Not in a heap segment: a large block, checked against the registry before its
             // memory is touched.
             Err(Misuse::NotOurs) => {
-                if let Err(e) = self.0.large_free(p) {
-                    self.0.misuse(func, e, p);
+                if let Err(e) = this.0.large_free(p) {
+                    this.0.misuse(func, e, p);
                 }
             }
-            Err(e) => self.0.misuse(func, e, p),
+            Err(e) => this.0.misuse(func, e, p),
         }
         diag::set_errno(saved);
     }
