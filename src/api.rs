@@ -122,8 +122,8 @@ pub fn alloc_zeroed(n: usize) -> Option<NonNull<u8>> {
         return Some(p);
     }
     if n >= mmap_threshold() {
-        // Fresh mappings are zero.
-        if let Some(p) = large::alloc(n, ALIGN) {
+        // Only the reused part of a cached mapping is cleared.
+        if let Some(p) = large::alloc_zeroed(n) {
             return Some(p);
         }
     }
@@ -136,7 +136,7 @@ pub fn alloc_zeroed(n: usize) -> Option<NonNull<u8>> {
             }
             Some(p)
         }
-        None => large::alloc(n, ALIGN),
+        None => large::alloc_zeroed(n),
     }
 }
 
@@ -355,11 +355,7 @@ pub unsafe fn realloc_raw(p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
         Ok(true) => return Some(p),
         Ok(false) => usable_size(p, "realloc"),
         Err(Misuse::NotOurs) => {
-            let r = if n >= mmap_threshold() / 2 {
-                large::realloc(p, n)
-            } else {
-                large::usable(p).map(|_| None)
-            };
+            let r = large::realloc(p, n, mmap_threshold());
             match r {
                 Ok(Some(q)) => return Some(q),
                 Ok(None) => match large::usable(p) {
@@ -559,8 +555,9 @@ pub fn malloc_trim(pad: usize) -> i32 {
     let saved = errno();
     crate::global::flush_thread_cache();
     let released = heap().trim(pad);
+    let uncached = pad == 0 && crate::large_cache::release_all();
     set_errno(saved);
-    i32::from(released)
+    i32::from(released || uncached)
 }
 
 /// glibc's `mallopt`: `M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD` and `M_TOP_PAD` take effect;

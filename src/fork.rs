@@ -9,6 +9,7 @@
 
 use crate::global::HEAP;
 use crate::large::REGISTRY;
+use crate::large_cache::CACHE;
 use crate::sync::Claim;
 
 /// Claimed by the thread that registers the handlers (`sync::Claim`; loom model
@@ -34,16 +35,19 @@ pub fn ensure_installed() {
     }
 }
 
-/// Before `fork`: take every lock in the documented order (`sync.rs`): CENTRAL, then LARGE.
+/// Before `fork`: take every lock in the documented order (`sync.rs`): CENTRAL, LARGE,
+/// LARGE_CACHE.
 extern "C" fn prepare() {
     HEAP.raw().lock();
     REGISTRY.raw().lock();
+    CACHE.raw().lock();
 }
 
 /// In the parent after `fork`: release in reverse order.
 extern "C" fn parent() {
-    // SAFETY: `prepare` took both locks on this thread.
+    // SAFETY: `prepare` took the locks on this thread.
     unsafe {
+        CACHE.raw().unlock();
         REGISTRY.raw().unlock();
         HEAP.raw().unlock();
     }
@@ -57,6 +61,7 @@ extern "C" fn parent() {
 extern "C" fn child() {
     // SAFETY: see above; no other thread exists in the child.
     unsafe {
+        CACHE.raw().unlock();
         REGISTRY.raw().unlock();
         HEAP.raw().unlock();
     }

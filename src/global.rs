@@ -363,6 +363,7 @@ pub(crate) fn maybe_purge_idle() {
         return;
     }
     LAST_PURGE_MS.store(now, r);
+    crate::large_cache::decay();
     // Never wait for the lock here: an idle purge is not worth a stall.
     if let Some(mut h) = HEAP.try_lock() {
         h.purge_idle();
@@ -383,6 +384,7 @@ pub fn start_background_purge() {
             // SAFETY: valid timespec; an interrupted sleep just purges early.
             unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
             HEAP.lock().purge_idle();
+            crate::large_cache::decay();
             LAST_PURGE_MS.store(now_ms(), Ordering::Relaxed);
         }
     }

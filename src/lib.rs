@@ -15,7 +15,7 @@
 //! crate). This crate exports no C symbols: linking it never replaces the process's `malloc`.
 //!
 //! Modules in dependency order, lowest first: `sync`, `diag` ← `os` ← `block` ← `central` ←
-//! `size_class` ← `stats` ← `thread_cache` ← `config` ← `large` ← `global` ← `api`, `fork`,
+//! `size_class` ← `stats` ← `thread_cache` ← `config` ← `large_cache` ← `large` ← `global` ← `api`, `fork`,
 //! `report`. A module never imports one to its right (except that `config` names defaults
 //! defined by the modules they tune).
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
@@ -42,6 +42,9 @@ pub mod thread_cache;
 
 #[cfg(not(loom))]
 pub mod config;
+
+#[cfg(not(loom))]
+pub mod large_cache;
 
 #[cfg(not(loom))]
 pub mod large;

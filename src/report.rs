@@ -9,6 +9,7 @@ use crate::config;
 use crate::diag::Line;
 use crate::global;
 use crate::large;
+use crate::large_cache::{self, CacheStats};
 use crate::size_class::{NCLASSES, class_size};
 use crate::stats::{self, ClassStats};
 use crate::sync::Ordering;
@@ -30,6 +31,8 @@ pub struct Stats {
     pub mmap_max_blocks: usize,
     /// Most bytes mapped for large blocks at once.
     pub mmap_max_bytes: usize,
+    /// The cache of freed large mappings.
+    pub large_cache: CacheStats,
     /// Peak resident set size of the process, in bytes (`getrusage`).
     pub peak_rss: usize,
     /// Acquisitions of the central lock.
@@ -58,6 +61,7 @@ pub fn stats() -> Stats {
         mmap_bytes: large::LIVE_BYTES.load(r),
         mmap_max_blocks: large::MAX_BLOCKS.load(r),
         mmap_max_bytes: large::MAX_BYTES.load(r),
+        large_cache: large_cache::stats(),
         peak_rss: peak_rss(),
         lock_acquisitions: global::lock_acquisitions(),
         lock_contended: global::lock_contended(),
@@ -168,6 +172,20 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
         .bytes(s.mmap_max_bytes)
         .str(")\n");
     out.put(&l);
+    let c = &s.large_cache;
+    let mut l = Line::new();
+    l.str("large cache: ")
+        .bytes(c.bytes)
+        .str(" in ")
+        .dec(c.spans)
+        .str(" mapping(s); hits ")
+        .dec(c.hits)
+        .str(", misses ")
+        .dec(c.misses)
+        .str("; decayed ")
+        .bytes(c.decayed_bytes)
+        .str("\n");
+    out.put(&l);
     let f = s.fragmentation_permille();
     let mut l = Line::new();
     l.str("peak RSS: ")
@@ -251,6 +269,16 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
         .dec(s.mmap_max_blocks)
         .str(",\"max_bytes\":")
         .dec(s.mmap_max_bytes)
+        .str("},\"large_cache\":{\"bytes\":")
+        .dec(s.large_cache.bytes)
+        .str(",\"mappings\":")
+        .dec(s.large_cache.spans)
+        .str(",\"hits\":")
+        .dec(s.large_cache.hits)
+        .str(",\"misses\":")
+        .dec(s.large_cache.misses)
+        .str(",\"decayed_bytes\":")
+        .dec(s.large_cache.decayed_bytes)
         .str("},\"peak_rss\":")
         .dec(s.peak_rss)
         .str(",\"fragmentation_permille\":")
@@ -367,7 +395,21 @@ pub fn malloc_info(out: &mut impl Sink) {
         }
         out.put(&l);
     }
-    let total = h.heap_bytes + s.mmap_bytes;
+    let c = &s.large_cache;
+    let mut l = Line::new();
+    l.str("<total type=\"large_cache\" count=\"")
+        .dec(c.spans)
+        .str("\" size=\"")
+        .dec(c.bytes)
+        .str("\" hits=\"")
+        .dec(c.hits)
+        .str("\" misses=\"")
+        .dec(c.misses)
+        .str("\" decayed=\"")
+        .dec(c.decayed_bytes)
+        .str("\"/>\n");
+    out.put(&l);
+    let total = h.heap_bytes + s.mmap_bytes + c.bytes;
     let mut l = Line::new();
     l.str("<system type=\"max\" size=\"")
         .dec(total)
