@@ -114,15 +114,22 @@ static int check(const unsigned char *p, size_t n, unsigned tag, const char *ste
     return 0;
 }
 
+/* Writes every page through a volatile pointer (a memset before free may be
+ * removed by the compiler as a dead store). */
+static void touch(unsigned char *p, size_t n, unsigned char v) {
+    for (size_t i = 0; i < n; i += 4096)
+        ((volatile unsigned char *)p)[i] = v;
+}
+
 static int mode_reuse(void) {
     size_t n = 8 * MIB;
     unsigned char *a = xmalloc(n);
-    memset(a, 0xab, n);
+    touch(a, n, 0xab);
     free(a);
     long m_freed = maps();
     long f0 = minflt();
     unsigned char *b = xmalloc(n);
-    memset(b, 0xcd, n);
+    touch(b, n, 0xcd);
     long f1 = minflt();
     long m_again = maps();
     printf("refault_pages=%ld\nmaps_freed=%ld\nmaps_again=%ld\n", f1 - f0, m_freed, m_again);
@@ -146,7 +153,7 @@ static int mode_rss(const char *mode) {
     void *blk[NBLOCKS];
     for (int i = 0; i < NBLOCKS; i++) {
         blk[i] = xmalloc(8 * MIB);
-        memset(blk[i], i + 1, 8 * MIB);
+        touch(blk[i], 8 * MIB, (unsigned char)(i + 1));
     }
     long peak = rss_kib();
     for (int i = 0; i < NBLOCKS; i++)
