@@ -215,7 +215,8 @@ impl Default for Registry {
     }
 }
 
-/// The live large blocks (lock `LARGE`, after `CENTRAL` in the lock order; no path holds both).
+/// The live large blocks (lock `LARGE`, after `CENTRAL` and before `LARGE_CACHE` in the lock
+/// order, `sync.rs`; no path holds `CENTRAL` and `LARGE` together).
 pub(crate) static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
 /// The most bytes live large blocks have held at once (the cache's automatic bound follows it).

@@ -174,17 +174,11 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
     out.put(&l);
     let c = &s.large_cache;
     let mut l = Line::new();
-    l.str("large cache: ")
-        .bytes(c.bytes)
-        .str(" in ")
-        .dec(c.spans)
-        .str(" mapping(s); hits ")
-        .dec(c.hits)
-        .str(", misses ")
-        .dec(c.misses)
-        .str("; decayed ")
-        .bytes(c.decayed_bytes)
-        .str("\n");
+    l.str("large cache: ").bytes(c.bytes).str(" in ").dec(c.spans).str(" mapping(s)");
+    for (label, v) in [("; hits ", c.hits), (", misses ", c.misses)] {
+        l.str(label).dec(v);
+    }
+    l.str("; decayed ").bytes(c.decayed_bytes).str("\n");
     out.put(&l);
     let f = s.fragmentation_permille();
     let mut l = Line::new();
@@ -397,17 +391,17 @@ pub fn malloc_info(out: &mut impl Sink) {
     }
     let c = &s.large_cache;
     let mut l = Line::new();
-    l.str("<total type=\"large_cache\" count=\"")
-        .dec(c.spans)
-        .str("\" size=\"")
-        .dec(c.bytes)
-        .str("\" hits=\"")
-        .dec(c.hits)
-        .str("\" misses=\"")
-        .dec(c.misses)
-        .str("\" decayed=\"")
-        .dec(c.decayed_bytes)
-        .str("\"/>\n");
+    l.str("<total type=\"large_cache\"");
+    for (attr, v) in [
+        (" count=\"", c.spans),
+        ("\" size=\"", c.bytes),
+        ("\" hits=\"", c.hits),
+        ("\" misses=\"", c.misses),
+        ("\" decayed=\"", c.decayed_bytes),
+    ] {
+        l.str(attr).dec(v);
+    }
+    l.str("\"/>\n");
     out.put(&l);
     let total = h.heap_bytes + s.mmap_bytes + c.bytes;
     let mut l = Line::new();

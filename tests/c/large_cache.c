@@ -43,21 +43,7 @@
 #define MIB ((size_t)1 << 20)
 #define NBLOCKS 12
 
-static long rss_kib(void) {
-    char buf[128];
-    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = 0;
-    long size = 0, res = -1;
-    if (sscanf(buf, "%ld %ld", &size, &res) != 2)
-        return -1;
-    return res * (sysconf(_SC_PAGESIZE) / 1024);
-}
+#include "statm.h"
 
 /* Lines of /proc/self/maps (one per mapping), counted without malloc. */
 static long maps(void) {
