@@ -249,7 +249,7 @@ fn alloc_dirty(n: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
     let align = if align <= ALIGN { ALIGN } else { align.max(PAGE) };
     let extra = if align <= PAGE { align.max(2 * HEADER) } else { align.checked_add(PAGE)? };
     let len = align_up(n.checked_add(extra)?, PAGE)?;
-    let (base, dirty) = large_cache::obtain(len, peak())?;
+    let (base, len, dirty) = large_cache::obtain(len, peak())?;
     let user_addr = align_up(base.addr().get() + 2 * HEADER, align)?;
     let offset = user_addr - base.addr().get();
     // SAFETY: `offset + n <= len` by the choice of `extra`, so `user` is inside the mapping.
@@ -367,18 +367,18 @@ pub fn realloc(
     } else {
         None
     };
-    let base = match warm {
-        Some(dst) => {
+    let (base, new_len) = match warm {
+        Some((dst, got)) => {
             // SAFETY: a cached span of `new_len` bytes, ours alone; the old block has `copy`
             // payload bytes from `offset`, and `offset + copy <= new_len`.
             unsafe {
                 core::ptr::copy_nonoverlapping(user.as_ptr(), dst.add(blk.offset).as_ptr(), copy)
             };
-            dst
+            (dst, got)
         }
         // SAFETY: L1 — exactly one mapping of ours; on failure it is untouched.
         None => match unsafe { os::remap(blk.base, blk.len, new_len) } {
-            Some(b) => b,
+            Some(b) => (b, new_len),
             None => return Ok(None),
         },
     };

@@ -261,21 +261,27 @@ fn give_span(s: Span, bound: usize) {
     }
 }
 
-/// Keeps the first `len` bytes of `s` and returns the rest to the cache (or unmaps it).
-fn split(s: Span, len: usize, bound: usize) -> NonNull<u8> {
-    if s.len > len {
-        // SAFETY: `len < s.len`, inside the span.
-        let tail = unsafe { s.base.add(len) };
-        give_span(Span { base: tail, len: s.len - len, since_ms: s.since_ms }, bound);
+/// A span at most this fraction larger than the request is used whole (the block gets the
+/// extra pages) instead of being split: splitting off small remainders fragments the cache.
+pub const WHOLE_SPAN_SLACK_DIVISOR: usize = 4;
+
+/// Keeps the first `len` bytes of `s` and returns the rest to the cache (or unmaps it), unless
+/// the rest is small ([`WHOLE_SPAN_SLACK_DIVISOR`]); returns the base and the length kept.
+fn split(s: Span, len: usize, bound: usize) -> (NonNull<u8>, usize) {
+    if s.len - len <= len / WHOLE_SPAN_SLACK_DIVISOR {
+        return (s.base, s.len);
     }
-    s.base
+    // SAFETY: `len < s.len`, inside the span.
+    let tail = unsafe { s.base.add(len) };
+    give_span(Span { base: tail, len: s.len - len, since_ms: s.since_ms }, bound);
+    (s.base, len)
 }
 
-/// A mapping of exactly `len` bytes (a page multiple) for a new large block, and how many of
-/// its first bytes may hold old data (the rest reads as zero): the best-fitting cached span
-/// (split), else the largest cached span grown with `mremap`, else a fresh mapping. `None`
-/// when memory is exhausted.
-pub fn obtain(len: usize, peak: usize) -> Option<(NonNull<u8>, usize)> {
+/// A mapping of at least `len` bytes (a page multiple) for a new large block: its base, its
+/// length, and how many of its first bytes may hold old data (the rest reads as zero). The
+/// best-fitting cached span (split), else the largest cached span grown with `mremap`, else a
+/// fresh mapping. `None` when memory is exhausted.
+pub fn obtain(len: usize, peak: usize) -> Option<(NonNull<u8>, usize, usize)> {
     debug_assert!(len % PAGE == 0);
     let bound = bound(peak);
     if bound != 0 {
@@ -286,24 +292,25 @@ pub fn obtain(len: usize, peak: usize) -> Option<(NonNull<u8>, usize)> {
         if let Some(s) = fit {
             // Relaxed: statistics.
             HITS.fetch_add(1, Ordering::Relaxed);
-            return Some((split(s, len, bound), len));
+            let (base, got) = split(s, len, bound);
+            return Some((base, got, got));
         }
         if let Some(s) = largest {
             // SAFETY: S1 — a whole range of one mapping, which `remap` grows or moves.
             if let Some(base) = unsafe { os::remap(s.base, s.len, len) } {
                 HITS.fetch_add(1, Ordering::Relaxed);
-                return Some((base, s.len));
+                return Some((base, len, s.len));
             }
             unmap(s);
         }
     }
     MISSES.fetch_add(1, Ordering::Relaxed);
-    os::map(len).map(|b| (b, 0))
+    os::map(len).map(|b| (b, len, 0))
 }
 
-/// A cached span of exactly `len` bytes (best fit, the rest split off), without a syscall
-/// when one fits; `None` otherwise (nothing is mapped then).
-pub fn take_warm(len: usize, peak: usize) -> Option<NonNull<u8>> {
+/// A cached span of at least `len` bytes (best fit, the rest split off) and its length,
+/// without a syscall when one fits; `None` otherwise (nothing is mapped then).
+pub fn take_warm(len: usize, peak: usize) -> Option<(NonNull<u8>, usize)> {
     let bound = bound(peak);
     let s = with_cache(|c| c.take_fit(len))?;
     HITS.fetch_add(1, Ordering::Relaxed);
