@@ -219,10 +219,15 @@ impl Default for Registry {
 /// order, `sync.rs`; no path holds `CENTRAL` and `LARGE` together).
 pub(crate) static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
-/// The most bytes live large blocks have held at once (the cache's automatic bound follows it).
-fn peak() -> usize {
+/// Room for the cache's automatic bound (`large_cache::bound`): what live large blocks may
+/// grow by before they and the cache together pass their peak by a quarter
+/// (`large_cache::AUTO_PEAK_SLACK_DIVISOR`). A program whose large blocks shrink keeps their
+/// pages for the next growth without its RSS passing the peak it already had.
+fn room() -> usize {
     // Relaxed: statistics (see the statics).
-    MAX_BYTES.load(Ordering::Relaxed)
+    let peak = MAX_BYTES.load(Ordering::Relaxed);
+    let live = LIVE_BYTES.load(Ordering::Relaxed);
+    (peak + peak / large_cache::AUTO_PEAK_SLACK_DIVISOR).saturating_sub(live)
 }
 
 /// Maps a block with at least `n` payload bytes aligned to `align` (a power of two). Its
@@ -249,7 +254,7 @@ fn alloc_dirty(n: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
     let align = if align <= ALIGN { ALIGN } else { align.max(PAGE) };
     let extra = if align <= PAGE { align.max(2 * HEADER) } else { align.checked_add(PAGE)? };
     let len = align_up(n.checked_add(extra)?, PAGE)?;
-    let (base, len, dirty) = large_cache::obtain(len, peak())?;
+    let (base, len, dirty) = large_cache::obtain(len, room())?;
     let user_addr = align_up(base.addr().get() + 2 * HEADER, align)?;
     let offset = user_addr - base.addr().get();
     // SAFETY: `offset + n <= len` by the choice of `extra`, so `user` is inside the mapping.
@@ -301,7 +306,7 @@ pub fn free(user: NonNull<u8>) -> Result<usize, Misuse> {
     reg.remove(user.addr().get());
     drop(reg);
     // SAFETY: L1 — one whole mapping of ours, now unregistered.
-    unsafe { large_cache::give(blk.base, blk.len, peak()) };
+    unsafe { large_cache::give(blk.base, blk.len, room()) };
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);
     Ok(blk.len)
@@ -358,12 +363,12 @@ pub fn realloc(
         drop(reg);
         LIVE_BYTES.fetch_sub(blk.len - new_len, Ordering::Relaxed);
         // SAFETY: `new_len < len`: the tail of the block's mapping, no longer part of it.
-        unsafe { large_cache::give(blk.base.add(new_len), blk.len - new_len, peak()) };
+        unsafe { large_cache::give(blk.base.add(new_len), blk.len - new_len, room()) };
         return Ok(Some(user));
     }
     let copy = blk.len - blk.offset;
     let warm = if copy <= (new_len - blk.len) * COPY_INTO_WARM_RATIO {
-        large_cache::take_warm(new_len, peak())
+        large_cache::take_warm(new_len, room())
     } else {
         None
     };
@@ -392,7 +397,7 @@ pub fn realloc(
     drop(reg);
     if warm.is_some() {
         // SAFETY: L1 — the old mapping, unregistered and copied out.
-        unsafe { large_cache::give(blk.base, blk.len, peak()) };
+        unsafe { large_cache::give(blk.base, blk.len, room()) };
     }
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(blk.len, Ordering::Relaxed);

@@ -30,10 +30,12 @@ pub const SLOTS: usize = 256;
 /// A split-off remainder shorter than this is unmapped instead of cached (too small to serve a
 /// large block; it would only take a slot).
 pub const MIN_SPAN: usize = 64 << 10;
-/// Automatic bound (`large_cache:auto`, the default): at least this many bytes …
+/// Automatic bound (`large_cache:auto`, the default): at least this many bytes, or the room
+/// left under the peak of live large bytes plus a slack of 1/[`AUTO_PEAK_SLACK_DIVISOR`],
+/// whichever is larger (`large.rs` computes the room).
 pub const AUTO_MIN_BYTES: usize = 64 << 20;
-/// … or the peak of live large bytes divided by this, whichever is larger.
-pub const AUTO_PEAK_DIVISOR: usize = 4;
+/// See [`AUTO_MIN_BYTES`].
+pub const AUTO_PEAK_SLACK_DIVISOR: usize = 4;
 
 /// A cached page range.
 ///
@@ -200,12 +202,12 @@ fn with_cache<R>(f: impl FnOnce(&mut LargeCache) -> R) -> R {
 }
 
 /// The byte bound in force: `large_cache:N`, or with `large_cache:auto` the larger of
-/// [`AUTO_MIN_BYTES`] and `peak / AUTO_PEAK_DIVISOR`, where `peak` is the most bytes live
-/// large blocks have held at once.
-pub fn bound(peak: usize) -> usize {
+/// [`AUTO_MIN_BYTES`] and `room`: what live large blocks may grow by before they and the cache
+/// together pass 5/4 of their peak.
+pub fn bound(room: usize) -> usize {
     // Relaxed: a tuning value (config.rs).
     match config::LARGE_CACHE_BYTES.load(Ordering::Relaxed) {
-        config::LARGE_CACHE_AUTO => AUTO_MIN_BYTES.max(peak / AUTO_PEAK_DIVISOR),
+        config::LARGE_CACHE_AUTO => AUTO_MIN_BYTES.max(room),
         v => v,
     }
 }
@@ -232,9 +234,9 @@ fn unmap(s: Span) {
 ///
 /// # Safety
 /// The range is page-aligned, inside one mapping of ours, and nothing uses it any more.
-pub unsafe fn give(base: NonNull<u8>, len: usize, peak: usize) {
+pub unsafe fn give(base: NonNull<u8>, len: usize, room: usize) {
     let s = Span { base, len, since_ms: now_ms() };
-    give_span(s, bound(peak));
+    give_span(s, bound(room));
 }
 
 fn give_span(s: Span, bound: usize) {
@@ -281,9 +283,9 @@ fn split(s: Span, len: usize, bound: usize) -> (NonNull<u8>, usize) {
 /// length, and how many of its first bytes may hold old data (the rest reads as zero). The
 /// best-fitting cached span (split), else the largest cached span grown with `mremap`, else a
 /// fresh mapping. `None` when memory is exhausted.
-pub fn obtain(len: usize, peak: usize) -> Option<(NonNull<u8>, usize, usize)> {
+pub fn obtain(len: usize, room: usize) -> Option<(NonNull<u8>, usize, usize)> {
     debug_assert!(len % PAGE == 0);
-    let bound = bound(peak);
+    let bound = bound(room);
     if bound != 0 {
         let (fit, largest) = with_cache(|c| match c.take_fit(len) {
             Some(s) => (Some(s), None),
@@ -310,8 +312,8 @@ pub fn obtain(len: usize, peak: usize) -> Option<(NonNull<u8>, usize, usize)> {
 
 /// A cached span of at least `len` bytes (best fit, the rest split off) and its length,
 /// without a syscall when one fits; `None` otherwise (nothing is mapped then).
-pub fn take_warm(len: usize, peak: usize) -> Option<(NonNull<u8>, usize)> {
-    let bound = bound(peak);
+pub fn take_warm(len: usize, room: usize) -> Option<(NonNull<u8>, usize)> {
+    let bound = bound(room);
     let s = with_cache(|c| c.take_fit(len))?;
     HITS.fetch_add(1, Ordering::Relaxed);
     Some(split(s, len, bound))
