@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  free(large) ──► give(span) ──► [ span | span | … ]  ≤ bound() bytes, ≤ SLOTS spans
-//!                                   │ best fit (smallest ≥ len), the rest split off and kept
+//!                                   │ best fit (smallest ≥ len), a large rest split off
 //!  malloc(large) ◄── obtain(len) ◄──┘ else the largest span grown with mremap, else mmap
 //!                   decay(): spans unused for purge_delay_ms are unmapped
 //! ```
