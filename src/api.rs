@@ -163,8 +163,9 @@ pub fn malloc_trim(pad: usize) -> i32 {
     let saved = errno();
     FRONT.flush_cache();
     let released = crate::process::heap().trim(pad);
+    let uncached = pad == 0 && crate::large_cache::release_all();
     set_errno(saved);
-    i32::from(released)
+    i32::from(released || uncached)
 }
 
 /// glibc's `M_MXFAST` limit (`80 * sizeof(size_t) / 4`): larger values are refused.

@@ -30,6 +30,9 @@ pub const DEFAULT_TRIM_THRESHOLD: usize = crate::central::DEFAULT_TRIM_THRESHOLD
 pub const DEFAULT_TCACHE_MAX_BYTES: usize = crate::thread_cache::DEFAULT_MAX_BYTES;
 /// Default `purge_delay_ms`: free memory idle this long goes back to the OS.
 pub const DEFAULT_PURGE_DELAY_MS: usize = 1000;
+/// `large_cache:auto` (the default): the bound follows the peak of live large blocks
+/// (`large_cache.rs`).
+pub const LARGE_CACHE_AUTO: usize = usize::MAX;
 
 /// Print statistics at exit: `STATS_OFF`, `STATS_TEXT`, `STATS_JSON`.
 pub static STATS: AtomicUsize = AtomicUsize::new(STATS_OFF);
@@ -54,6 +57,9 @@ pub static TCACHE_MAX_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_TCACHE_MAX_B
 pub static TCACHE: AtomicBool = AtomicBool::new(true);
 /// Idle free memory is purged after this many milliseconds.
 pub static PURGE_DELAY_MS: AtomicUsize = AtomicUsize::new(DEFAULT_PURGE_DELAY_MS);
+/// Bytes of freed large mappings kept for reuse: `LARGE_CACHE_AUTO`, or a fixed bound (0 turns
+/// the cache off).
+pub static LARGE_CACHE_BYTES: AtomicUsize = AtomicUsize::new(LARGE_CACHE_AUTO);
 /// Start a background thread that purges idle memory.
 pub static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
 /// Fill new and freed memory with junk bytes (`junk:1`, or glibc's `M_PERTURB`).
@@ -175,6 +181,10 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
         b"tcache" => return set_bool(&TCACHE, value),
         b"purge_delay_ms" => return set_size(&PURGE_DELAY_MS, value, 0),
         b"background_purge" => return set_bool(&BACKGROUND_PURGE, value),
+        b"large_cache" if value == b"auto" => {
+            LARGE_CACHE_BYTES.store(LARGE_CACHE_AUTO, Ordering::Relaxed)
+        }
+        b"large_cache" => return set_size(&LARGE_CACHE_BYTES, value, 0),
         b"junk" => return set_bool(&JUNK, value),
         b"check" => return set_size(&CHECK_EVERY, value, 0),
         b"abort_on_error" => return set_bool(&ABORT_ON_ERROR, value),
@@ -305,7 +315,12 @@ pub fn print_options() {
         .dec(PURGE_DELAY_MS.load(r))
         .str(" background_purge:")
         .dec(BACKGROUND_PURGE.load(r) as usize)
-        .str(" junk:")
+        .str(" large_cache:");
+    match LARGE_CACHE_BYTES.load(r) {
+        LARGE_CACHE_AUTO => l.str("auto"),
+        v => l.dec(v),
+    };
+    l.str(" junk:")
         .dec(JUNK.load(r) as usize)
         .str(" check:")
         .dec(CHECK_EVERY.load(r))

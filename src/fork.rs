@@ -22,6 +22,7 @@
 //!   nesting (`DEPTH`); the nested `parent`/`child` handlers count down without unlocking.
 
 use crate::large::REGISTRY;
+use crate::large_cache::CACHE;
 use crate::process::HEAP;
 use crate::sync::{AtomicUsize, Claim, Ordering};
 
@@ -82,7 +83,7 @@ pub fn ensure_installed() {
 }
 
 /// Before `fork`: take glibc's stdio list lock, then every lock of ours in the documented
-/// order (`sync.rs`): CENTRAL, then LARGE. Nested in a `fork` of the same thread (a signal
+/// order (`sync.rs`): CENTRAL, LARGE, then the large-mapping cache. Nested in a `fork` of the same thread (a signal
 /// handler): count the level only.
 extern "C" fn prepare() {
     let me = self_id();
@@ -108,6 +109,7 @@ extern "C" fn prepare() {
     };
     HEAP.raw().lock();
     REGISTRY.raw().lock();
+    CACHE.raw().lock();
     DEPTH.store(1, Ordering::Relaxed);
     OWNER.store(me, Ordering::Relaxed);
     // SAFETY: restores the mask saved above.
@@ -127,6 +129,7 @@ unsafe fn release(stdio: unsafe extern "C" fn()) {
     DEPTH.store(0, Ordering::Relaxed);
     // SAFETY: `prepare` took both locks on this thread (forwarded contract).
     unsafe {
+        CACHE.raw().unlock();
         REGISTRY.raw().unlock();
         HEAP.raw().unlock();
         stdio();

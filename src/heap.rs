@@ -83,7 +83,13 @@ pub trait Env {
         None
     }
 
-    /// Unmaps the large block `p`.
+    /// [`Env::large_alloc`] of zeroed memory (a reused mapping is cleared, a fresh one is
+    /// zero already).
+    fn large_alloc_zeroed(&self, n: usize) -> Option<NonNull<u8>> {
+        self.large_alloc(n, ALIGN)
+    }
+
+    /// Unmaps the large block `p` (or keeps its mapping for reuse).
     ///
     /// # Errors
     /// `NotAllocated` for a pointer that is not a live large block.
@@ -99,7 +105,9 @@ pub trait Env {
         Err(Misuse::NotAllocated)
     }
 
-    /// Resizes the large block `p` in its mapping (`Ok(None)`: it cannot, `p` is untouched).
+    /// Resizes the large block `p`: in its mapping, by moving its pages, or (below the mmap
+    /// threshold, where a heap block saves memory) `Ok(None)`, and the caller moves it;
+    /// `Ok(None)` leaves `p` untouched.
     ///
     /// # Errors
     /// As [`Env::large_free`].
@@ -305,9 +313,9 @@ impl<E: Env> Front<E> {
         }
         self.0.on_slow_path();
         self.0.on_central();
-        // Fresh mappings are zero.
+        // A fresh mapping is zero; a reused one is cleared by `large_alloc_zeroed`.
         if n >= self.0.mmap_threshold()
-            && let Some(p) = self.0.large_alloc(n, ALIGN)
+            && let Some(p) = self.0.large_alloc_zeroed(n)
         {
             return Some(p);
         }
@@ -319,7 +327,7 @@ impl<E: Env> Front<E> {
                 }
                 Some(p)
             }
-            None => self.0.large_alloc(n, ALIGN).or_else(|| self.oom()),
+            None => self.0.large_alloc_zeroed(n).or_else(|| self.oom()),
         }
     }
 
@@ -589,11 +597,7 @@ impl<E: Env> Front<E> {
             // SAFETY: forwarded contract.
             Ok(false) => unsafe { self.usable_size(p, "realloc") },
             Err(Misuse::NotOurs) => {
-                let r = if n >= self.0.mmap_threshold() / 2 {
-                    self.0.large_realloc(p, n)
-                } else {
-                    self.0.large_usable(p).map(|_| None)
-                };
+                let r = self.0.large_realloc(p, n);
                 match r {
                     Ok(Some(q)) => return Some(q),
                     Ok(None) => match self.0.large_usable(p) {

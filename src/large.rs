@@ -1,5 +1,6 @@
-//! Large blocks: requests at or above the mmap threshold get a mapping of their own, `munmap`
-//! on free and `mremap` on realloc, and never enter the central heap.
+//! Large blocks: requests at or above the mmap threshold get a mapping of their own, and never
+//! enter the central heap. Mappings come from and go back to the cache of freed mappings
+//! (`large_cache.rs`); realloc resizes them in place of copying (see [`realloc`]).
 //!
 //! ```text
 //!  base (page-aligned)                  user = base + offset (aligned as asked)
@@ -18,6 +19,7 @@ use core::ptr::NonNull;
 use crate::block::{ALIGN, BlockPtr, HEADER, MAPPED, USED, UserPtr};
 use crate::central::HeapError;
 use crate::diag::Misuse;
+use crate::large_cache;
 use crate::os::{self, PAGE, align_up};
 use crate::sync::{Counter, Mutex};
 
@@ -216,11 +218,38 @@ impl Default for Registry {
     }
 }
 
-/// The live large blocks (lock `LARGE`, after `CENTRAL` in the lock order; no path holds both).
+/// The live large blocks (lock `LARGE`, after `CENTRAL` and before `LARGE_CACHE` in the lock
+/// order, `sync.rs`; no path holds `CENTRAL` and `LARGE` together).
 pub(crate) static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
-/// Maps a block with at least `n` payload bytes aligned to `align` (a power of two).
+/// Room for the cache's automatic bound (`large_cache::bound`): what live large blocks may
+/// grow by before they and the cache together pass their peak by a quarter
+/// (`large_cache::AUTO_PEAK_SLACK_DIVISOR`). A program whose large blocks shrink keeps their
+/// pages for the next growth without its RSS passing the peak it already had.
+fn room() -> usize {
+    // Relaxed: statistics (see the statics).
+    let peak = MAX_BYTES.get();
+    let live = LIVE_BYTES.get();
+    (peak + peak / large_cache::AUTO_PEAK_SLACK_DIVISOR).saturating_sub(live)
+}
+
+/// Maps a block with at least `n` payload bytes aligned to `align` (a power of two). Its
+/// memory may hold old data (a reused mapping).
 pub fn alloc(n: usize, align: usize) -> Option<NonNull<u8>> {
+    alloc_dirty(n, align).map(|(user, _)| user)
+}
+
+/// Maps a block with at least `n` zeroed payload bytes, 16-byte aligned: the part of a reused
+/// mapping that may hold old data is cleared, fresh pages are not touched.
+pub fn alloc_zeroed(n: usize) -> Option<NonNull<u8>> {
+    let (user, dirty) = alloc_dirty(n, ALIGN)?;
+    // SAFETY: the first `dirty` payload bytes lie inside the block (`dirty <= n` below).
+    unsafe { core::ptr::write_bytes(user.as_ptr(), 0, dirty.min(n)) };
+    Some(user)
+}
+
+/// [`alloc`], and how many payload bytes from the start may be non-zero.
+fn alloc_dirty(n: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
     // Room for the two header words before an aligned address.
     // The user pointer sits 16 bytes into a page (alignment up to 16) or at a page boundary
     // (any larger alignment): the free fast path sends both to the registry check before it
@@ -228,7 +257,7 @@ pub fn alloc(n: usize, align: usize) -> Option<NonNull<u8>> {
     let align = if align <= ALIGN { ALIGN } else { align.max(PAGE) };
     let extra = if align <= PAGE { align.max(2 * HEADER) } else { align.checked_add(PAGE)? };
     let len = align_up(n.checked_add(extra)?, PAGE)?;
-    let base = os::map(len)?;
+    let (base, len, dirty) = large_cache::obtain(len, room())?;
     let user_addr = align_up(base.addr().get() + 2 * HEADER, align)?;
     let offset = user_addr - base.addr().get();
     // SAFETY: `offset + n <= len` by the choice of `extra`, so `user` is inside the mapping.
@@ -236,12 +265,12 @@ pub fn alloc(n: usize, align: usize) -> Option<NonNull<u8>> {
     // SAFETY: `offset >= 16`, so both header words lie inside the mapping.
     unsafe { write_header(user, len, offset) };
     if !REGISTRY.lock().insert(user_addr) {
-        // SAFETY: our fresh mapping, never handed out.
+        // SAFETY: our mapping, never handed out.
         unsafe { os::unmap(base, len) };
         return None;
     }
     count_map(len);
-    Some(user)
+    Some((user, dirty.saturating_sub(offset)))
 }
 
 /// Whether `user` is a live large block.
@@ -264,8 +293,9 @@ pub fn usable(user: NonNull<u8>) -> Result<usize, Misuse> {
     Ok(blk.usable())
 }
 
-/// Unmaps the large block `user` and returns the mapping's length. The check and the removal
-/// happen under one lock, so two racing frees of one block cannot both unmap.
+/// Frees the large block `user` (its mapping goes to the cache, or is unmapped) and returns the
+/// mapping's length. The check and the removal happen under one lock, so two racing frees of
+/// one block cannot both release it.
 ///
 /// # Errors
 /// As [`usable`]; the registry is unchanged then.
@@ -279,18 +309,41 @@ pub fn free(user: NonNull<u8>) -> Result<usize, Misuse> {
     reg.remove(user.addr().get());
     drop(reg);
     // SAFETY: L1 — one whole mapping of ours, now unregistered.
-    unsafe { os::unmap(blk.base, blk.len) };
+    unsafe { large_cache::give(blk.base, blk.len, room()) };
     count_unmap(blk.len);
     Ok(blk.len)
 }
 
-/// Resizes the large block `user` to `n` payload bytes with `mremap`, moving it if needed;
-/// `Ok(None)` leaves it untouched. The result keeps 16-byte alignment (the offset is
-/// unchanged), not any larger alignment the block had.
+/// Whether a block of `n` payload bytes in a mapping of `len` bytes should stay a mapping
+/// rather than move into the heap: at or above the mmap threshold, or when the page rounding
+/// wastes at most an eighth of the mapping (below that, a heap block saves memory).
+pub fn stays_mapped(n: usize, len: usize, threshold: usize) -> bool {
+    n >= threshold || (len - n.min(len)) * 8 <= len
+}
+
+/// Grows by copying into a warm cached mapping, instead of `mremap` with fresh pages, when the
+/// copy is at most this many times smaller than the growth (a copied byte costs less than a
+/// faulted and zeroed one; measured with the harness's `large` workload).
+pub const COPY_INTO_WARM_RATIO: usize = 1;
+
+/// Resizes the large block `user` to `n` payload bytes; `Ok(None)` leaves it untouched and
+/// asks the caller to move it (allocate, copy, free): when `n` is below `threshold` and a heap
+/// block would use less memory ([`stays_mapped`]), or when the kernel refuses the resize.
+///
+/// - shrink: the cut-off tail pages go to the cache (no copy, no syscall when cached);
+/// - grow: into a cached mapping that fits if the bytes to copy are few next to the pages
+///   it saves faulting ([`COPY_INTO_WARM_RATIO`]), else `mremap` (pages move, bytes do not).
+///
+/// The result keeps 16-byte alignment (the offset is unchanged), not any larger alignment the
+/// block had.
 ///
 /// # Errors
 /// As [`usable`].
-pub fn realloc(user: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misuse> {
+pub fn realloc(
+    user: NonNull<u8>,
+    n: usize,
+    threshold: usize,
+) -> Result<Option<NonNull<u8>>, Misuse> {
     let mut reg = REGISTRY.lock();
     if !reg.contains(user.addr().get()) {
         return Err(Misuse::NotAllocated);
@@ -303,8 +356,39 @@ pub fn realloc(user: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misus
     if new_len == blk.len {
         return Ok(Some(user));
     }
-    // SAFETY: L1 — exactly one mapping of ours; on failure it is untouched.
-    let Some(base) = (unsafe { os::remap(blk.base, blk.len, new_len) }) else { return Ok(None) };
+    if !stays_mapped(n, new_len, threshold) {
+        return Ok(None);
+    }
+    if new_len < blk.len {
+        // SAFETY: the header words lie before `user`, inside the shortened mapping.
+        unsafe { write_header(user, new_len, blk.offset) };
+        drop(reg);
+        LIVE_BYTES.sub(blk.len - new_len);
+        // SAFETY: `new_len < len`: the tail of the block's mapping, no longer part of it.
+        unsafe { large_cache::give(blk.base.add(new_len), blk.len - new_len, room()) };
+        return Ok(Some(user));
+    }
+    let copy = blk.len - blk.offset;
+    let warm = if copy <= (new_len - blk.len) * COPY_INTO_WARM_RATIO {
+        large_cache::take_warm(new_len, room())
+    } else {
+        None
+    };
+    let (base, new_len) = match warm {
+        Some((dst, got)) => {
+            // SAFETY: a cached span of `new_len` bytes, ours alone; the old block has `copy`
+            // payload bytes from `offset`, and `offset + copy <= new_len`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(user.as_ptr(), dst.add(blk.offset).as_ptr(), copy)
+            };
+            (dst, got)
+        }
+        // SAFETY: L1 — exactly one mapping of ours; on failure it is untouched.
+        None => match unsafe { os::remap(blk.base, blk.len, new_len) } {
+            Some(b) => (b, new_len),
+            None => return Ok(None),
+        },
+    };
     // SAFETY: `offset < new_len` since `new_len >= n + offset`, and offset >= 16.
     let new_user = unsafe { base.add(blk.offset) };
     // SAFETY: as above, the header words lie inside the new mapping.
@@ -313,6 +397,10 @@ pub fn realloc(user: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misus
     // A removal just freed a slot, so this insert needs no growth.
     reg.insert(new_user.addr().get());
     drop(reg);
+    if warm.is_some() {
+        // SAFETY: L1 — the old mapping, unregistered and copied out.
+        unsafe { large_cache::give(blk.base, blk.len, room()) };
+    }
     count_unmap(blk.len);
     count_map(new_len);
     Ok(Some(new_user))
@@ -408,7 +496,7 @@ mod tests {
         assert_eq!(p.addr().get() % 64, 0);
         assert!(owns(p));
         assert!(usable(p).unwrap() >= 300_000);
-        let q = realloc(p, 3 << 20).unwrap().unwrap();
+        let q = realloc(p, 3 << 20, 128 << 10).unwrap().unwrap();
         assert!(owns(q));
         assert!(q == p || !owns(p));
         free(q).unwrap();

@@ -27,8 +27,8 @@
 //! launcher, `brkmalloc-run PROGRAM [ARGS]`; see the README.
 //!
 //! Modules in dependency order, lowest first: `sync` ← `diag` ← `os` ← `size_class` ← `block`
-//! ← `stats` ← `central` ← `thread_cache` ← `heap` (the front end) ← `config` ← `large` ←
-//! `purge` ← `tls` ← `process` ← `fork` ← `report` ← `api` ← `global_alloc`. A module never
+//! ← `stats` ← `central` ← `thread_cache` ← `heap` (the front end) ← `config` ←
+//! `large_cache` ← `large` ← `purge` ← `tls` ← `process` ← `fork` ← `report` ← `api` ← `global_alloc`. A module never
 //! imports one to its right.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
@@ -57,6 +57,9 @@ pub mod heap;
 
 #[cfg(not(loom))]
 pub mod config;
+
+#[cfg(not(loom))]
+pub mod large_cache;
 
 #[cfg(not(loom))]
 pub mod large;

@@ -95,12 +95,16 @@ impl Env for Process {
         large::free(p).map(raise_mmap_threshold)
     }
 
+    fn large_alloc_zeroed(&self, n: usize) -> Option<NonNull<u8>> {
+        large::alloc_zeroed(n)
+    }
+
     fn large_usable(&self, p: NonNull<u8>) -> Result<usize, Misuse> {
         large::usable(p)
     }
 
     fn large_realloc(&self, p: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misuse> {
-        large::realloc(p, n)
+        large::realloc(p, n, config::MMAP_THRESHOLD.load(Ordering::Relaxed))
     }
 
     fn check_large(&self) -> Result<(), HeapError> {

@@ -36,6 +36,7 @@ pub fn maybe_purge_idle<S: MemorySource>(heap: &Mutex<CentralHeap<S>>) {
         return;
     }
     LAST_PURGE_MS.store(now, r);
+    crate::large_cache::decay();
     // An idle purge is not worth a stall.
     if let Some(mut h) = heap.try_lock() {
         h.purge_idle();
@@ -59,6 +60,7 @@ pub fn start_background<S: MemorySource + Send>(heap: &'static Mutex<CentralHeap
             // SAFETY: valid timespec; an interrupted sleep just purges early.
             unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
             heap.lock().purge_idle();
+            crate::large_cache::decay();
             LAST_PURGE_MS.store(now_ms(), Ordering::Relaxed);
         }
     }

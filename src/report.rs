@@ -8,6 +8,7 @@ use crate::central::HeapStats;
 use crate::config;
 use crate::diag::Line;
 use crate::large;
+use crate::large_cache::{self, CacheStats};
 use crate::process;
 use crate::size_class::{NCLASSES, class_size};
 use crate::stats::{self, ClassStats};
@@ -30,6 +31,8 @@ pub struct Stats {
     pub mmap_max_blocks: usize,
     /// Most bytes mapped for large blocks at once.
     pub mmap_max_bytes: usize,
+    /// The cache of freed large mappings.
+    pub large_cache: CacheStats,
     /// Peak resident set size of the process, in bytes (`getrusage`).
     pub peak_rss: usize,
     /// Acquisitions of the central lock.
@@ -74,6 +77,7 @@ pub fn stats() -> Stats {
         mmap_bytes: large::LIVE_BYTES.get(),
         mmap_max_blocks: large::MAX_BLOCKS.get(),
         mmap_max_bytes: large::MAX_BYTES.get(),
+        large_cache: large_cache::stats(),
         peak_rss: peak_rss(),
         lock_acquisitions: process::lock_acquisitions(),
         lock_contended: process::lock_contended(),
@@ -220,6 +224,14 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
         .bytes(s.mmap_max_bytes)
         .str(")\n");
     out.put(&l);
+    let c = &s.large_cache;
+    let mut l = Line::new();
+    l.str("large cache: ").bytes(c.bytes).str(" in ").dec(c.spans).str(" mapping(s)");
+    for (label, v) in [("; hits ", c.hits), (", misses ", c.misses)] {
+        l.str(label).dec(v);
+    }
+    l.str("; decayed ").bytes(c.decayed_bytes).str("\n");
+    out.put(&l);
     let f = s.fragmentation_permille();
     let mut l = Line::new();
     l.str("peak RSS: ")
@@ -313,6 +325,16 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
         .dec(s.mmap_max_blocks)
         .str(",\"max_bytes\":")
         .dec(s.mmap_max_bytes)
+        .str("},\"large_cache\":{\"bytes\":")
+        .dec(s.large_cache.bytes)
+        .str(",\"mappings\":")
+        .dec(s.large_cache.spans)
+        .str(",\"hits\":")
+        .dec(s.large_cache.hits)
+        .str(",\"misses\":")
+        .dec(s.large_cache.misses)
+        .str(",\"decayed_bytes\":")
+        .dec(s.large_cache.decayed_bytes)
         .str("},\"peak_rss\":")
         .dec(s.peak_rss)
         .str(",\"fragmentation_permille\":")
@@ -473,7 +495,21 @@ pub fn malloc_info(out: &mut impl Sink) {
         }
         out.put(&l);
     }
-    let total = h.heap_bytes + s.mmap_bytes;
+    let c = &s.large_cache;
+    let mut l = Line::new();
+    l.str("<total type=\"large_cache\"");
+    for (attr, v) in [
+        (" count=\"", c.spans),
+        ("\" size=\"", c.bytes),
+        ("\" hits=\"", c.hits),
+        ("\" misses=\"", c.misses),
+        ("\" decayed=\"", c.decayed_bytes),
+    ] {
+        l.str(attr).dec(v);
+    }
+    l.str("\"/>\n");
+    out.put(&l);
+    let total = h.heap_bytes + s.mmap_bytes + c.bytes;
     let mut l = Line::new();
     l.str("<system type=\"max\" size=\"")
         .dec(total)

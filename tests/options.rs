@@ -19,6 +19,9 @@
 //!   background purge lower the resident set size (`tests/c/idle.c`), each next
 //!   to a control in which the same program without that mechanism keeps its
 //!   memory. Run with `--nocapture` to see the numbers.
+//! - `large_*`: the cache of freed large mappings (issue 13, `tests/c/large_cache.c`):
+//!   reuse without new mappings or page faults, decay, `malloc_trim(0)`, fork,
+//!   and contents across every realloc transition, each next to a control.
 //!
 //! Most of these are not meaningful on glibc (no options, other numbers), so
 //! the option and RSS tests run only under the preload.
@@ -511,4 +514,102 @@ fn rss_background_purge() {
         "background_purge:1,purge_delay_ms:100",
         "sleeping 0.5 s",
     );
+}
+
+// ---- the cache of freed large mappings (issue 13) --------------------------------
+
+/// A fixed threshold: glibc's dynamic one (on by default) would send the 8 MiB
+/// blocks of the second allocation into the heap after the first free.
+const LARGE_CONF: &str = "mmap_threshold:128k";
+
+/// Runs `large_cache MODE` on glibc first (the control that the program is
+/// right), then under the preload with `LARGE_CONF` plus `conf`.
+fn large_cache(mode: &str, conf: &str) -> Run {
+    c_pass("large_cache", &[mode], Alloc::Glibc);
+    let conf = format!("{LARGE_CONF},{conf}");
+    let r = c_pass("large_cache", &[mode], Alloc::Brk(&conf));
+    println!("large_cache {mode} BRKMALLOC_CONF={conf}: {}", r.stdout.replace('\n', " "));
+    r
+}
+
+/// RSS after the cache gave its memory back (the program's own floor is a few MiB).
+const LARGE_RSS_BOUND_KIB: i64 = 16 << 10;
+/// What a control run keeps: the 64 MiB automatic bound, less some slack.
+const LARGE_RSS_KEPT_KIB: i64 = 48 << 10;
+
+#[test]
+fn large_reuse_without_new_mapping() {
+    let off = large_cache("reuse", "large_cache:0");
+    let on = large_cache("reuse", "stats:1");
+    // Off, the 8 MiB block is unmapped on free and mapped again; on, the same
+    // mapping comes back: no new mapping, no page fault.
+    assert_eq!(on.value("maps_again"), on.value("maps_freed"), "{}", on.report());
+    assert!(on.value("refault_pages") < 64, "{}", on.report());
+    assert!(on.stderr.contains("large cache: "), "stats:1 shows the cache; {}", on.report());
+    assert!(on.value("calloc_zero") == 1);
+    // The control: without the cache the block is mapped anew and faults every page.
+    assert!(off.value("refault_pages") >= 2000, "control: {}", off.report());
+}
+
+#[test]
+fn large_cache_kept_then_trimmed() {
+    let r = large_cache("none", NO_IDLE_PURGE);
+    let kept = r.value("rss_final_kib");
+    assert!(kept >= LARGE_RSS_KEPT_KIB, "control: the cache kept only {kept} KiB; {}", r.report());
+    let r = large_cache("trim", NO_IDLE_PURGE);
+    assert_eq!(r.value("trim_ret"), 1, "{}", r.report());
+    let after = r.value("rss_final_kib");
+    assert!(after < LARGE_RSS_BOUND_KIB, "RSS {after} KiB after malloc_trim(0); {}", r.report());
+    let r = large_cache("none", &format!("large_cache:0,{NO_IDLE_PURGE}"));
+    let off = r.value("rss_final_kib");
+    assert!(off < LARGE_RSS_BOUND_KIB, "large_cache:0 keeps {off} KiB; {}", r.report());
+}
+
+#[test]
+fn large_cache_decays_background() {
+    let r = large_cache("sleep", "purge_delay_ms:100");
+    let kept = r.value("rss_final_kib");
+    assert!(kept >= LARGE_RSS_KEPT_KIB, "control: no thread, yet {kept} KiB left; {}", r.report());
+    let r = large_cache("sleep", "purge_delay_ms:100,background_purge:1");
+    let after = r.value("rss_final_kib");
+    assert!(after < LARGE_RSS_BOUND_KIB, "RSS {after} KiB after 0.6 s idle; {}", r.report());
+}
+
+#[test]
+fn large_cache_decays_from_allocation_paths() {
+    let r = large_cache("spin", NO_IDLE_PURGE);
+    let kept = r.value("rss_final_kib");
+    assert!(
+        kept >= LARGE_RSS_KEPT_KIB,
+        "control: {kept} KiB left with no idle purge; {}",
+        r.report()
+    );
+    let r = large_cache("spin", "purge_delay_ms:100,stats:json");
+    let after = r.value("rss_final_kib");
+    assert!(
+        after < LARGE_RSS_BOUND_KIB,
+        "RSS {after} KiB after 0.6 s of 40 KiB calls; {}",
+        r.report()
+    );
+    let decayed = python_check(
+        "import json,sys; l=[l for l in open(sys.argv[1]) if l.startswith('{')]; \
+         print(json.loads(l[-1])['brkmalloc']['large_cache']['decayed_bytes'])",
+        &r.stderr,
+        "large_decay_json",
+    );
+    let decayed: u64 = decayed.trim().parse().expect("a number");
+    assert!(decayed >= 48 << 20, "stats:json decayed_bytes {decayed}");
+}
+
+#[test]
+fn large_cache_fork() {
+    large_cache("fork", "");
+}
+
+#[test]
+fn large_realloc_transitions_keep_contents() {
+    large_cache("realloc", "");
+    // The same with the cache off, and with the default (dynamic) threshold.
+    c_pass("large_cache", &["realloc"], Alloc::Brk("mmap_threshold:128k,large_cache:0"));
+    c_pass("large_cache", &["realloc"], Alloc::Brk(""));
 }
