@@ -88,8 +88,17 @@ misuse_tests! {
 // ---- invalid and interior pointers ----------------------------------------------------------
 
 misuse_tests! {
+    // Needs `hardening`: the tag check on free (without it the fast path trusts the class code
+    // of whatever word lies before the pointer).
+    #[cfg(feature = "hardening")]
     invalid_free_of_a_static_array: "invalid-free-static", "free", "invalid pointer or double free";
+    // Needs `hardening`: the tag check on free (without it the fast path trusts the class code
+    // of whatever word lies before the pointer).
+    #[cfg(feature = "hardening")]
     invalid_free_of_a_stack_address: "invalid-free-stack", "free", "invalid pointer or double free";
+    // Needs `hardening`: the tag check on free (without it the fast path trusts the class code
+    // of whatever word lies before the pointer).
+    #[cfg(feature = "hardening")]
     invalid_free_into_a_foreign_mapping:
         "invalid-free-mmap", "free", "invalid pointer or double free";
     // Needs `hardening`: the same-page test before the header read (else SIGSEGV).
@@ -100,14 +109,23 @@ misuse_tests! {
     #[cfg(feature = "hardening")]
     invalid_free_just_past_a_page_boundary:
         "invalid-free-mmap-odd", "free", "invalid pointer or double free";
+    // Needs `hardening`: the tag check on free (without it the fast path trusts the class code
+    // of whatever word lies before the pointer).
+    #[cfg(feature = "hardening")]
     interior_free_of_a_small_block:
         "interior-free-small", "free", "invalid pointer or corrupted block header";
+    // Needs `hardening`: the tag check on free (without it the fast path trusts the class code
+    // of whatever word lies before the pointer).
+    #[cfg(feature = "hardening")]
     interior_free_of_a_large_block: "interior-free-large", "free", "invalid pointer or double free";
 }
 
 // ---- overflow into the next block's header --------------------------------------------------
 
 misuse_tests! {
+    // Needs `hardening`: the tag check on free (without it the fast path trusts the class code
+    // of whatever word lies before the pointer).
+    #[cfg(feature = "hardening")]
     overflow_then_free_of_the_neighbour:
         "overflow-free-neighbour", "free", "invalid pointer or corrupted block header";
     overflow_then_free_of_the_block:
