@@ -102,6 +102,10 @@ const CONTENDED: u32 = 2;
 
 /// The `Acquire` and `Release` orderings of one synchronising type, both weakened to `Relaxed`
 /// while that type's ordering twin (`defect`) is armed (never in a normal build).
+///
+/// # Invariants
+/// None beyond its field's: a plain value, read at every access so that a twin armed at run
+/// time takes effect at once.
 #[derive(Clone, Copy)]
 struct TwinOrderings {
     defect: sabotage::Defect,
@@ -120,6 +124,7 @@ impl TwinOrderings {
         self.weakened(Ordering::Release)
     }
 
+    /// `ordering`, or `Relaxed` in the twin.
     #[inline(always)]
     fn weakened(self, ordering: Ordering) -> Ordering {
         if sabotage::armed(self.defect) {
