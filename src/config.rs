@@ -300,33 +300,29 @@ fn ascii(b: &[u8]) -> &str {
 /// Prints the options in force (`verbose:1`).
 pub fn print_options() {
     let r = Ordering::Relaxed;
+    let options = [
+        ("stats:", STATS.load(r)),
+        ("mmap_threshold:", MMAP_THRESHOLD.load(r)),
+        ("trim_threshold:", TRIM_THRESHOLD.load(r)),
+        ("tcache:", TCACHE.load(r) as usize),
+        ("tcache_max_bytes:", TCACHE_MAX_BYTES.load(r)),
+        ("purge_delay_ms:", PURGE_DELAY_MS.load(r)),
+        ("background_purge:", BACKGROUND_PURGE.load(r) as usize),
+        ("junk:", JUNK.load(r) as usize),
+        ("check:", CHECK_EVERY.load(r)),
+        ("abort_on_error:", ABORT_ON_ERROR.load(r) as usize),
+    ];
     let mut l = Line::new();
-    l.str("brkmalloc: options: stats:")
-        .dec(STATS.load(r))
-        .str(" mmap_threshold:")
-        .dec(MMAP_THRESHOLD.load(r))
-        .str(" trim_threshold:")
-        .dec(TRIM_THRESHOLD.load(r))
-        .str(" tcache:")
-        .dec(TCACHE.load(r) as usize)
-        .str(" tcache_max_bytes:")
-        .dec(TCACHE_MAX_BYTES.load(r))
-        .str(" purge_delay_ms:")
-        .dec(PURGE_DELAY_MS.load(r))
-        .str(" background_purge:")
-        .dec(BACKGROUND_PURGE.load(r) as usize)
-        .str(" large_cache:");
+    l.str("brkmalloc: options:");
+    for (name, value) in options {
+        l.str(" ").str(name).dec(value);
+    }
+    l.str(" large_cache:");
     match LARGE_CACHE_BYTES.load(r) {
         LARGE_CACHE_AUTO => l.str("auto"),
         v => l.dec(v),
     };
-    l.str(" junk:")
-        .dec(JUNK.load(r) as usize)
-        .str(" check:")
-        .dec(CHECK_EVERY.load(r))
-        .str(" abort_on_error:")
-        .dec(ABORT_ON_ERROR.load(r) as usize)
-        .str("\n");
+    l.str("\n");
     l.write_stderr();
 }
 

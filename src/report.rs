@@ -145,206 +145,160 @@ impl Sink for CFile {
     }
 }
 
+/// Writes `template` to `out` as one [`Line`], with the numbers of `values`, in order, in place
+/// of its `%d` (decimal) and `%b` (a byte count, [`Line::bytes`]) markers; `%%` is a `%`.
+/// A marker past the last value prints 0 (the templates below have one value per marker).
+fn put(out: &mut impl Sink, template: &str, values: &[usize]) {
+    let mut l = Line::new();
+    let mut values = values.iter().copied();
+    let mut rest = template;
+    while let Some(i) = rest.find('%') {
+        l.str(&rest[..i]);
+        match rest.as_bytes().get(i + 1) {
+            Some(b'd') => l.dec(values.next().unwrap_or(0)),
+            Some(b'b') => l.bytes(values.next().unwrap_or(0)),
+            _ => l.str("%"),
+        };
+        rest = rest.get(i + 2..).unwrap_or("");
+    }
+    l.str(rest);
+    out.put(&l);
+}
+
 /// The human table of `stats:1`.
 pub fn write_text(s: &Stats, out: &mut impl Sink) {
-    let mut l = Line::new();
-    l.str("brkmalloc statistics (pid ").dec(std_pid()).str(")\n");
-    out.put(&l);
-    let mut l = Line::new();
-    l.str("allocations: ")
-        .dec(s.cache_allocs + s.direct_allocs())
-        .str(" (thread caches ")
-        .dec(s.cache_allocs)
-        .str(", of which cache hits ")
-        .dec(s.cache_hits())
-        .str("; central heap directly ")
-        .dec(s.direct_allocs())
-        .str(")\n");
-    out.put(&l);
-    let mut l = Line::new();
-    l.str(" class   size    refills   refilled    flushes    flushed direct-alloc direct-free\n");
-    out.put(&l);
+    put(out, "brkmalloc statistics (pid %d)\n", &[std_pid()]);
+    let (cache, direct) = (s.cache_allocs, s.direct_allocs());
+    put(
+        out,
+        "allocations: %d (thread caches %d, of which cache hits %d; central heap directly %d)\n",
+        &[cache + direct, cache, s.cache_hits(), direct],
+    );
+    put(
+        out,
+        " class   size    refills   refilled    flushes    flushed direct-alloc direct-free\n",
+        &[],
+    );
     for (c, cs) in s.classes.iter().enumerate() {
         if *cs == ClassStats::default() {
             continue;
         }
+        // (value, column width)
+        let columns = [
+            (c, 5),
+            (class_size(c), 6),
+            (cs.refills, 10),
+            (cs.refilled_blocks, 10),
+            (cs.flushes, 10),
+            (cs.flushed_blocks, 10),
+            (cs.direct_allocs, 12),
+            (cs.direct_frees, 11),
+        ];
         let mut l = Line::new();
-        l.str(" ")
-            .dec_w(c, 5)
-            .str(" ")
-            .dec_w(class_size(c), 6)
-            .str(" ")
-            .dec_w(cs.refills, 10)
-            .str(" ")
-            .dec_w(cs.refilled_blocks, 10)
-            .str(" ")
-            .dec_w(cs.flushes, 10)
-            .str(" ")
-            .dec_w(cs.flushed_blocks, 10)
-            .str(" ")
-            .dec_w(cs.direct_allocs, 12)
-            .str(" ")
-            .dec_w(cs.direct_frees, 11)
-            .str("\n");
+        for (v, width) in columns {
+            l.str(" ").dec_w(v, width);
+        }
+        l.str("\n");
         out.put(&l);
     }
     let h = &s.heap;
-    let mut l = Line::new();
-    l.str("central heap: ")
-        .bytes(h.heap_bytes)
-        .str(" in ")
-        .dec(s.segments)
-        .str(" segment(s); in use ")
-        .bytes(h.used_bytes)
-        .str(" in ")
-        .dec(h.used_blocks)
-        .str(" blocks (thread caches included); free ")
-        .bytes(h.free_bytes)
-        .str(" in ")
-        .dec(h.free_blocks)
-        .str(" blocks\n");
-    out.put(&l);
-    let mut l = Line::new();
-    l.str("returned to the OS: trimmed ")
-        .bytes(h.trimmed_bytes)
-        .str(", unmapped ")
-        .bytes(h.released_bytes)
-        .str(", purged ")
-        .bytes(h.purged_bytes)
-        .str("\n");
-    out.put(&l);
-    let mut l = Line::new();
-    l.str("mmap blocks: ")
-        .dec(s.mmap_blocks)
-        .str(" live, ")
-        .bytes(s.mmap_bytes)
-        .str(" (peak ")
-        .dec(s.mmap_max_blocks)
-        .str(" blocks, ")
-        .bytes(s.mmap_max_bytes)
-        .str(")\n");
-    out.put(&l);
+    put(
+        out,
+        "central heap: %b in %d segment(s); in use %b in %d blocks (thread caches included); \
+         free %b in %d blocks\n",
+        &[h.heap_bytes, s.segments, h.used_bytes, h.used_blocks, h.free_bytes, h.free_blocks],
+    );
+    put(
+        out,
+        "returned to the OS: trimmed %b, unmapped %b, purged %b\n",
+        &[h.trimmed_bytes, h.released_bytes, h.purged_bytes],
+    );
+    put(
+        out,
+        "mmap blocks: %d live, %b (peak %d blocks, %b)\n",
+        &[s.mmap_blocks, s.mmap_bytes, s.mmap_max_blocks, s.mmap_max_bytes],
+    );
     let c = &s.large_cache;
-    let mut l = Line::new();
-    l.str("large cache: ").bytes(c.bytes).str(" in ").dec(c.spans).str(" mapping(s)");
-    for (label, v) in [("; hits ", c.hits), (", misses ", c.misses)] {
-        l.str(label).dec(v);
-    }
-    l.str("; decayed ").bytes(c.decayed_bytes).str("\n");
-    out.put(&l);
+    put(
+        out,
+        "large cache: %b in %d mapping(s); hits %d, misses %d; decayed %b\n",
+        &[c.bytes, c.spans, c.hits, c.misses, c.decayed_bytes],
+    );
     let f = s.fragmentation_permille();
-    let mut l = Line::new();
-    l.str("peak RSS: ")
-        .bytes(s.peak_rss)
-        .str("; fragmentation (free / heap): ")
-        .dec(f / 10)
-        .str(".")
-        .dec(f % 10)
-        .str("%\n");
-    out.put(&l);
-    let mut l = Line::new();
-    l.str("central lock: ")
-        .dec(s.lock_acquisitions)
-        .str(" acquisitions, ")
-        .dec(s.lock_contended)
-        .str(" contended\n");
-    out.put(&l);
+    put(out, "peak RSS: %b; fragmentation (free / heap): %d.%d%%\n", &[s.peak_rss, f / 10, f % 10]);
+    put(
+        out,
+        "central lock: %d acquisitions, %d contended\n",
+        &[s.lock_acquisitions, s.lock_contended],
+    );
 }
 
 /// The same as one JSON object (`stats:json`).
 pub fn write_json(s: &Stats, out: &mut impl Sink) {
-    let mut l = Line::new();
-    l.str("{\"brkmalloc\":{\"pid\":")
-        .dec(std_pid())
-        .str(",\"allocs\":")
-        .dec(s.cache_allocs + s.direct_allocs())
-        .str(",\"cache_allocs\":")
-        .dec(s.cache_allocs)
-        .str(",\"cache_hits\":")
-        .dec(s.cache_hits())
-        .str(",\"classes\":[");
-    out.put(&l);
+    let (cache, direct) = (s.cache_allocs, s.direct_allocs());
+    put(
+        out,
+        "{\"brkmalloc\":{\"pid\":%d,\"allocs\":%d,\"cache_allocs\":%d,\"cache_hits\":%d,\
+         \"classes\":[",
+        &[std_pid(), cache + direct, cache, s.cache_hits()],
+    );
+    // Every class object but the first follows a comma.
+    const CLASS: &str = ",{\"class\":%d,\"size\":%d,\"refills\":%d,\"refilled_blocks\":%d,\
+                         \"flushes\":%d,\"flushed_blocks\":%d,\"direct_allocs\":%d,\
+                         \"direct_frees\":%d}";
     let mut first = true;
     for (c, cs) in s.classes.iter().enumerate() {
         if *cs == ClassStats::default() {
             continue;
         }
-        let mut l = Line::new();
-        if !first {
-            l.str(",");
-        }
+        let template = if first { &CLASS[1..] } else { CLASS };
         first = false;
-        l.str("{\"class\":")
-            .dec(c)
-            .str(",\"size\":")
-            .dec(class_size(c))
-            .str(",\"refills\":")
-            .dec(cs.refills)
-            .str(",\"refilled_blocks\":")
-            .dec(cs.refilled_blocks)
-            .str(",\"flushes\":")
-            .dec(cs.flushes)
-            .str(",\"flushed_blocks\":")
-            .dec(cs.flushed_blocks)
-            .str(",\"direct_allocs\":")
-            .dec(cs.direct_allocs)
-            .str(",\"direct_frees\":")
-            .dec(cs.direct_frees)
-            .str("}");
-        out.put(&l);
+        let (size, refills, refilled) = (class_size(c), cs.refills, cs.refilled_blocks);
+        let (flushes, flushed) = (cs.flushes, cs.flushed_blocks);
+        let values =
+            [c, size, refills, refilled, flushes, flushed, cs.direct_allocs, cs.direct_frees];
+        put(out, template, &values);
     }
     let h = &s.heap;
-    let mut l = Line::new();
-    l.str("],\"heap\":{\"bytes\":")
-        .dec(h.heap_bytes)
-        .str(",\"segments\":")
-        .dec(s.segments)
-        .str(",\"used_bytes\":")
-        .dec(h.used_bytes)
-        .str(",\"used_blocks\":")
-        .dec(h.used_blocks)
-        .str(",\"free_bytes\":")
-        .dec(h.free_bytes)
-        .str(",\"free_blocks\":")
-        .dec(h.free_blocks)
-        .str(",\"trimmed_bytes\":")
-        .dec(h.trimmed_bytes)
-        .str(",\"unmapped_bytes\":")
-        .dec(h.released_bytes)
-        .str(",\"purged_bytes\":")
-        .dec(h.purged_bytes)
-        .str("},");
-    out.put(&l);
-    let f = s.fragmentation_permille();
-    let mut l = Line::new();
-    l.str("\"mmap\":{\"blocks\":")
-        .dec(s.mmap_blocks)
-        .str(",\"bytes\":")
-        .dec(s.mmap_bytes)
-        .str(",\"max_blocks\":")
-        .dec(s.mmap_max_blocks)
-        .str(",\"max_bytes\":")
-        .dec(s.mmap_max_bytes)
-        .str("},\"large_cache\":{\"bytes\":")
-        .dec(s.large_cache.bytes)
-        .str(",\"mappings\":")
-        .dec(s.large_cache.spans)
-        .str(",\"hits\":")
-        .dec(s.large_cache.hits)
-        .str(",\"misses\":")
-        .dec(s.large_cache.misses)
-        .str(",\"decayed_bytes\":")
-        .dec(s.large_cache.decayed_bytes)
-        .str("},\"peak_rss\":")
-        .dec(s.peak_rss)
-        .str(",\"fragmentation_permille\":")
-        .dec(f)
-        .str(",\"lock\":{\"acquisitions\":")
-        .dec(s.lock_acquisitions)
-        .str(",\"contended\":")
-        .dec(s.lock_contended)
-        .str("}}}\n");
-    out.put(&l);
+    put(
+        out,
+        "],\"heap\":{\"bytes\":%d,\"segments\":%d,\"used_bytes\":%d,\"used_blocks\":%d,\
+         \"free_bytes\":%d,\"free_blocks\":%d,\"trimmed_bytes\":%d,\"unmapped_bytes\":%d,\
+         \"purged_bytes\":%d},",
+        &[
+            h.heap_bytes,
+            s.segments,
+            h.used_bytes,
+            h.used_blocks,
+            h.free_bytes,
+            h.free_blocks,
+            h.trimmed_bytes,
+            h.released_bytes,
+            h.purged_bytes,
+        ],
+    );
+    put(
+        out,
+        "\"mmap\":{\"blocks\":%d,\"bytes\":%d,\"max_blocks\":%d,\"max_bytes\":%d},\
+         \"large_cache\":{\"bytes\":%d,\"mappings\":%d,\"hits\":%d,\"misses\":%d,\
+         \"decayed_bytes\":%d},\"peak_rss\":%d,\"fragmentation_permille\":%d,\
+         \"lock\":{\"acquisitions\":%d,\"contended\":%d}}}\n",
+        &[
+            s.mmap_blocks,
+            s.mmap_bytes,
+            s.mmap_max_blocks,
+            s.mmap_max_bytes,
+            s.large_cache.bytes,
+            s.large_cache.spans,
+            s.large_cache.hits,
+            s.large_cache.misses,
+            s.large_cache.decayed_bytes,
+            s.peak_rss,
+            s.fragmentation_permille(),
+            s.lock_acquisitions,
+            s.lock_contended,
+        ],
+    );
 }
 
 /// Prints the statistics if `stats` is on (called at exit, in every process that exits

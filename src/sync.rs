@@ -76,6 +76,21 @@ pub fn spin_hint() {
     loom::thread::yield_now();
 }
 
+/// Defines a constructor that is a `const fn` in the native build (so statics can use it) and a
+/// plain `fn` under loom, whose atomics and cells have no `const` constructors. One body serves
+/// both builds; a field that exists only under loom takes `#[cfg(loom)]` in the struct literal.
+macro_rules! constructor {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $(#[$attr])*
+        #[cfg(not(loom))]
+        $vis const fn $name($($arg: $ty),*) -> $ret $body
+
+        $(#[$attr])*
+        #[cfg(loom)]
+        $vis fn $name($($arg: $ty),*) -> $ret $body
+    };
+}
+
 /// Rounds of optimistic spinning before a contended [`RawLock::lock`] sleeps. Under loom one
 /// round: every round runs the same load and compare-exchange, and 64 of them would multiply the
 /// interleavings (each load may read any store not yet superseded) without adding a new one.
@@ -87,25 +102,43 @@ const LOCKED: u32 = 1;
 /// Locked, and some thread may sleep in `futex_wait`: the unlocker must wake one.
 const CONTENDED: u32 = 2;
 
-/// `Acquire`, the ordering of every access that takes [`RawLock`]; `Relaxed` in the
-/// `LockOrdering` sabotage twin.
-#[inline(always)]
-fn lock_acquire() -> Ordering {
-    if sabotage::armed(sabotage::Defect::LockOrdering) {
-        return Ordering::Relaxed;
-    }
-    Ordering::Acquire
+/// The `Acquire` and `Release` orderings of one synchronising type, both weakened to `Relaxed`
+/// while that type's ordering twin (`defect`) is armed (never in a normal build).
+///
+/// # Invariants
+/// None beyond its field's: a plain value, read at every access so that a twin armed at run
+/// time takes effect at once.
+#[derive(Clone, Copy)]
+struct TwinOrderings {
+    defect: sabotage::Defect,
 }
 
-/// `Release`, the ordering of the swap that releases [`RawLock`]; `Relaxed` in the
-/// `LockOrdering` sabotage twin.
-#[inline(always)]
-fn lock_release() -> Ordering {
-    if sabotage::armed(sabotage::Defect::LockOrdering) {
-        return Ordering::Relaxed;
+impl TwinOrderings {
+    /// `Acquire`, or `Relaxed` in the twin.
+    #[inline(always)]
+    fn acquire(self) -> Ordering {
+        self.weakened(Ordering::Acquire)
     }
-    Ordering::Release
+
+    /// `Release`, or `Relaxed` in the twin.
+    #[inline(always)]
+    fn release(self) -> Ordering {
+        self.weakened(Ordering::Release)
+    }
+
+    /// `ordering`, or `Relaxed` in the twin.
+    #[inline(always)]
+    fn weakened(self, ordering: Ordering) -> Ordering {
+        if sabotage::armed(self.defect) {
+            return Ordering::Relaxed;
+        }
+        ordering
+    }
 }
+
+/// The orderings of [`RawLock`]: `acquire` for every access that takes it, `release` for the
+/// swap that releases it (twin `LockOrdering`).
+const LOCK_ORDER: TwinOrderings = TwinOrderings { defect: sabotage::Defect::LockOrdering };
 
 /// A three-state futex lock (Drepper, "Futexes Are Tricky", mutex 2). It allocates nothing,
 /// is `const`-constructible, and can be force-released in a forked child.
@@ -132,24 +165,16 @@ pub struct RawLock {
 }
 
 impl RawLock {
-    /// An unlocked lock.
-    #[cfg(not(loom))]
-    pub const fn new() -> Self {
-        Self {
-            state: AtomicU32::new(UNLOCKED),
-            acquisitions: Counter::new(),
-            contended: Counter::new(),
-        }
-    }
-
-    /// An unlocked lock.
-    #[cfg(loom)]
-    pub fn new() -> Self {
-        Self {
-            state: AtomicU32::new(UNLOCKED),
-            acquisitions: Counter::new(),
-            contended: Counter::new(),
-            park: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
+    constructor! {
+        /// An unlocked lock.
+        pub fn new() -> Self {
+            Self {
+                state: AtomicU32::new(UNLOCKED),
+                acquisitions: Counter::new(),
+                contended: Counter::new(),
+                #[cfg(loom)]
+                park: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
+            }
         }
     }
 
@@ -161,7 +186,10 @@ impl RawLock {
         }
         // Acquire: pairs with the Release swap in `unlock`, so the previous owner's writes to
         // the protected data are visible to us.
-        if self.state.compare_exchange(UNLOCKED, LOCKED, lock_acquire(), Ordering::Relaxed).is_err()
+        if self
+            .state
+            .compare_exchange(UNLOCKED, LOCKED, LOCK_ORDER.acquire(), Ordering::Relaxed)
+            .is_err()
         {
             self.lock_contended();
         }
@@ -179,14 +207,14 @@ impl RawLock {
             if self.state.load(Ordering::Relaxed) == UNLOCKED
                 && self
                     .state
-                    .compare_exchange(UNLOCKED, LOCKED, lock_acquire(), Ordering::Relaxed)
+                    .compare_exchange(UNLOCKED, LOCKED, LOCK_ORDER.acquire(), Ordering::Relaxed)
                     .is_ok()
             {
                 return;
             }
         }
         // Acquire: as in `lock`. Having set CONTENDED, we may sleep (LK2).
-        while self.state.swap(CONTENDED, lock_acquire()) != UNLOCKED {
+        while self.state.swap(CONTENDED, LOCK_ORDER.acquire()) != UNLOCKED {
             self.futex_wait();
         }
     }
@@ -208,7 +236,7 @@ impl RawLock {
         // Acquire: as in `lock`.
         let ok = self
             .state
-            .compare_exchange(UNLOCKED, LOCKED, lock_acquire(), Ordering::Relaxed)
+            .compare_exchange(UNLOCKED, LOCKED, LOCK_ORDER.acquire(), Ordering::Relaxed)
             .is_ok();
         if ok {
             self.acquisitions.add_owned(1);
@@ -224,7 +252,7 @@ impl RawLock {
     #[inline]
     pub unsafe fn unlock(&self) {
         // Release: publishes our writes to the protected data; pairs with the Acquire in `lock`.
-        if self.state.swap(UNLOCKED, lock_release()) == CONTENDED
+        if self.state.swap(UNLOCKED, LOCK_ORDER.release()) == CONTENDED
             && !sabotage::armed(sabotage::Defect::Wake)
         {
             self.futex_wake();
@@ -241,32 +269,34 @@ impl RawLock {
         self.contended.get()
     }
 
+    /// `futex(2)` operation `op` (private to the process) on the lock word, with value `val`
+    /// and no timeout.
     #[cfg(not(loom))]
-    fn futex_wait(&self) {
-        // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives as long as `self`; the kernel
-        // returns at once if the word is no longer CONTENDED (no lost wake-up, LK2).
+    fn futex(&self, op: libc::c_int, val: u32) {
+        // SAFETY: a futex operation on a valid, aligned u32 that lives as long as `self`; the
+        // null timeout means "no timeout" for FUTEX_WAIT and is ignored by FUTEX_WAKE.
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
                 self.state.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                CONTENDED,
+                op | libc::FUTEX_PRIVATE_FLAG,
+                val,
                 core::ptr::null::<libc::timespec>(),
             );
         }
     }
 
+    /// Sleeps while the word is `CONTENDED`: the kernel returns at once if it no longer is (no
+    /// lost wake-up, LK2).
+    #[cfg(not(loom))]
+    fn futex_wait(&self) {
+        self.futex(libc::FUTEX_WAIT, CONTENDED);
+    }
+
+    /// Wakes one sleeper, if any (waking nobody is harmless).
     #[cfg(not(loom))]
     fn futex_wake(&self) {
-        // SAFETY: FUTEX_WAKE on a valid, aligned u32; waking nobody is harmless.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.state.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                1,
-            );
-        }
+        self.futex(libc::FUTEX_WAKE, 1);
     }
 
     /// The futex's "compare and sleep" made atomic with the park mutex: `futex_wake` takes the
@@ -309,16 +339,11 @@ impl Default for RawLock {
 pub struct Counter(AtomicUsize);
 
 impl Counter {
-    /// A counter at zero.
-    #[cfg(not(loom))]
-    pub const fn new() -> Self {
-        Self(AtomicUsize::new(0))
-    }
-
-    /// A counter at zero.
-    #[cfg(loom)]
-    pub fn new() -> Self {
-        Self(AtomicUsize::new(0))
+    constructor! {
+        /// A counter at zero.
+        pub fn new() -> Self {
+            Self(AtomicUsize::new(0))
+        }
     }
 
     /// Adds `n` (wrapping); returns the new value.
@@ -385,16 +410,11 @@ impl Default for Counter {
 pub struct Claim(AtomicBool);
 
 impl Claim {
-    /// An unclaimed flag.
-    #[cfg(not(loom))]
-    pub const fn new() -> Self {
-        Self(AtomicBool::new(false))
-    }
-
-    /// An unclaimed flag.
-    #[cfg(loom)]
-    pub fn new() -> Self {
-        Self(AtomicBool::new(false))
+    constructor! {
+        /// An unclaimed flag.
+        pub fn new() -> Self {
+            Self(AtomicBool::new(false))
+        }
     }
 
     /// Whether someone claimed the flag (a cheap check before [`Self::claim`]).
@@ -453,41 +473,18 @@ pub struct Once<T> {
 // copy of `T` between threads (`T: Send`) and lets several threads read it (`T: Sync`).
 unsafe impl<T: Send + Sync> Sync for Once<T> {}
 
-/// `Acquire` for a read of [`Once`]'s state; `Relaxed` in the `OnceOrdering` twin.
-#[inline(always)]
-fn once_acquire() -> Ordering {
-    if sabotage::armed(sabotage::Defect::OnceOrdering) {
-        return Ordering::Relaxed;
-    }
-    Ordering::Acquire
-}
-
-/// `Release` for the store that publishes [`Once`]'s value; `Relaxed` in the `OnceOrdering`
-/// twin.
-#[inline(always)]
-fn once_release() -> Ordering {
-    if sabotage::armed(sabotage::Defect::OnceOrdering) {
-        return Ordering::Relaxed;
-    }
-    Ordering::Release
-}
+/// The orderings of [`Once`]: `acquire` for a read of its state, `release` for the store that
+/// publishes its value (twin `OnceOrdering`).
+const ONCE_ORDER: TwinOrderings = TwinOrderings { defect: sabotage::Defect::OnceOrdering };
 
 impl<T: Copy> Once<T> {
-    /// Not yet initialised.
-    #[cfg(not(loom))]
-    pub const fn new() -> Self {
-        Self {
-            state: AtomicU32::new(ONCE_NONE),
-            value: UnsafeCell::new(core::mem::MaybeUninit::uninit()),
-        }
-    }
-
-    /// Not yet initialised.
-    #[cfg(loom)]
-    pub fn new() -> Self {
-        Self {
-            state: AtomicU32::new(ONCE_NONE),
-            value: UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+    constructor! {
+        /// Not yet initialised.
+        pub fn new() -> Self {
+            Self {
+                state: AtomicU32::new(ONCE_NONE),
+                value: UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+            }
         }
     }
 
@@ -496,7 +493,7 @@ impl<T: Copy> Once<T> {
     pub fn get_or_init(&self, init: impl FnOnce() -> Option<T>) -> Option<T> {
         loop {
             // Acquire: pairs with the Release store below, so the value is visible (O1).
-            match self.state.load(once_acquire()) {
+            match self.state.load(ONCE_ORDER.acquire()) {
                 // SAFETY: O1 — READY was published after the value was written.
                 ONCE_READY => return Some(self.value.with(|p| unsafe { (*p).assume_init() })),
                 ONCE_FAILED => return None,
@@ -523,7 +520,7 @@ impl<T: Copy> Once<T> {
                         }
                         let done = if v.is_some() { ONCE_READY } else { ONCE_FAILED };
                         // Release: publishes the value (O1); pairs with the Acquire load above.
-                        self.state.store(done, once_release());
+                        self.state.store(done, ONCE_ORDER.release());
                         return v;
                     }
                 }
@@ -620,16 +617,11 @@ unsafe impl<T: Send> Sync for Mutex<T> {}
 unsafe impl<T: Send> Send for Mutex<T> {}
 
 impl<T> Mutex<T> {
-    /// A new unlocked mutex.
-    #[cfg(not(loom))]
-    pub const fn new(data: T) -> Self {
-        Self { lock: RawLock::new(), data: UnsafeCell::new(data) }
-    }
-
-    /// A new unlocked mutex.
-    #[cfg(loom)]
-    pub fn new(data: T) -> Self {
-        Self { lock: RawLock::new(), data: UnsafeCell::new(data) }
+    constructor! {
+        /// A new unlocked mutex.
+        pub fn new(data: T) -> Self {
+            Self { lock: RawLock::new(), data: UnsafeCell::new(data) }
+        }
     }
 
     /// Locks and returns the guard.

@@ -41,6 +41,8 @@ use brkmalloc::heap::{Explicit, Front};
 use brkmalloc::os::{FixedArena, PAGE};
 use brkmalloc::sync::Mutex;
 use brkmalloc::thread_cache::{ThreadCache, max_count};
+use loom::sync::Arc;
+use loom::thread::{self, JoinHandle};
 
 /// Where in its page every model's arena starts (see [`Heap::new`]).
 pub const ARENA_PAGE_OFFSET: usize = 256;
@@ -118,6 +120,83 @@ fn arm_sabotage_from_env() {
     panic!(
         "BRKMALLOC_SABOTAGE={want}, but this build has no defects (add --cfg brkmalloc_sabotage)"
     );
+}
+
+/// Runs `model` under [`check`], each iteration on a fresh [`Heap`] of `pages` pages and an
+/// empty [`Ledger`], each in a loom `Arc` that the model's threads share. The two are created
+/// (heap first) before the model runs and dropped after it returns (ledger first), as a model's
+/// own first two locals would be; the model ends with [`finish`].
+pub fn check_heap<F>(name: &str, pages: usize, model: F)
+where
+    F: Fn(&Arc<Heap>, &Arc<Ledger>) + Sync + Send + 'static,
+{
+    check(name, move || {
+        let heap = Arc::new(Heap::new(pages));
+        let ledger = Arc::new(Ledger::default());
+        model(&heap, &ledger);
+    });
+}
+
+/// Declares one `#[test]` per model, each running its body under [`check_heap`] on a heap of
+/// `pages` pages, named `<test binary>::<model>` in the report:
+///
+/// ```ignore
+/// heap_models! {
+///     pages: PAGES;
+///     /// What the model checks.
+///     fn model_name(heap, ledger) {
+///         // ... spawn_with(heap, ledger, ...), then finish(...)
+///     }
+/// }
+/// ```
+///
+/// `heap` and `ledger` name the model's `&Arc<Heap>` and `&Arc<Ledger>`.
+#[macro_export]
+macro_rules! heap_models {
+    (
+        pages: $pages:expr;
+        $($(#[$attr:meta])* fn $name:ident($heap:ident, $ledger:ident) $body:block)*
+    ) => {
+        $(
+            $(#[$attr])*
+            #[test]
+            fn $name() {
+                $crate::check_heap(
+                    concat!(module_path!(), "::", stringify!($name)),
+                    $pages,
+                    |$heap, $ledger| $body,
+                );
+            }
+        )*
+    };
+}
+
+/// Spawns a model thread that runs `f` on its own clones of the shared `heap` and `ledger`
+/// (cloned here, in that order, before the spawn; dropped when the thread ends).
+pub fn spawn_with<F>(heap: &Arc<Heap>, ledger: &Arc<Ledger>, f: F) -> JoinHandle<()>
+where
+    F: FnOnce(&Heap, &Ledger) + 'static,
+{
+    let (heap, ledger) = (heap.clone(), ledger.clone());
+    thread::spawn(move || f(&heap, &ledger))
+}
+
+/// A model's end: joins `threads` in order, then checks that no block is live and that the
+/// heap is all free ([`Heap::assert_all_free`] with `min_locks`).
+///
+/// # Panics
+/// When a thread panicked or a check fails.
+pub fn finish(
+    threads: impl IntoIterator<Item = JoinHandle<()>>,
+    heap: &Heap,
+    ledger: &Ledger,
+    min_locks: usize,
+) {
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(ledger.live(), 0);
+    heap.assert_all_free(min_locks);
 }
 
 /// A central heap over its own zeroed arena, as the models share it (in a loom `Arc`).

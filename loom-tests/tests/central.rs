@@ -6,9 +6,7 @@
 //! (acquire and release weakened to relaxed), `wake` (unlock never wakes a sleeper).
 #![cfg(loom)]
 
-use loom::sync::Arc;
-use loom::thread;
-use loom_tests::{Heap, Ledger, check};
+use loom_tests::{Heap, Ledger, finish, heap_models, spawn_with};
 
 /// Arena pages: the models use well under one page of blocks; the second page lets a realloc
 /// that moves grow the heap.
@@ -26,46 +24,31 @@ fn malloc_realloc_free(heap: &Heap, ledger: &Ledger, id: u8) {
     heap.free_block(ledger, a);
 }
 
-#[test]
-fn two_threads_malloc_realloc_free() {
-    check("central::two_threads_malloc_realloc_free", || {
-        let heap = Arc::new(Heap::new(PAGES));
-        let ledger = Arc::new(Ledger::default());
-        let t = {
-            let (heap, ledger) = (heap.clone(), ledger.clone());
-            thread::spawn(move || malloc_realloc_free(&heap, &ledger, 1))
-        };
-        malloc_realloc_free(&heap, &ledger, 2);
-        t.join().unwrap();
-        assert_eq!(ledger.live(), 0);
-        heap.assert_all_free(2 * 5);
-    });
-}
+heap_models! {
+    pages: PAGES;
 
-/// Three threads; each mallocs one block, one of them reallocs it, and all free. Kept smaller
-/// than the two-thread script: a third thread multiplies the interleavings.
-#[test]
-fn three_threads_malloc_free() {
-    check("central::three_threads_malloc_free", || {
-        let heap = Arc::new(Heap::new(PAGES));
-        let ledger = Arc::new(Ledger::default());
+    fn two_threads_malloc_realloc_free(heap, ledger) {
+        let t =
+            spawn_with(heap, ledger, move |heap, ledger| malloc_realloc_free(heap, ledger, 1));
+        malloc_realloc_free(heap, ledger, 2);
+        finish([t], heap, ledger, 2 * 5);
+    }
+
+    /// Three threads; each mallocs one block, one of them reallocs it, and all free. Kept smaller
+    /// than the two-thread script: a third thread multiplies the interleavings.
+    fn three_threads_malloc_free(heap, ledger) {
         let spawn = |id: u8| {
-            let (heap, ledger) = (heap.clone(), ledger.clone());
-            thread::spawn(move || {
-                let mut a = heap.malloc_block(&ledger, 16 * id as usize, id);
+            spawn_with(heap, ledger, move |heap, ledger| {
+                let mut a = heap.malloc_block(ledger, 16 * id as usize, id);
                 if id == 1 {
-                    a = heap.realloc_block(&ledger, a, 100);
+                    a = heap.realloc_block(ledger, a, 100);
                 }
-                heap.free_block(&ledger, a);
+                heap.free_block(ledger, a);
             })
         };
         let ts = [spawn(1), spawn(2)];
-        let a = heap.malloc_block(&ledger, 48, 3);
-        heap.free_block(&ledger, a);
-        for t in ts {
-            t.join().unwrap();
-        }
-        assert_eq!(ledger.live(), 0);
-        heap.assert_all_free(3 * 2);
-    });
+        let a = heap.malloc_block(ledger, 48, 3);
+        heap.free_block(ledger, a);
+        finish(ts, heap, ledger, 3 * 2);
+    }
 }

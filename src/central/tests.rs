@@ -102,29 +102,21 @@ fn merge_in_every_neighbour_configuration() {
     let ps: Vec<_> = (0..8).map(|_| h.alloc(40)).collect();
     // Free blocks: only the tail of the segment.
     assert_eq!(h.heap.stats().free_blocks, 1);
-    // used | X | used: no merge.
-    h.free(ps[2]);
-    assert_eq!(h.heap.stats().free_blocks, 2);
-    // free | X | used: merge with prev.
-    h.free(ps[3]);
-    assert_eq!(h.heap.stats().free_blocks, 2);
-    // used | X | free: merge with next.
-    h.free(ps[1]);
-    assert_eq!(h.heap.stats().free_blocks, 2);
-    // First block of the segment (nothing before it) with a free next.
-    h.free(ps[0]);
-    assert_eq!(h.heap.stats().free_blocks, 2);
-    // used | X | used again, then free | X | free: merge with both.
-    h.free(ps[5]);
-    assert_eq!(h.heap.stats().free_blocks, 3);
-    h.free(ps[4]);
-    assert_eq!(h.heap.stats().free_blocks, 2);
-    // Last block before the free tail: merges into the tail; then one free block remains
-    // after the final free.
-    h.free(ps[7]);
-    assert_eq!(h.heap.stats().free_blocks, 2);
-    h.free(ps[6]);
-    assert_eq!(h.heap.stats().free_blocks, 1);
+    // (block to free, free blocks after it, the neighbours of the freed block X)
+    let steps = [
+        (2, 2, "used | X | used: no merge"),
+        (3, 2, "free | X | used: merge with prev"),
+        (1, 2, "used | X | free: merge with next"),
+        (0, 2, "first block of the segment (nothing before it) with a free next"),
+        (5, 3, "used | X | used again"),
+        (4, 2, "free | X | free: merge with both"),
+        (7, 2, "last block before the free tail: merges into the tail"),
+        (6, 1, "after the final free one free block remains"),
+    ];
+    for (i, want, what) in steps {
+        h.free(ps[i]);
+        assert_eq!(h.heap.stats().free_blocks, want, "{what}");
+    }
     assert_eq!(h.heap.stats().used_blocks, 0);
 }
 
