@@ -417,11 +417,18 @@ impl<E: Env> Front<E> {
         };
         // SAFETY: the header says an in-use heap block (B5, B8), given up by the program.
         if unsafe { u.has_cache_key() } {
-            return Self::dealloc_suspect(u, self, tc, c, func);
+            return Self::dealloc_suspect(u, tc, self, c, func);
         }
-        // SAFETY: as above; `tc` is this thread's cache.
+        Self::push(u, tc, self, c, func);
+    }
+
+    /// Pushes `u` into this thread's list `c`, or takes the slow path when the list refuses.
+    #[inline(always)]
+    fn push(u: UserPtr, tc: *mut ThreadCache, this: &Self, c: usize, func: &'static str) {
+        // SAFETY: the callers checked that `u` is an in-use heap block of class code `c`, given
+        // up by the program; `tc` is this thread's cache.
         if !unsafe { (*tc).push(u, c) } {
-            Self::dealloc_push_slow(u, self, tc, c, func);
+            Self::dealloc_push_slow(u, this, tc, c, func);
         }
     }
 
@@ -434,8 +441,8 @@ impl<E: Env> Front<E> {
     #[inline(never)]
     fn dealloc_suspect(
         u: UserPtr,
-        this: &Self,
         tc: *mut ThreadCache,
+        this: &Self,
         c: usize,
         func: &'static str,
     ) {
@@ -445,10 +452,7 @@ impl<E: Env> Front<E> {
             this.0.misuse(func, Misuse::DoubleFree, u.ptr());
             return;
         }
-        // SAFETY: an in-use heap block of class code `c` (checked by `dealloc_as`).
-        if !unsafe { (*tc).push(u, c) } {
-            Self::dealloc_push_slow(u, this, tc, c, func);
-        }
+        Self::push(u, tc, this, c, func);
     }
 
     /// A push the cache refused: activation, a full list, a code without a list, or a

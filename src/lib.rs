@@ -55,35 +55,29 @@ pub mod thread_cache;
 
 pub mod heap;
 
-#[cfg(not(loom))]
-pub mod config;
+/// The modules of the process's allocator (statics, TLS, syscalls, options): not part of the
+/// loom build, which runs the layers above over explicit heaps and caches.
+macro_rules! process_modules {
+    ($($name:ident)*) => {
+        $(
+            #[cfg(not(loom))]
+            pub mod $name;
+        )*
+    };
+}
 
-#[cfg(not(loom))]
-pub mod large_cache;
-
-#[cfg(not(loom))]
-pub mod large;
-
-#[cfg(not(loom))]
-pub mod purge;
-
-#[cfg(not(loom))]
-pub mod tls;
-
-#[cfg(not(loom))]
-pub mod process;
-
-#[cfg(not(loom))]
-pub mod fork;
-
-#[cfg(not(loom))]
-pub mod report;
-
-#[cfg(not(loom))]
-pub mod api;
-
-#[cfg(not(loom))]
-pub mod global_alloc;
+process_modules! {
+    config
+    large_cache
+    large
+    purge
+    tls
+    process
+    fork
+    report
+    api
+    global_alloc
+}
 
 #[cfg(not(loom))]
 pub use global_alloc::BrkMalloc;

@@ -36,41 +36,38 @@ mod imp {
         size = const size_of::<ThreadCache>(),
     );
 
+    /// The cache's address: the symbol's offset from the thread pointer, from the GOT (set by
+    /// the loader for the initial-exec model), plus `%fs:0`, the thread pointer itself (the
+    /// TCB's self pointer, x86-64 TLS ABI), into `$reg` (written `$name` in the instructions).
+    macro_rules! tcache_address {
+        ($name:literal, $reg:tt) => {{
+            let addr: usize;
+            // SAFETY: both the GOT entry and `%fs:0` are readable in every thread.
+            unsafe {
+                core::arch::asm!(
+                    concat!("mov ", $name, ", qword ptr [rip + __brkmalloc_tcache_v1@GOTTPOFF]"),
+                    concat!("add ", $name, ", qword ptr fs:[0]"),
+                    out($reg) addr,
+                    options(pure, readonly, nostack),
+                );
+            }
+            Some(core::ptr::with_exposed_provenance_mut(addr))
+        }};
+    }
+
     /// This thread's cache (initial-exec TLS: a GOT load and an add of the thread pointer),
     /// in `r8`: the allocation path's choice. Left to the register allocator, it picks `rdi`,
     /// malloc's argument, and adds a move to keep the argument elsewhere.
     #[inline(always)]
     pub fn cache() -> Option<*mut ThreadCache> {
-        let addr: usize;
-        // SAFETY: the GOT entry holds the symbol's offset from the thread pointer (set by the
-        // loader for the initial-exec model); `%fs:0` is the thread pointer itself (the TCB's
-        // self pointer, x86-64 TLS ABI). Both are readable in every thread.
-        unsafe {
-            core::arch::asm!(
-                "mov r8, qword ptr [rip + __brkmalloc_tcache_v1@GOTTPOFF]",
-                "add r8, qword ptr fs:[0]",
-                out("r8") addr,
-                options(pure, readonly, nostack),
-            );
-        }
-        Some(core::ptr::with_exposed_provenance_mut(addr))
+        tcache_address!("r8", "r8")
     }
 
     /// [`cache`] in a register of the allocator's choice: the free path's (which must move its
     /// argument for its slow-path calls anyway, and is one instruction shorter this way).
     #[inline(always)]
     pub fn cache_any_reg() -> Option<*mut ThreadCache> {
-        let addr: usize;
-        // SAFETY: as in `cache`.
-        unsafe {
-            core::arch::asm!(
-                "mov {a}, qword ptr [rip + __brkmalloc_tcache_v1@GOTTPOFF]",
-                "add {a}, qword ptr fs:[0]",
-                a = out(reg) addr,
-                options(pure, readonly, nostack),
-            );
-        }
-        Some(core::ptr::with_exposed_provenance_mut(addr))
+        tcache_address!("{0}", reg)
     }
 }
 
