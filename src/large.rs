@@ -221,13 +221,16 @@ pub(crate) static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
 /// Room for the cache's automatic bound (`large_cache::bound`): what live large blocks may
 /// grow by before they and the cache together pass their peak by a quarter
-/// (`large_cache::AUTO_PEAK_SLACK_DIVISOR`). A program whose large blocks shrink keeps their
-/// pages for the next growth without its RSS passing the peak it already had.
+/// (`large_cache::AUTO_PEAK_SLACK_DIVISOR`), and at most four times the live large bytes. A
+/// program whose large blocks shrink keeps their pages for the next growth without its RSS
+/// passing the peak it already had; one that frees all of them keeps only the floor.
 fn room() -> usize {
     // Relaxed: statistics (see the statics).
     let peak = MAX_BYTES.load(Ordering::Relaxed);
     let live = LIVE_BYTES.load(Ordering::Relaxed);
-    (peak + peak / large_cache::AUTO_PEAK_SLACK_DIVISOR).saturating_sub(live)
+    (peak + peak / large_cache::AUTO_PEAK_SLACK_DIVISOR)
+        .saturating_sub(live)
+        .min(large_cache::AUTO_LIVE_FACTOR * live)
 }
 
 /// Maps a block with at least `n` payload bytes aligned to `align` (a power of two). Its
