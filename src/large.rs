@@ -224,13 +224,16 @@ pub(crate) static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
 /// Room for the cache's automatic bound (`large_cache::bound`): what live large blocks may
 /// grow by before they and the cache together pass their peak by a quarter
-/// (`large_cache::AUTO_PEAK_SLACK_DIVISOR`). A program whose large blocks shrink keeps their
-/// pages for the next growth without its RSS passing the peak it already had.
+/// (`large_cache::AUTO_PEAK_SLACK_DIVISOR`), and at most four times the live large bytes. A
+/// program whose large blocks shrink keeps their pages for the next growth without its RSS
+/// passing the peak it already had; one that frees all of them keeps only the floor.
 fn room() -> usize {
     // Relaxed: statistics (see the statics).
     let peak = MAX_BYTES.get();
     let live = LIVE_BYTES.get();
-    (peak + peak / large_cache::AUTO_PEAK_SLACK_DIVISOR).saturating_sub(live)
+    (peak + peak / large_cache::AUTO_PEAK_SLACK_DIVISOR)
+        .saturating_sub(live)
+        .min(large_cache::AUTO_LIVE_FACTOR * live)
 }
 
 /// Maps a block with at least `n` payload bytes aligned to `align` (a power of two). Its
@@ -322,8 +325,8 @@ pub fn stays_mapped(n: usize, len: usize, threshold: usize) -> bool {
 }
 
 /// Grows by copying into a warm cached mapping, instead of `mremap` with fresh pages, when the
-/// copy is at most this many times smaller than the growth (a copied byte costs less than a
-/// faulted and zeroed one; measured with the harness's `large` workload).
+/// copy is at most this many times the growth (a copied byte costs less than a faulted and
+/// zeroed one; on the harness's `large` workload a ratio of 8 faulted no less than 1).
 pub const COPY_INTO_WARM_RATIO: usize = 1;
 
 /// Resizes the large block `user` to `n` payload bytes; `Ok(None)` leaves it untouched and

@@ -36,6 +36,8 @@ pub const MIN_SPAN: usize = 64 << 10;
 pub const AUTO_MIN_BYTES: usize = 64 << 20;
 /// See [`AUTO_MIN_BYTES`].
 pub const AUTO_PEAK_SLACK_DIVISOR: usize = 4;
+/// … and never more than this many times the live large bytes (above the floor).
+pub const AUTO_LIVE_FACTOR: usize = 4;
 
 /// A cached page range.
 ///
@@ -203,7 +205,7 @@ fn with_cache<R>(f: impl FnOnce(&mut LargeCache) -> R) -> R {
 
 /// The byte bound in force: `large_cache:N`, or with `large_cache:auto` the larger of
 /// [`AUTO_MIN_BYTES`] and `room`: what live large blocks may grow by before they and the cache
-/// together pass 5/4 of their peak.
+/// together pass 5/4 of their peak, at most [`AUTO_LIVE_FACTOR`] times the live bytes.
 pub fn bound(room: usize) -> usize {
     // Relaxed: a tuning value (config.rs).
     match config::LARGE_CACHE_BYTES.load(Ordering::Relaxed) {

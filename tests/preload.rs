@@ -68,10 +68,7 @@ fn c_sbrk_blocked_falls_back_to_mmap() {
 /// with glibc 2.36) and this check fails there by design.
 #[test]
 fn c_memory_returned() {
-    // The heap's own memory return; freed large mappings are kept by the large-mapping cache
-    // until `purge_delay_ms` passes (tests/options.rs `large_*` and tests/large_cache.rs check
-    // that they go back then), so it is off here.
-    c_pass("trim", &[], Alloc::Brk("large_cache:0"));
+    c_pass("trim", &[], Alloc::Brk(""));
 }
 
 // ---- misuse: must abort with a brkmalloc message --------------------------
