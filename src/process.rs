@@ -14,15 +14,61 @@ use crate::config;
 use crate::diag::{self, Misuse};
 use crate::heap::{Env, Front};
 use crate::large;
-use crate::os::Sbrk;
+use crate::large_cache;
+use crate::os::{Grown, MemorySource, Sbrk};
 use crate::purge;
 use crate::size_class::{NCLASSES, class_size};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Once, Ordering};
 use crate::thread_cache::ThreadCache;
 use crate::tls;
 
+/// The process's memory source: the program break (`Sbrk`), except that before the heap grows
+/// the cache of freed large mappings gives back as much as the growth (`large_cache::give_way`):
+/// memory the heap needs is not also kept for large blocks. Lock order: `CENTRAL` (held by the
+/// heap's caller) before `LARGE_CACHE`, as documented.
+///
+/// # Invariants
+/// - PS1: every call is `Sbrk`'s, preceded on `grow` by the cache giving way.
+#[derive(Debug)]
+pub struct ProcessSource(Sbrk);
+
+impl ProcessSource {
+    /// The program break, not yet touched.
+    pub const fn new() -> Self {
+        Self(Sbrk::new())
+    }
+}
+
+impl Default for ProcessSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemorySource for ProcessSource {
+    fn grow(&mut self, min_len: usize) -> Option<Grown> {
+        large_cache::give_way(min_len);
+        self.0.grow(min_len)
+    }
+
+    fn shrink(&mut self, end: NonNull<u8>, len: usize) -> bool {
+        self.0.shrink(end, len)
+    }
+
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) {
+        // SAFETY: forwarded contract (PS1).
+        unsafe { self.0.release(base, len) }
+    }
+
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) {
+        // SAFETY: forwarded contract (PS1).
+        unsafe { self.0.purge(start, len) }
+    }
+}
+
 /// The central heap of the process (lock `CENTRAL` in the lock order, `sync.rs`).
-pub static HEAP: Mutex<CentralHeap<Sbrk>> = Mutex::new(CentralHeap::new(Sbrk::new()));
+pub static HEAP: Mutex<CentralHeap<ProcessSource>> =
+    Mutex::new(CentralHeap::new(ProcessSource::new()));
 
 /// The front end over the process's heap, caches and mappings: what `api.rs` and
 /// `global_alloc.rs` call.
@@ -30,7 +76,7 @@ pub static FRONT: Front<Process> = Front(Process);
 
 /// Locks the process-wide central heap.
 #[inline]
-pub fn heap() -> MutexGuard<'static, CentralHeap<Sbrk>> {
+pub fn heap() -> MutexGuard<'static, CentralHeap<ProcessSource>> {
     HEAP.lock()
 }
 
@@ -39,10 +85,10 @@ pub fn heap() -> MutexGuard<'static, CentralHeap<Sbrk>> {
 pub struct Process;
 
 impl Env for Process {
-    type Source = Sbrk;
+    type Source = ProcessSource;
 
     #[inline(always)]
-    fn central(&self) -> &Mutex<CentralHeap<Sbrk>> {
+    fn central(&self) -> &Mutex<CentralHeap<ProcessSource>> {
         &HEAP
     }
 
