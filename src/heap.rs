@@ -196,11 +196,6 @@ impl<S: MemorySource> Env for Explicit<'_, S> {
 pub struct Front<E>(pub E);
 
 impl<E: Env> Front<E> {
-    /// The environment.
-    pub fn env(&self) -> &E {
-        &self.0
-    }
-
     // ---------------------------------------------------------------------------------------
     // Allocation
     // ---------------------------------------------------------------------------------------

@@ -194,11 +194,6 @@ impl ThreadCache {
         (u32::from(self.limits[c].max) - self.rooms[c]) as usize
     }
 
-    /// The list limit of class `c`.
-    pub fn limit(&self, c: usize) -> usize {
-        usize::from(self.limits[c].max)
-    }
-
     /// Adds the allocations this cache served since the last merge to the statistics.
     pub fn merge_counters(&mut self) {
         if self.state == State::Active {
