@@ -37,8 +37,8 @@ use brkmalloc::diag::Misuse;
 use brkmalloc::heap::{Explicit, Front};
 use brkmalloc::os::FixedArena;
 use brkmalloc::size_class::{MAX_CLASS_REQUEST, NCLASSES};
-use brkmalloc::sync::Mutex;
 use brkmalloc::thread_cache::{State, ThreadCache};
+use brkmalloc::transfer::Backend;
 
 /// Bytes of the arena behind the heap.
 pub const ARENA_BYTES: usize = 4 << 20;
@@ -300,7 +300,7 @@ thread_local! {
 
 /// The driver's state for one input.
 struct Driver {
-    heap: Mutex<CentralHeap<FixedArena>>,
+    heap: Backend<FixedArena>,
     caches: Vec<ThreadCache>,
     cfg: Config,
     live: Vec<Live>,
@@ -321,7 +321,7 @@ impl Driver {
     }
 
     fn check(&self, what: &str) {
-        let heap = self.heap.lock();
+        let heap = self.heap.central.lock();
         if let Err(e) = heap.check(DEEP_CHECK) {
             panic!(
                 "step {} ({what}): heap invariant broken: {} at {:#x}",
@@ -333,13 +333,17 @@ impl Driver {
                 panic!("step {} ({what}): cache {i}: {} at {:#x}", self.step, e.what, e.addr);
             }
         }
+        if let Err(e) = self.heap.layer.check(&heap) {
+            panic!("step {} ({what}): middle layer: {} at {:#x}", self.step, e.what, e.addr);
+        }
         let cached: usize =
             self.caches.iter().map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>()).sum();
+        let layer = self.heap.layer.held().blocks;
         let st = heap.stats();
         assert_eq!(
             st.used_blocks,
-            self.live.len() + cached,
-            "step {} ({what}): used_blocks != live {} + cached {cached}",
+            self.live.len() + cached + layer,
+            "step {} ({what}): used_blocks != live {} + cached {cached} + in the layer {layer}",
             self.step,
             self.live.len()
         );
@@ -353,7 +357,7 @@ impl Driver {
     }
 
     fn usable(&self, p: NonNull<u8>) -> usize {
-        match self.heap.lock().usable_size(p) {
+        match self.heap.central.lock().usable_size(p) {
             Ok(u) => u,
             Err(e) => panic!("step {}: usable_size({p:p}) of a live block: {e:?}", self.step),
         }
@@ -448,7 +452,7 @@ impl Driver {
                     return;
                 }
                 let old = self.take(idx % self.live.len(), "resize");
-                let r = self.heap.lock().resize_in_place(old.p, n);
+                let r = self.heap.central.lock().resize_in_place(old.p, n);
                 match r {
                     Ok(true) => {
                         verify(&Live { n: old.n.min(n), ..old }, "resize (kept contents)");
@@ -474,7 +478,7 @@ impl Driver {
                 }
             }
             Op::Central { n, zero } => {
-                let r = self.heap.lock().alloc(n, zero);
+                let r = self.heap.central.lock().alloc(n, zero);
                 if let Some((p, fresh)) = r {
                     if zero && fresh {
                         // SAFETY: at least `n` usable bytes.
@@ -522,14 +526,15 @@ impl Driver {
             }
             Op::Trim { cache, pad } => {
                 self.front(Some(cache)).flush_cache();
-                self.heap.lock().trim(pad);
+                self.heap.central.lock().trim(pad);
             }
             Op::PurgeIdle => {
-                self.heap.lock().purge_idle();
+                let r = self.heap.purge_idle(true).map(|_| ());
+                self.cache_result(r, "purge_idle");
             }
-            Op::Gap => self.heap.lock().source_mut().leave_gap(),
+            Op::Gap => self.heap.central.lock().source_mut().leave_gap(),
             Op::FailAfter { n } => {
-                self.heap.lock().source_mut().fail_after(n.unwrap_or(usize::MAX))
+                self.heap.central.lock().source_mut().fail_after(n.unwrap_or(usize::MAX))
             }
             Op::VerifyAll => {
                 for l in &self.live {
@@ -552,8 +557,10 @@ impl Driver {
             self.dealloc(ci % self.caches.len(), l.p);
             ci += 1;
         }
+        let r = self.heap.layer.drain(&mut self.heap.central.lock()).map(|_| ());
+        self.cache_result(r, "drain");
         self.check("after freeing everything");
-        let heap = self.heap.lock();
+        let heap = self.heap.central.lock();
         let st = heap.stats();
         assert_eq!(st.used_blocks, 0, "blocks still in use at the end: {st:?}");
         assert_eq!(st.used_bytes, 0, "bytes still in use at the end: {st:?}");
@@ -589,7 +596,7 @@ pub fn run(data: &[u8]) {
         eprintln!("config {cfg:?}");
     }
     let mut d = Driver {
-        heap: Mutex::new(heap),
+        heap: Backend::new(heap),
         caches: (0..cfg.ncaches).map(|_| ThreadCache::new()).collect(),
         cfg,
         live: Vec::new(),
@@ -611,7 +618,7 @@ pub fn run(data: &[u8]) {
     }
     d.finish();
     // Re-zero what the heap touched (A1: the arena is zero beyond `used`) and keep the buffer.
-    let used = d.heap.lock().source().used();
+    let used = d.heap.central.lock().source().used();
     drop(d);
     // SAFETY: `used <= ARENA_BYTES`; the heap that used the buffer is gone.
     unsafe { core::ptr::write_bytes(buf.as_mut_ptr().cast::<u8>(), 0, used) };

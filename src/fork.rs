@@ -23,7 +23,7 @@
 
 use crate::large::REGISTRY;
 use crate::large_cache::CACHE;
-use crate::process::HEAP;
+use crate::process::BACKEND;
 use crate::sync::{AtomicUsize, Claim, Ordering};
 
 #[cfg(target_env = "gnu")]
@@ -107,7 +107,7 @@ extern "C" fn prepare() {
     unsafe {
         _IO_list_lock()
     };
-    HEAP.raw().lock();
+    BACKEND.lock_all();
     REGISTRY.raw().lock();
     CACHE.raw().lock();
     DEPTH.store(1, Ordering::Relaxed);
@@ -131,7 +131,7 @@ unsafe fn release(stdio: unsafe extern "C" fn()) {
     unsafe {
         CACHE.raw().unlock();
         REGISTRY.raw().unlock();
-        HEAP.raw().unlock();
+        BACKEND.unlock_all();
         stdio();
     }
 }

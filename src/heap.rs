@@ -26,6 +26,7 @@ use crate::size_class::{MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_
 use crate::stats::{self, Counter};
 use crate::sync::Mutex;
 use crate::thread_cache::{State, ThreadCache};
+use crate::transfer::Backend;
 
 /// What the front end runs over: a central heap, a way to find this thread's cache, the
 /// large-block mappings, and the options. Methods with a default describe an environment
@@ -34,8 +35,13 @@ pub trait Env {
     /// The central heap's memory source.
     type Source: MemorySource;
 
+    /// The middle layer and the central heap behind the caches.
+    fn backend(&self) -> &Backend<Self::Source>;
+
     /// The central heap.
-    fn central(&self) -> &Mutex<CentralHeap<Self::Source>>;
+    fn central(&self) -> &Mutex<CentralHeap<Self::Source>> {
+        &self.backend().central
+    }
 
     /// This thread's cache, if it has one; the fast paths call it, so it must be cheap. The
     /// cache may be `Uninit` (no room: the slow paths then call [`Env::activate`]).
@@ -142,8 +148,8 @@ pub trait Env {
 /// - X1: `cache`, when set, is the only cache this environment's calls use, and no other
 ///   reference to it is live during a call (each simulated thread has its own).
 pub struct Explicit<'a, S> {
-    /// The central heap.
-    pub heap: &'a Mutex<CentralHeap<S>>,
+    /// The middle layer and the central heap.
+    pub heap: &'a Backend<S>,
     /// The calling (simulated) thread's cache, if it has one.
     pub cache: Option<*mut ThreadCache>,
     /// `tcache_max_bytes` of a cache this environment activates.
@@ -155,7 +161,7 @@ pub struct Explicit<'a, S> {
 impl<'a, S> Explicit<'a, S> {
     /// The environment of a thread with cache `cache` (or none) over `heap`; misuse aborts as
     /// in the process (`diag::misuse`).
-    pub fn new(heap: &'a Mutex<CentralHeap<S>>, cache: Option<&mut ThreadCache>) -> Self {
+    pub fn new(heap: &'a Backend<S>, cache: Option<&mut ThreadCache>) -> Self {
         Self {
             heap,
             cache: cache.map(ptr::from_mut),
@@ -168,7 +174,7 @@ impl<'a, S> Explicit<'a, S> {
 impl<S: MemorySource> Env for Explicit<'_, S> {
     type Source = S;
 
-    fn central(&self) -> &Mutex<CentralHeap<S>> {
+    fn backend(&self) -> &Backend<S> {
         self.heap
     }
 
@@ -230,7 +236,7 @@ impl<E: Env> Front<E> {
         // allocations: the idle purge must not depend on refills.
         self.0.on_slow_path();
         // SAFETY: this thread's cache (see `alloc`).
-        if let Err(e) = unsafe { (*tc).collect(self.0.central()) } {
+        if let Err(e) = unsafe { (*tc).collect(self.0.backend()) } {
             diag::fatal("malloc", e.message(), 0);
         }
         // Opaque to the caller, which then tail-calls this function instead of keeping `p` in
@@ -255,7 +261,7 @@ impl<E: Env> Front<E> {
                 if (*tc).state() == State::Uninit {
                     self.0.activate(tc);
                 }
-                if let Some(p) = (*tc).alloc_slow(c, self.0.central()) {
+                if let Some(p) = (*tc).alloc_slow(c, self.0.backend()) {
                     if (*tc).gc_due() {
                         return self.collect_and_return(tc, p);
                     }
@@ -472,7 +478,7 @@ impl<E: Env> Front<E> {
             if (*tc).state() == State::Uninit {
                 this.0.activate(tc);
             }
-            (*tc).free_slow(u, c, this.0.central())
+            (*tc).free_slow(u, c, this.0.backend())
         };
         diag::set_errno(saved);
         match done {
@@ -638,18 +644,24 @@ impl<E: Env> Front<E> {
     // Maintenance
     // ---------------------------------------------------------------------------------------
 
-    /// Returns every block in this thread's cache to the central heap.
+    /// Returns every block in this thread's cache and in the middle layer to the central heap
+    /// (`malloc_trim`; other threads' caches keep theirs).
     pub fn flush_cache(&self) {
         if let Some(tc) = self.0.cache() {
             // SAFETY: this thread's cache.
-            if let Err(e) = unsafe { (*tc).flush_all(self.0.central()) } {
+            if let Err(e) = unsafe { (*tc).flush_all(self.0.backend()) } {
                 diag::fatal("malloc_trim", e.message(), 0);
             }
         }
+        let back = self.0.backend();
+        if let Err(e) = back.layer.drain(&mut back.central.lock()).map(|_| ()) {
+            diag::fatal("malloc_trim", e.message(), 0);
+        }
     }
 
-    /// The whole verifier: the central heap (C*, B*, deep), this thread's cache against it
-    /// (T*), and the large-block registry (R*). Returns the first broken invariant.
+    /// The whole verifier: the central heap (C*, B*, deep), this thread's cache (T*) and the
+    /// middle layer (TR*) against it, and the large-block registry (R*). Returns the first
+    /// broken invariant.
     ///
     /// # Errors
     /// The first broken invariant, with the address concerned.
@@ -660,6 +672,8 @@ impl<E: Env> Front<E> {
             // SAFETY: this thread's cache; no other reference to it is live.
             unsafe { (*tc).check(&heap) }?;
         }
+        // Lock order CENTRAL → TRANSFER (`transfer.rs`).
+        self.0.backend().layer.check(&heap)?;
         drop(heap);
         self.0.check_large()
     }

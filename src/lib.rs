@@ -27,7 +27,8 @@
 //! launcher, `brkmalloc-run PROGRAM [ARGS]`; see the README.
 //!
 //! Modules in dependency order, lowest first: `sync` ← `diag` ← `os` ← `size_class` ← `block`
-//! ← `stats` ← `central` ← `thread_cache` ← `heap` (the front end) ← `config` ←
+//! ← `stats` ← `central` ← `batch` ← `transfer` (the middle layer) ← `thread_cache` ← `heap`
+//! (the front end) ← `config` ←
 //! `large_cache` ← `large` ← `purge` ← `tls` ← `process` ← `fork` ← `report` ← `api` ← `global_alloc`. A module never
 //! imports one to its right.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
@@ -50,6 +51,10 @@ pub mod block;
 pub mod stats;
 
 pub mod central;
+
+pub mod batch;
+
+pub mod transfer;
 
 pub mod thread_cache;
 

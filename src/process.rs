@@ -18,9 +18,10 @@ use crate::large_cache;
 use crate::os::{Grown, MemorySource, Sbrk};
 use crate::purge;
 use crate::size_class::{NCLASSES, class_size};
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Once, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, MutexGuard, Once, Ordering};
 use crate::thread_cache::ThreadCache;
 use crate::tls;
+use crate::transfer::Backend;
 
 /// The process's memory source: the program break (`Sbrk`), except that before the heap grows
 /// the cache of freed large mappings gives back as much as the growth (`large_cache::give_way`):
@@ -66,9 +67,10 @@ impl MemorySource for ProcessSource {
     }
 }
 
-/// The central heap of the process (lock `CENTRAL` in the lock order, `sync.rs`).
-pub static HEAP: Mutex<CentralHeap<ProcessSource>> =
-    Mutex::new(CentralHeap::new(ProcessSource::new()));
+/// The middle layer and the central heap of the process (locks `CENTRAL` and `TRANSFER` in
+/// the lock order, DESIGN.md).
+pub static BACKEND: Backend<ProcessSource> =
+    Backend::new(CentralHeap::new(ProcessSource::new()));
 
 /// The front end over the process's heap, caches and mappings: what `api.rs` and
 /// `global_alloc.rs` call.
@@ -77,7 +79,7 @@ pub static FRONT: Front<Process> = Front(Process);
 /// Locks the process-wide central heap.
 #[inline]
 pub fn heap() -> MutexGuard<'static, CentralHeap<ProcessSource>> {
-    HEAP.lock()
+    BACKEND.central.lock()
 }
 
 /// The process as the front end's environment (zero-sized: every call inlines).
@@ -88,8 +90,8 @@ impl Env for Process {
     type Source = ProcessSource;
 
     #[inline(always)]
-    fn central(&self) -> &Mutex<CentralHeap<ProcessSource>> {
-        &HEAP
+    fn backend(&self) -> &Backend<ProcessSource> {
+        &BACKEND
     }
 
     #[inline(always)]
@@ -120,7 +122,7 @@ impl Env for Process {
 
     fn on_slow_path(&self) {
         ensure_config();
-        purge::maybe_purge_idle(&HEAP);
+        purge::maybe_purge_idle(&BACKEND);
     }
 
     fn on_central(&self) {
@@ -227,7 +229,7 @@ fn activate(tc: *mut ThreadCache) {
     let key = if enabled { exit_key() } else { None };
     let Some(key) = key else {
         // SAFETY: this thread's cache.
-        let _ = unsafe { (*tc).tear_down(&HEAP) };
+        let _ = unsafe { (*tc).tear_down(&BACKEND) };
         return;
     };
     let max_bytes = config::TCACHE_MAX_BYTES.load(Ordering::Relaxed);
@@ -242,7 +244,7 @@ fn activate(tc: *mut ThreadCache) {
     // SAFETY: a valid key; the value is a round counter, never dereferenced.
     if unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(1)) } != 0 {
         // SAFETY: this thread's cache.
-        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+        if let Err(e) = unsafe { (*tc).tear_down(&BACKEND) } {
             diag::fatal("free", e.message(), 0);
         }
     }
@@ -269,12 +271,12 @@ extern "C" fn cache_destructor(value: *mut c_void) {
             unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(round + 1)) };
         }
         // SAFETY: this thread's cache.
-        if let Err(e) = unsafe { (*tc).flush_all(&HEAP) } {
+        if let Err(e) = unsafe { (*tc).flush_all(&BACKEND) } {
             diag::fatal("free", e.message(), 0);
         }
     } else {
         // SAFETY: this thread's cache.
-        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+        if let Err(e) = unsafe { (*tc).tear_down(&BACKEND) } {
             diag::fatal("free", e.message(), 0);
         }
     }
@@ -303,14 +305,14 @@ pub fn ensure_config() {
 /// Copies the heap's tuning options into it (after loading, and after `mallopt`).
 pub fn apply_config() {
     let r = Ordering::Relaxed;
-    let mut h = HEAP.lock();
+    let mut h = BACKEND.central.lock();
     h.trim_threshold = config::TRIM_THRESHOLD.load(r);
     h.top_pad = config::TOP_PAD.load(r);
 }
 
 /// Starts the background purge thread (`background_purge:1`); see `purge::start_background`.
 pub fn start_background_purge() {
-    purge::start_background(&HEAP);
+    purge::start_background(&BACKEND);
 }
 
 // -------------------------------------------------------------------------------------------
@@ -331,6 +333,12 @@ pub fn heap_snapshot() -> (HeapStats, usize) {
     (h.stats(), h.segment_count())
 }
 
+/// Bytes and batches held in the middle layer.
+pub fn layer_held() -> (usize, usize) {
+    let h = BACKEND.layer.held();
+    (h.bytes, h.batches)
+}
+
 /// Free bytes at the top of the break (glibc's `keepcost`).
 pub fn top_free_bytes() -> usize {
     heap().top_free_bytes()
@@ -338,12 +346,12 @@ pub fn top_free_bytes() -> usize {
 
 /// Acquisitions of the central lock.
 pub fn lock_acquisitions() -> usize {
-    HEAP.raw().acquisitions()
+    BACKEND.central.raw().acquisitions()
 }
 
 /// Acquisitions of the central lock that had to wait.
 pub fn lock_contended() -> usize {
-    HEAP.raw().contended_count()
+    BACKEND.central.raw().contended_count()
 }
 
 /// Returns every block in the calling thread's cache to the central heap (`malloc_trim` does
@@ -358,7 +366,7 @@ pub fn flush_thread_cache() {
 pub fn tear_down_thread_cache() {
     if let Some(tc) = tls::cache() {
         // SAFETY: this thread's cache.
-        if let Err(e) = unsafe { (*tc).tear_down(&HEAP) } {
+        if let Err(e) = unsafe { (*tc).tear_down(&BACKEND) } {
             diag::fatal("mallopt", e.message(), 0);
         }
     }

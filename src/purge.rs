@@ -1,17 +1,18 @@
 //! When idle memory goes back to the OS: the idle purge of `purge_delay_ms`, run from the
 //! allocation slow paths and, with `background_purge:1`, from a thread of its own.
 //!
-//! What a pass gives back is the central heap's business (`CentralHeap::purge_idle`: runs
-//! unchanged since the previous pass, the free tops of the break); this module only decides
-//! when, on the coarse monotonic clock.
+//! What a pass gives back is the backend's business (`Backend::purge_idle`: the middle layer's
+//! batches untouched since the previous pass, then the central heap's runs unchanged since it
+//! and the free tops of the break); this module only decides when, on the coarse monotonic
+//! clock.
 
 use core::ffi::c_void;
 use core::ptr;
 
-use crate::central::CentralHeap;
 use crate::config;
 use crate::os::MemorySource;
-use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
+use crate::transfer::Backend;
 
 /// Milliseconds on the coarse monotonic clock (a vDSO read, no syscall).
 fn now_ms() -> usize {
@@ -28,7 +29,7 @@ static LAST_PURGE_MS: AtomicUsize = AtomicUsize::new(0);
 /// The idle purge, from a slow path: once `purge_delay_ms` has passed since the last pass,
 /// free memory that came back since is returned to the OS. Never waits for the lock.
 #[cold]
-pub fn maybe_purge_idle<S: MemorySource>(heap: &Mutex<CentralHeap<S>>) {
+pub fn maybe_purge_idle<S: MemorySource>(back: &Backend<S>) {
     let now = now_ms();
     let r = Ordering::Relaxed;
     let last = LAST_PURGE_MS.load(r);
@@ -38,8 +39,13 @@ pub fn maybe_purge_idle<S: MemorySource>(heap: &Mutex<CentralHeap<S>>) {
     LAST_PURGE_MS.store(now, r);
     crate::large_cache::decay();
     // An idle purge is not worth a stall.
-    if let Some(mut h) = heap.try_lock() {
-        h.purge_idle();
+    purge(back, false);
+}
+
+/// Runs the backend's idle pass; a damaged block found on the way is fatal.
+fn purge<S: MemorySource>(back: &Backend<S>, wait: bool) {
+    if let Err(e) = back.purge_idle(wait).map(|_| ()) {
+        crate::diag::fatal("free", e.message(), 0);
     }
 }
 
@@ -47,10 +53,10 @@ pub fn maybe_purge_idle<S: MemorySource>(heap: &Mutex<CentralHeap<S>>) {
 /// `purge_delay_ms` and returns idle memory of `heap` even when the program stops
 /// allocating. Call from a constructor, not from inside `malloc` (creating a thread
 /// allocates).
-pub fn start_background<S: MemorySource + Send>(heap: &'static Mutex<CentralHeap<S>>) {
+pub fn start_background<S: MemorySource + Send>(back: &'static Backend<S>) {
     extern "C" fn run<S: MemorySource>(arg: *mut c_void) -> *mut c_void {
-        // SAFETY: `arg` is the `&'static Mutex` passed below.
-        let heap = unsafe { &*arg.cast::<Mutex<CentralHeap<S>>>() };
+        // SAFETY: `arg` is the `&'static Backend` passed below.
+        let back = unsafe { &*arg.cast::<Backend<S>>() };
         loop {
             let ms = config::PURGE_DELAY_MS.load(Ordering::Relaxed).max(1);
             let ts = libc::timespec {
@@ -59,14 +65,14 @@ pub fn start_background<S: MemorySource + Send>(heap: &'static Mutex<CentralHeap
             };
             // SAFETY: valid timespec; an interrupted sleep just purges early.
             unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
-            heap.lock().purge_idle();
+            purge(back, true);
             crate::large_cache::decay();
             LAST_PURGE_MS.store(now_ms(), Ordering::Relaxed);
         }
     }
     // SAFETY: an all-zero pthread_t is a valid out slot.
     let mut tid: libc::pthread_t = unsafe { core::mem::zeroed() };
-    let arg = ptr::from_ref(heap).cast_mut().cast::<c_void>();
+    let arg = ptr::from_ref(back).cast_mut().cast::<c_void>();
     // SAFETY: default attributes; `run` lives forever; `arg` points to a static.
     if unsafe { libc::pthread_create(&mut tid, ptr::null(), run::<S>, arg) } == 0 {
         // SAFETY: the thread is never joined.

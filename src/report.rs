@@ -35,6 +35,10 @@ pub struct Stats {
     pub large_cache: CacheStats,
     /// Peak resident set size of the process, in bytes (`getrusage`).
     pub peak_rss: usize,
+    /// Bytes of free blocks held in the middle layer's batches (`transfer.rs`).
+    pub layer_bytes: usize,
+    /// Batches held in the middle layer.
+    pub layer_batches: usize,
     /// Acquisitions of the central lock.
     pub lock_acquisitions: usize,
     /// Acquisitions of the central lock that found it taken.
@@ -58,6 +62,13 @@ impl Stats {
 }
 
 impl Stats {
+    /// Central lock acquisitions per 1000 malloc+free calls, in tenths (each allocation is
+    /// counted with its free: the free fast path counts nothing).
+    pub fn locks_per_1000_calls_x10(&self) -> usize {
+        let calls = 2 * (self.cache_allocs + self.direct_allocs());
+        (self.lock_acquisitions * 10_000).checked_div(calls).unwrap_or(0)
+    }
+
     /// Free bytes inside the heap over the heap's size, in tenths of a percent.
     pub fn fragmentation_permille(&self) -> usize {
         (self.heap.free_bytes * 1000).checked_div(self.heap.heap_bytes).unwrap_or(0)
@@ -68,7 +79,10 @@ impl Stats {
 pub fn stats() -> Stats {
     process::merge_thread_counters();
     let (heap, segments) = process::heap_snapshot();
+    let (layer_bytes, layer_batches) = process::layer_held();
     Stats {
+        layer_bytes,
+        layer_batches,
         cache_allocs: stats::cache_allocs(),
         classes: stats::classes(),
         heap,
@@ -176,7 +190,8 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
     );
     put(
         out,
-        " class   size    refills   refilled    flushes    flushed direct-alloc direct-free\n",
+        " class   size    refills   refilled    flushes    flushed direct-alloc direct-free \
+         layer-hits layer-miss layer-puts layer-full\n",
         &[],
     );
     for (c, cs) in s.classes.iter().enumerate() {
@@ -193,6 +208,10 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
             (cs.flushed_blocks, 10),
             (cs.direct_allocs, 12),
             (cs.direct_frees, 11),
+            (cs.layer_hits, 10),
+            (cs.layer_misses, 10),
+            (cs.layer_puts, 10),
+            (cs.layer_overflows, 10),
         ];
         let mut l = Line::new();
         for (v, width) in columns {
@@ -204,9 +223,23 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
     let h = &s.heap;
     put(
         out,
-        "central heap: %b in %d segment(s); in use %b in %d blocks (thread caches included); \
-         free %b in %d blocks\n",
+        "central heap: %b in %d segment(s); in use %b in %d blocks (thread caches and middle \
+         layer included); free %b in %d blocks\n",
         &[h.heap_bytes, s.segments, h.used_bytes, h.used_blocks, h.free_bytes, h.free_blocks],
+    );
+    let sum = |f: fn(&ClassStats) -> usize| s.classes.iter().map(f).sum::<usize>();
+    put(
+        out,
+        "middle layer: %b free in %d batch(es); batches in %d (refused %d), out %d, returned to \
+         the heap %d\n",
+        &[
+            s.layer_bytes,
+            s.layer_batches,
+            sum(|c| c.layer_puts),
+            sum(|c| c.layer_overflows),
+            sum(|c| c.layer_hits),
+            sum(|c| c.layer_released),
+        ],
     );
     put(
         out,
@@ -226,10 +259,11 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
     );
     let f = s.fragmentation_permille();
     put(out, "peak RSS: %b; fragmentation (free / heap): %d.%d%%\n", &[s.peak_rss, f / 10, f % 10]);
+    let per = s.locks_per_1000_calls_x10();
     put(
         out,
-        "central lock: %d acquisitions, %d contended\n",
-        &[s.lock_acquisitions, s.lock_contended],
+        "central lock: %d acquisitions, %d contended; %d.%d per 1000 malloc+free calls\n",
+        &[s.lock_acquisitions, s.lock_contended, per / 10, per % 10],
     );
 }
 
@@ -245,7 +279,8 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
     // Every class object but the first follows a comma.
     const CLASS: &str = ",{\"class\":%d,\"size\":%d,\"refills\":%d,\"refilled_blocks\":%d,\
                          \"flushes\":%d,\"flushed_blocks\":%d,\"direct_allocs\":%d,\
-                         \"direct_frees\":%d}";
+                         \"direct_frees\":%d,\"layer_hits\":%d,\"layer_misses\":%d,\
+                         \"layer_puts\":%d,\"layer_overflows\":%d,\"layer_released\":%d}";
     let mut first = true;
     for (c, cs) in s.classes.iter().enumerate() {
         if *cs == ClassStats::default() {
@@ -255,8 +290,22 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
         first = false;
         let (size, refills, refilled) = (class_size(c), cs.refills, cs.refilled_blocks);
         let (flushes, flushed) = (cs.flushes, cs.flushed_blocks);
-        let values =
-            [c, size, refills, refilled, flushes, flushed, cs.direct_allocs, cs.direct_frees];
+        let (direct, layer) = ([cs.direct_allocs, cs.direct_frees], [cs.layer_hits, cs.layer_misses]);
+        let values = [
+            c,
+            size,
+            refills,
+            refilled,
+            flushes,
+            flushed,
+            direct[0],
+            direct[1],
+            layer[0],
+            layer[1],
+            cs.layer_puts,
+            cs.layer_overflows,
+            cs.layer_released,
+        ];
         put(out, template, &values);
     }
     let h = &s.heap;
@@ -281,8 +330,9 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
         out,
         "\"mmap\":{\"blocks\":%d,\"bytes\":%d,\"max_blocks\":%d,\"max_bytes\":%d},\
          \"large_cache\":{\"bytes\":%d,\"mappings\":%d,\"hits\":%d,\"misses\":%d,\
-         \"decayed_bytes\":%d},\"peak_rss\":%d,\"fragmentation_permille\":%d,\
-         \"lock\":{\"acquisitions\":%d,\"contended\":%d}}}\n",
+         \"decayed_bytes\":%d},\"layer\":{\"bytes\":%d,\"batches\":%d},\"peak_rss\":%d,\
+         \"fragmentation_permille\":%d,\"lock\":{\"acquisitions\":%d,\"contended\":%d,\
+         \"per_1000_calls_x10\":%d}}}\n",
         &[
             s.mmap_blocks,
             s.mmap_bytes,
@@ -293,10 +343,13 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
             s.large_cache.hits,
             s.large_cache.misses,
             s.large_cache.decayed_bytes,
+            s.layer_bytes,
+            s.layer_batches,
             s.peak_rss,
             s.fragmentation_permille(),
             s.lock_acquisitions,
             s.lock_contended,
+            s.locks_per_1000_calls_x10(),
         ],
     );
 }
@@ -379,7 +432,7 @@ fn write_malloc_stats() {
 
 /// glibc's `mallinfo2()` with our numbers: `arena` = heap bytes, `ordblks` = free blocks,
 /// `hblks`/`hblkhd` = large blocks and their bytes, `uordblks` = bytes in use (thread caches
-/// included), `fordblks` = free bytes, `keepcost` = the free top of the heap.
+/// included), `fordblks` = free bytes (the middle layer's batches included), `keepcost` = the free top of the heap.
 pub fn mallinfo2() -> libc::mallinfo2 {
     let s = stats();
     libc::mallinfo2 {
@@ -390,8 +443,8 @@ pub fn mallinfo2() -> libc::mallinfo2 {
         hblkhd: s.mmap_bytes,
         usmblks: 0,
         fsmblks: 0,
-        uordblks: s.heap.used_bytes,
-        fordblks: s.heap.free_bytes,
+        uordblks: s.heap.used_bytes - s.layer_bytes.min(s.heap.used_bytes),
+        fordblks: s.heap.free_bytes + s.layer_bytes,
         keepcost: process::top_free_bytes(),
     }
 }

@@ -1,7 +1,7 @@
 //! Counters of the thread caches and the central paths.
 //!
 //! Nothing is counted on the fast paths. Per size class, the slow paths count refills and
-//! flushes and the blocks they moved, and the allocations and frees the central heap served
+//! flushes and the blocks they moved, the middle layer's batches, hits and misses, and the allocations and frees the central heap served
 //! directly; the allocations served from the caches are counted in whole collection intervals
 //! (each cache's countdown, `thread_cache.rs`), merged at collection, at thread exit and before
 //! a report. All counters are `Relaxed`: they are statistics, read only for reports, and order
@@ -26,10 +26,20 @@ pub enum Counter {
     DirectAllocs,
     /// Small frees done in the central heap directly.
     DirectFrees,
+    /// Batches a flush handed to the middle layer (`transfer.rs`).
+    LayerPuts,
+    /// Flushes the middle layer refused (class full): their batch went to the central heap.
+    LayerOverflows,
+    /// Refills served by a batch of the middle layer.
+    LayerHits,
+    /// Refills that found the middle layer's class empty (and went to the central heap).
+    LayerMisses,
+    /// Batches the middle layer returned to the central heap (idle, or `malloc_trim`).
+    LayerReleased,
 }
 
 /// Number of [`Counter`] kinds.
-pub const NCOUNTERS: usize = 6;
+pub const NCOUNTERS: usize = 11;
 
 /// Counters of one class, as plain numbers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +56,16 @@ pub struct ClassStats {
     pub direct_allocs: usize,
     /// Frees of this class done in the central heap directly.
     pub direct_frees: usize,
+    /// Batches handed to the middle layer.
+    pub layer_puts: usize,
+    /// Batches the middle layer refused (sent to the central heap).
+    pub layer_overflows: usize,
+    /// Refills served by the middle layer.
+    pub layer_hits: usize,
+    /// Refills the middle layer could not serve.
+    pub layer_misses: usize,
+    /// Batches the middle layer returned to the central heap.
+    pub layer_released: usize,
 }
 
 #[cfg(not(loom))]
@@ -88,6 +108,11 @@ mod imp {
             flushed_blocks: get(Counter::FlushedBlocks),
             direct_allocs: get(Counter::DirectAllocs),
             direct_frees: get(Counter::DirectFrees),
+            layer_puts: get(Counter::LayerPuts),
+            layer_overflows: get(Counter::LayerOverflows),
+            layer_hits: get(Counter::LayerHits),
+            layer_misses: get(Counter::LayerMisses),
+            layer_released: get(Counter::LayerReleased),
         }
     }
 }

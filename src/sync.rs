@@ -90,6 +90,7 @@ macro_rules! constructor {
         $vis fn $name($($arg: $ty),*) -> $ret $body
     };
 }
+pub(crate) use constructor;
 
 /// Rounds of optimistic spinning before a contended [`RawLock::lock`] sleeps. Under loom one
 /// round: every round runs the same load and compare-exchange, and 64 of them would multiply the
@@ -571,6 +572,9 @@ pub mod sabotage {
         /// class code: a routing bug, not a concurrency one, which the models and the fuzz
         /// driver must catch because they drive the front end itself.
         Routing,
+        /// The middle layer (`transfer.rs`) hands out a batch without removing it, so two
+        /// caches own its blocks.
+        Transfer,
     }
 
     #[cfg(brkmalloc_sabotage)]

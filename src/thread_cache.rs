@@ -1,13 +1,12 @@
 //! Per-thread caches of size-classed blocks in front of the central heap.
 //!
 //! A cached block is an in-use block as far as the central heap knows, so it never merges while
-//! cached. Its first payload word links it to the next block of its class, and its second holds
-//! [`CACHE_KEY`], so that `free` of a block that sits in this thread's cache (a double free) is
-//! caught with one compare (glibc's tcache `key`). Nothing on the fast paths writes a header:
-//! a neighbour's merge may update `PREV_USED` in it under the lock at any time (B7).
-//! `malloc` pops, `free` pushes (any thread frees into its own cache: no ownership tracking);
-//! an empty list is refilled with a batch carved from one free run under one lock acquisition,
-//! and a full list flushes its older half back under one lock acquisition.
+//! cached; its first two payload words are the list link and [`CACHE_KEY`] (`batch.rs`).
+//! Nothing on the fast paths writes a header: a neighbour's merge may update `PREV_USED` in it
+//! under the lock at any time (B7). `malloc` pops, `free` pushes (any thread frees into its own
+//! cache: no ownership tracking); an empty list is refilled with a whole batch from the middle
+//! layer (`transfer.rs`) or, when it has none, a batch carved from one free run under one central
+//! lock acquisition; a full list hands its older half to the middle layer as one batch.
 //!
 //! This module holds the logic over an explicit cache and heap; the front end (`heap.rs`)
 //! routes to it, and the process keeps one cache per thread in TLS (`tls.rs`, `process.rs`), so
@@ -30,14 +29,15 @@
 
 use core::ptr;
 
-use crate::block::{ALIGN, BlockPtr, HARDENED, MAPPED, USED, UserPtr};
+use crate::batch::{Batch, corrupt_link, link_in, read_link};
+use crate::block::UserPtr;
 pub use crate::block::{CACHE_KEY, HARDENED as HARDENING};
 use crate::central::{CentralHeap, HeapError};
 use crate::diag::Misuse;
 use crate::os::MemorySource;
 use crate::size_class::{CLASS_CODES, NCLASSES, class_size};
 use crate::stats::{self, Counter};
-use crate::sync::Mutex;
+use crate::transfer::Backend;
 
 /// Default byte limit of one thread's cache (`tcache_max_bytes`).
 pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
@@ -57,42 +57,6 @@ pub enum State {
     Active,
     /// Flushed for good (thread exit, or no destructor could be registered).
     TornDown,
-}
-
-/// The safe-linking mask of a link stored in `slot` (0 without `hardening`).
-#[inline(always)]
-fn link_mask(slot: UserPtr) -> usize {
-    if HARDENED { slot.addr() >> 12 } else { 0 }
-}
-
-/// Reads the link of cached block `slot`, decoding glibc's safe-linking: the word holds the next
-/// pointer XOR (the slot's address >> 12), so a program that overwrites a freed block cannot
-/// make `malloc` return an address of its choice. `Err` when the decoded pointer is not 16-byte
-/// aligned (the word was damaged).
-///
-/// # Safety
-/// `slot` is a cached block (T1).
-#[inline(always)]
-unsafe fn read_link(slot: UserPtr) -> Result<*mut u8, Misuse> {
-    // SAFETY: forwarded contract.
-    let v = unsafe { slot.cache_link() } ^ link_mask(slot);
-    if HARDENED && v % ALIGN != 0 {
-        return Err(Misuse::CorruptLink);
-    }
-    Ok(ptr::with_exposed_provenance_mut(v))
-}
-
-/// Writes the link of `slot` (see [`read_link`]) and marks it cached.
-///
-/// # Safety
-/// `slot` is an in-use block owned by the cache (T1).
-#[inline(always)]
-unsafe fn link_in(slot: UserPtr, next: *mut u8) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        slot.set_cache_link(next.expose_provenance() ^ link_mask(slot));
-        slot.set_cache_key();
-    }
 }
 
 /// The slow paths' view of the list of one class code: its limit and next refill batch. (The
@@ -305,36 +269,40 @@ impl ThreadCache {
         true
     }
 
-    /// Refills class `c` from `heap` and pops one block. `None` when memory is exhausted or
-    /// the cache is not active (the caller then allocates from the central heap directly).
+    /// Refills class `c` and pops one block: a whole batch from the middle layer if it has
+    /// one, else a batch carved from the central heap. `None` when memory is exhausted or the
+    /// cache is not active (the caller then allocates from the central heap directly).
     #[cold]
     #[inline(never)]
-    pub fn alloc_slow<S: MemorySource>(
-        &mut self,
-        c: usize,
-        heap: &Mutex<CentralHeap<S>>,
-    ) -> Option<UserPtr> {
+    pub fn alloc_slow<S: MemorySource>(&mut self, c: usize, back: &Backend<S>) -> Option<UserPtr> {
         if self.state != State::Active || c >= NCLASSES {
             return None;
         }
         if let Some(p) = self.pop(c) {
             return Some(p);
         }
-        let lim = &mut self.limits[c];
-        if lim.max == 0 {
+        if self.limits[c].max == 0 {
             return None;
         }
+        self.dry |= 1 << c;
+        stats::add(c, Counter::Refills, 1);
+        if let Some(b) = back.layer.take(c, self.rooms[c]) {
+            // A batch another cache flushed: its blocks are linked and keyed already (BT1).
+            self.heads[c] = b.head;
+            self.rooms[c] -= b.count;
+            stats::add(c, Counter::RefilledBlocks, b.count as usize);
+            return self.pop(c);
+        }
+        let lim = &mut self.limits[c];
         let want = lim.batch.min(lim.max / 2).max(1) as usize;
         lim.batch = (lim.batch * 2).min(lim.max / 2).max(1);
-        self.dry |= 1 << c;
-        let (head, n) = heap.lock().alloc_batch(class_size(c), want, |b, next| {
+        let (head, n) = back.central.lock().alloc_batch(class_size(c), want, |b, next| {
             // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
             unsafe { link_in(UserPtr::new(b), next) }
         });
         let head = ptr::NonNull::new(head)?;
         self.heads[c] = head.as_ptr();
         self.rooms[c] -= n as u32;
-        stats::add(c, Counter::Refills, 1);
         stats::add(c, Counter::RefilledBlocks, n);
         self.pop(c)
     }
@@ -354,32 +322,27 @@ impl ThreadCache {
         &mut self,
         p: UserPtr,
         c: usize,
-        heap: &Mutex<CentralHeap<S>>,
+        back: &Backend<S>,
     ) -> CacheResult<bool> {
         if self.state != State::Active || c >= NCLASSES || self.limits[c].max == 0 {
             return Ok(false);
         }
         let keep = (self.limits[c].max / 2) as usize;
-        self.flush_class(c, keep, &mut heap.lock())?;
+        back.give_back(c, self.cut(c, keep)?)?;
         // SAFETY: forwarded contract.
         Ok(unsafe { self.push(p, c) })
     }
 
-    /// Returns the blocks of class `c` beyond the newest `keep` to `heap` (oldest first out).
-    fn flush_class<S: MemorySource>(
-        &mut self,
-        c: usize,
-        keep: usize,
-        heap: &mut CentralHeap<S>,
-    ) -> CacheResult<()> {
+    /// Detaches the blocks of class `c` beyond the newest `keep` as a batch (empty when the
+    /// list holds no more than `keep`).
+    fn cut(&mut self, c: usize, keep: usize) -> CacheResult<Batch> {
         let count = self.count(c);
         if count <= keep {
-            return Ok(());
+            return Ok(Batch::EMPTY);
         }
         stats::add(c, Counter::Flushes, 1);
         stats::add(c, Counter::FlushedBlocks, count - keep);
-        // Find the cut: the `keep` newest stay.
-        let mut rest = if keep == 0 {
+        let head = if keep == 0 {
             let h = self.heads[c];
             self.heads[c] = ptr::null_mut();
             h
@@ -391,7 +354,8 @@ impl ThreadCache {
                 let next = unsafe { read_link(cur) }?;
                 cur = UserPtr::new(ptr::NonNull::new(next).ok_or(Misuse::CorruptLink)?);
             }
-            // SAFETY: as above; cut the list after the `keep`-th block.
+            // SAFETY: as above; cut the list after the `keep`-th block, whose link becomes
+            // null: the rest is a null-terminated list of `count - keep` blocks (BT1).
             unsafe {
                 let r = read_link(cur)?;
                 link_in(cur, ptr::null_mut());
@@ -399,17 +363,19 @@ impl ThreadCache {
             }
         };
         self.rooms[c] = u32::from(self.limits[c].max) - keep as u32;
-        while let Some(b) = ptr::NonNull::new(rest) {
-            let p = UserPtr::new(b);
-            // SAFETY: T1 — a cached block; read its link and clear the key before the heap
-            // reuses the words.
-            unsafe {
-                rest = read_link(p)?;
-                p.clear_cache_key();
-            }
-            heap.free(b)?;
-        }
-        Ok(())
+        Ok(Batch { head, count: (count - keep) as u32 })
+    }
+
+    /// Hands the blocks of class `c` beyond the newest `keep` to the middle layer (or, when it
+    /// is full, the central heap).
+    fn flush_class<S: MemorySource>(
+        &mut self,
+        c: usize,
+        keep: usize,
+        back: &Backend<S>,
+    ) -> CacheResult<()> {
+        let b = self.cut(c, keep)?;
+        if b.count == 0 { Ok(()) } else { back.give_back(c, b) }
     }
 
     /// Collection of one class (round robin), every [`GC_INTERVAL`] allocations: a list that
@@ -418,7 +384,7 @@ impl ThreadCache {
     /// list, so the pop path keeps no mark) and halves its refill batch.
     #[cold]
     #[inline(never)]
-    pub fn collect<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
+    pub fn collect<S: MemorySource>(&mut self, back: &Backend<S>) -> CacheResult<()> {
         // The pops since the countdown was last reset (all of GC_INTERVAL when it ran out).
         stats::add_cache_allocs(GC_INTERVAL.saturating_sub(self.gc_countdown) as usize);
         self.gc_countdown = GC_INTERVAL;
@@ -432,7 +398,7 @@ impl ThreadCache {
         if !was_dry && count > 0 {
             let keep = count - (count * 3).div_ceil(4);
             self.limits[c].batch = (self.limits[c].batch / 2).max(1);
-            self.flush_class(c, keep, &mut heap.lock())?;
+            self.flush_class(c, keep, back)?;
         }
         Ok(())
     }
@@ -441,14 +407,12 @@ impl ThreadCache {
     ///
     /// # Errors
     /// As [`Self::free_slow`].
-    pub fn flush_all<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
+    pub fn flush_all<S: MemorySource>(&mut self, back: &Backend<S>) -> CacheResult<()> {
         self.merge_counters();
-        if self.heads.iter().all(|h| h.is_null()) {
-            return Ok(());
-        }
-        let mut guard = heap.lock();
         for c in 0..NCLASSES {
-            self.flush_class(c, 0, &mut guard)?;
+            if !self.heads[c].is_null() {
+                self.flush_class(c, 0, back)?;
+            }
         }
         Ok(())
     }
@@ -458,8 +422,8 @@ impl ThreadCache {
     ///
     /// # Errors
     /// As [`Self::free_slow`].
-    pub fn tear_down<S: MemorySource>(&mut self, heap: &Mutex<CentralHeap<S>>) -> CacheResult<()> {
-        let r = self.flush_all(heap);
+    pub fn tear_down<S: MemorySource>(&mut self, back: &Backend<S>) -> CacheResult<()> {
+        let r = self.flush_all(back);
         self.rooms = [0; CLASS_CODES];
         for lim in &mut self.limits {
             lim.max = 0;
@@ -497,18 +461,7 @@ impl ThreadCache {
                 if bad.is_some() {
                     return;
                 }
-                // SAFETY: only read after `owns` says the header lies in a heap segment.
-                let h = heap.owns(u.ptr().as_ptr()).then(|| unsafe { u.block().header() });
-                let ok = h.is_some_and(|h| {
-                    // SAFETY: a block of the heap (checked above).
-                    let b = unsafe { u.block() };
-                    h & (USED | MAPPED) == USED
-                        && b.tag_ok(h)
-                        && b.class_ok(h)
-                        && BlockPtr::size_of(h) >= class_size(c)
-                        // SAFETY: an in-use heap block.
-                        && (!HARDENED || unsafe { u.has_cache_key() })
-                });
+                let ok = heap.holds_cached(u, c);
                 if !ok || n > u32::from(max) {
                     bad = Some(u.addr());
                 }
@@ -537,13 +490,6 @@ impl Default for ThreadCache {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// A damaged cache link: the list cannot be trusted any further.
-#[cold]
-#[inline(never)]
-fn corrupt_link(e: Misuse, slot: UserPtr) -> ! {
-    crate::diag::fatal("malloc", e.message(), slot.addr())
 }
 
 #[cfg(test)]

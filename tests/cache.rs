@@ -21,10 +21,10 @@ use brkmalloc::os::FixedArena;
 use brkmalloc::size_class::{
     MAX_CLASS_SIZE, NCLASSES, class_for_alloc, class_for_free, class_size,
 };
-use brkmalloc::sync::Mutex;
 use brkmalloc::thread_cache::{
     CACHE_KEY, DEFAULT_MAX_BYTES, HARDENING, State, ThreadCache, max_count,
 };
+use brkmalloc::transfer::Backend;
 
 /// Bytes before the user pointer (the block header).
 const HEADER: usize = 8;
@@ -73,8 +73,11 @@ struct Cached {
 
 /// The central heap, the caches, and the shadow model.
 struct World {
-    heap: Mutex<CentralHeap<FixedArena>>,
+    heap: Backend<FixedArena>,
     caches: Vec<ThreadCache>,
+    /// `layer[c]`: the middle layer's batches of class `c`, oldest first; each batch in the
+    /// order of a cache list's model (a refill makes it the list).
+    layer: Vec<Vec<Vec<Cached>>>,
     limits: Vec<usize>,
     /// `model[i][c]`: the list of cache `i`, class `c`, oldest first (a pop takes the last).
     model: Vec<Vec<Vec<Cached>>>,
@@ -92,6 +95,7 @@ struct World {
 struct Hits {
     pops: usize,
     refills: usize,
+    layer_refills: usize,
     full_flushes: usize,
     collected_blocks: usize,
     cross_frees: usize,
@@ -106,8 +110,9 @@ impl World {
         // (fields drop in declaration order; neither has a destructor that touches the other).
         let arena = unsafe { FixedArena::new(base, cap) };
         let mut w = Self {
-            heap: Mutex::new(CentralHeap::new(arena)),
+            heap: Backend::new(CentralHeap::new(arena)),
             caches: Vec::new(),
+            layer: vec![Vec::new(); NCLASSES],
             limits: limits.to_vec(),
             model: Vec::new(),
             live: BTreeMap::new(),
@@ -128,7 +133,37 @@ impl World {
     }
 
     fn cached_total(&self) -> usize {
-        self.caches.iter().map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>()).sum()
+        let layer: usize = self.layer.iter().flatten().map(Vec::len).sum();
+        layer
+            + self
+                .caches
+                .iter()
+                .map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>())
+                .sum::<usize>()
+    }
+
+    /// Blocks in use as the program and the caches see them: the heap's, less the middle
+    /// layer's (free memory held in batches).
+    fn used(&self) -> usize {
+        self.heap.central.lock().stats().used_blocks - self.heap.layer.held().blocks
+    }
+
+    /// Blocks `gone` left a cache list of class `c` in one flush: into a batch of the middle
+    /// layer if it took one more (`before` batches), else back to the heap.
+    fn flushed(&mut self, c: usize, gone: Vec<Cached>, before: usize) {
+        if gone.is_empty() {
+            return;
+        }
+        let now = self.heap.layer.batches(c);
+        if now == before + 1 {
+            self.layer[c].push(gone);
+        } else {
+            assert_eq!(now, before, "class {c}: the layer's batches changed by more than one");
+            for b in gone {
+                self.release(b.p);
+            }
+        }
+        assert_eq!(self.heap.layer.batches(c), self.layer[c].len(), "class {c}: layer batches");
     }
 
     /// Every block accounted for, the model agrees with the caches, the heap is intact.
@@ -142,7 +177,10 @@ impl World {
             assert_eq!(tc.bytes(), bytes, "cache {i}: bytes");
             assert!(bytes <= self.limits[i], "cache {i} holds {bytes} B > {}", self.limits[i]);
         }
-        let heap = self.heap.lock();
+        let heap = self.heap.central.lock();
+        if let Err(e) = self.heap.layer.check(&heap) {
+            panic!("middle layer invariant broken: {} at {:#x}", e.what, e.addr);
+        }
         let st = heap.stats();
         assert_eq!(
             self.live.len() + self.cached_total(),
@@ -184,7 +222,7 @@ impl World {
 
     fn usable(&self, p: usize) -> usize {
         let p = NonNull::new(p as *mut u8).unwrap();
-        match self.heap.lock().usable_size(p) {
+        match self.heap.central.lock().usable_size(p) {
             Ok(u) => u,
             Err(e) => panic!("block {p:?} handed out is not a valid in-use block: {e:?}"),
         }
@@ -211,16 +249,21 @@ impl World {
 
     /// Brings cache `i`'s model in line after an operation that may have flushed blocks back:
     /// a flush returns the oldest blocks, so the newest `count(c)` stay.
-    fn sync_flushed(&mut self, i: usize) {
-        for c in 0..NCLASSES {
+    /// `before[c]`: the layer's batches of class `c` before the operation (one flush per
+    /// class at most).
+    fn sync_flushed(&mut self, i: usize, before: &[usize]) {
+        for (c, &before) in before.iter().enumerate() {
             let n = self.caches[i].count(c);
             let len = self.model[i][c].len();
             assert!(n <= len, "cache {i} class {c} grew from {len} to {n} in a flush");
             let gone: Vec<Cached> = self.model[i][c].drain(..len - n).collect();
-            for b in gone {
-                self.release(b.p);
-            }
+            self.flushed(c, gone, before);
         }
+    }
+
+    /// The layer's batches per class, before an operation that may flush.
+    fn layer_batches(&self) -> Vec<usize> {
+        (0..NCLASSES).map(|c| self.heap.layer.batches(c)).collect()
     }
 
     fn seed(&mut self) -> u64 {
@@ -230,7 +273,7 @@ impl World {
 
     fn central_alloc(&mut self, n: usize) -> NonNull<u8> {
         self.hits.central += 1;
-        let (p, _) = self.heap.lock().alloc(n, false).expect("arena exhausted");
+        let (p, _) = self.heap.central.lock().alloc(n, false).expect("arena exhausted");
         let u = self.usable(p.addr().get());
         self.claim(p.addr().get(), u);
         p
@@ -239,11 +282,13 @@ impl World {
     /// Runs a collection on cache `i` and syncs the model.
     fn collect(&mut self, i: usize) {
         let before = self.caches[i].bytes();
-        let used = self.heap.lock().stats().used_blocks;
+        let batches = self.layer_batches();
+        let count = |tc: &ThreadCache| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>();
+        let cached = count(&self.caches[i]);
         self.caches[i].collect(&self.heap).expect("collect found a damaged block");
         assert!(self.caches[i].bytes() <= before);
-        self.hits.collected_blocks += used - self.heap.lock().stats().used_blocks;
-        self.sync_flushed(i);
+        self.hits.collected_blocks += cached - count(&self.caches[i]);
+        self.sync_flushed(i, &batches);
     }
 
     /// Pops (or refills) a block of class `c` through cache `i`, as `malloc` does; `None` when
@@ -263,9 +308,27 @@ impl World {
             return Some(p);
         }
         assert!(self.model[i][c].is_empty(), "pop found nothing in a non-empty list");
+        let batches = self.heap.layer.batches(c);
         let p = self.caches[i].alloc_slow(c, &self.heap)?.ptr();
-        // A refill: a batch carved from one free run, linked in address order.
         self.hits.refills += 1;
+        if self.heap.layer.batches(c) + 1 == batches {
+            // A refill from the middle layer: its newest batch became the list.
+            self.hits.layer_refills += 1;
+            let mut list = self.layer[c].pop().expect("the model's layer is empty");
+            let b = list.pop().expect("an empty batch");
+            assert_eq!(p.addr().get(), b.p, "class {c}: a layer refill's first block");
+            if let Some((seed, n)) = b.content {
+                verify(p, CACHE_WORDS, n, seed, "content of a block from the layer");
+            }
+            self.model[i][c] = list;
+            assert_eq!(self.caches[i].count(c), self.model[i][c].len(), "layer refill count");
+            if self.caches[i].gc_due() {
+                self.collect(i);
+            }
+            return Some(p);
+        }
+        // A refill from the central heap: a batch carved from one free run, linked in address
+        // order.
         let size = class_size(c);
         let k = self.caches[i].count(c);
         assert!(k < max_count(c, self.limits[i]) as usize, "refill overfilled class {c}");
@@ -341,7 +404,7 @@ impl World {
         let bs = self.blocks[&p] + HEADER;
         let np = NonNull::new(p as *mut u8).unwrap();
         let Some(c) = class_for_free(bs) else {
-            self.heap.lock().free(np).expect("central free");
+            self.heap.central.lock().free(np).expect("central free");
             self.release(p);
             return;
         };
@@ -360,6 +423,7 @@ impl World {
             self.model[i][c].push(Cached { p, content });
         } else {
             let full = self.model[i][c].len();
+            let batches = self.heap.layer.batches(c);
             // SAFETY: as above.
             let pushed = unsafe { self.caches[i].free_slow(UserPtr::new(np), c, &self.heap) }
                 .expect("flush found a damaged block");
@@ -370,16 +434,14 @@ impl World {
                 assert!(n >= 1 && n <= full, "after a flush: {n} of {full}");
                 // The older blocks went back; the newest stay, then `p` on top.
                 let gone: Vec<Cached> = self.model[i][c].drain(..full + 1 - n).collect();
-                for b in gone {
-                    self.release(b.p);
-                }
+                self.flushed(c, gone, batches);
                 self.model[i][c].push(Cached { p, content });
             } else {
                 assert!(
                     max_count(c, self.limits[i]) == 0 || self.caches[i].state() != State::Active,
                     "an active cache refused class {c}"
                 );
-                self.heap.lock().free(np).expect("central free");
+                self.heap.central.lock().free(np).expect("central free");
                 self.release(p);
                 return;
             }
@@ -396,18 +458,20 @@ impl World {
 
     fn flush_all(&mut self, i: usize) {
         let state = self.caches[i].state();
+        let batches = self.layer_batches();
         self.caches[i].flush_all(&self.heap).expect("flush_all");
         assert_eq!(self.caches[i].bytes(), 0);
         assert_eq!(self.caches[i].state(), state, "flush_all changed the state");
-        self.sync_flushed(i);
+        self.sync_flushed(i, &batches);
     }
 
     /// Thread exit: cache `i` tears down, and a fresh cache takes its place (a new thread).
     fn tear_down_and_replace(&mut self, i: usize) {
+        let batches = self.layer_batches();
         self.caches[i].tear_down(&self.heap).expect("tear_down");
         assert_eq!(self.caches[i].state(), State::TornDown);
         assert_eq!(self.caches[i].bytes(), 0);
-        self.sync_flushed(i);
+        self.sync_flushed(i, &batches);
         self.caches[i] = ThreadCache::new();
         self.caches[i].activate(self.limits[i]);
     }
@@ -423,8 +487,14 @@ impl World {
             self.flush_all(i);
         }
         self.check();
+        let r = self.heap.layer.drain(&mut self.heap.central.lock());
+        r.expect("drain found a damaged block");
+        for b in std::mem::take(&mut self.layer).into_iter().flatten().flatten() {
+            self.release(b.p);
+        }
+        self.layer = vec![Vec::new(); NCLASSES];
         assert!(self.blocks.is_empty());
-        let st = self.heap.lock().stats();
+        let st = self.heap.central.lock().stats();
         assert_eq!(st.used_blocks, 0);
         assert_eq!(st.used_bytes, 0);
         assert_eq!(st.free_blocks, 1, "everything merged back into one free block: {st:?}");
@@ -528,11 +598,11 @@ fn full_list_flushes_its_older_half() {
         w.check();
     }
     // The list is full: the next free flushes the older half, then pushes.
-    let used = w.heap.lock().stats().used_blocks;
+    let used = w.used();
     w.free(0, ps[max]);
     let kept = w.caches[0].count(c);
     assert_eq!(kept, max / 2 + 1, "the newest half stays, plus the freed block");
-    assert_eq!(w.heap.lock().stats().used_blocks, used - (max + 1 - kept));
+    assert_eq!(w.used(), used - (max + 1 - kept));
     w.check();
     // Pop order: the freed block, then the newest pushes, newest first.
     let mut expect = vec![ps[max]];
@@ -644,12 +714,13 @@ fn tear_down_returns_everything_and_refuses_later_pushes() {
     w.check();
     let cached = w.cached_total();
     assert!(cached > 50, "the cache should hold blocks by now ({cached})");
-    let used = w.heap.lock().stats().used_blocks;
+    let used = w.used();
+    let batches = w.layer_batches();
     w.caches[0].tear_down(&w.heap).expect("tear_down");
-    w.sync_flushed(0);
+    w.sync_flushed(0, &batches);
     assert_eq!(w.caches[0].state(), State::TornDown);
     assert_eq!(w.caches[0].bytes(), 0);
-    assert_eq!(w.heap.lock().stats().used_blocks, used - cached);
+    assert_eq!(w.used(), used - cached);
     w.check();
     // Later operations fall through to the central heap.
     let p = *w.live.keys().next().unwrap();
@@ -687,15 +758,15 @@ fn flush_all_returns_everything_and_stays_active() {
             w.free(rng.below(2), p);
         }
         if step % 500 == 499 {
-            let before = w.heap.lock().stats().used_blocks;
+            let before = w.used();
             let cached = (0..NCLASSES).map(|c| w.caches[i].count(c)).sum::<usize>();
             w.flush_all(i);
-            assert_eq!(w.heap.lock().stats().used_blocks, before - cached);
+            assert_eq!(w.used(), before - cached);
             // Still active: the next allocation refills.
             let n = 64;
-            let c = class_for_alloc(block_size_for(n).unwrap()).unwrap();
+            let refills = w.hits.refills;
             w.alloc(i, n, false);
-            assert!(w.caches[i].count(c) > 0, "an active cache refills after flush_all");
+            assert_eq!(w.hits.refills, refills + 1, "an active cache refills after flush_all");
         }
         w.check();
     }
@@ -795,6 +866,7 @@ fn random_churn_keeps_every_block_accounted_for() {
         assert!(
             h.pops > 1000
                 && h.refills > 100
+                && h.layer_refills > 20
                 && h.full_flushes > 10
                 && h.collected_blocks > 100
                 && h.cross_frees > 200

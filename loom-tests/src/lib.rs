@@ -2,7 +2,7 @@
 //! job is `ci/loom.sh`).
 //!
 //! The models drive brkmalloc's own code: under `--cfg loom`, `brkmalloc::sync` is built on
-//! loom's atomics, cells, mutex and condvar, so the central heap's [`Mutex`], the thread caches'
+//! loom's atomics, cells, mutex and condvar, so the central heap's `Mutex`, the thread caches'
 //! refill and flush, and the one-time-initialisation types run unchanged under loom's scheduler.
 //! malloc, free and realloc go through the front end itself (`brkmalloc::heap::Front` over an
 //! `Explicit` environment: the model's heap and the calling thread's cache), so a routing bug
@@ -39,8 +39,8 @@ use brkmalloc::central::CentralHeap;
 use brkmalloc::diag::Misuse;
 use brkmalloc::heap::{Explicit, Front};
 use brkmalloc::os::{FixedArena, PAGE};
-use brkmalloc::sync::Mutex;
 use brkmalloc::thread_cache::{ThreadCache, max_count};
+use brkmalloc::transfer::Backend;
 use loom::sync::Arc;
 use loom::thread::{self, JoinHandle};
 
@@ -111,6 +111,7 @@ fn arm_sabotage_from_env() {
             "claim" => Defect::Claim,
             "counter" => Defect::Counter,
             "routing" => Defect::Routing,
+            "transfer" => Defect::Transfer,
             other => panic!("BRKMALLOC_SABOTAGE={other}: unknown defect"),
         };
         arm(d);
@@ -199,10 +200,12 @@ pub fn finish(
     heap.assert_all_free(min_locks);
 }
 
-/// A central heap over its own zeroed arena, as the models share it (in a loom `Arc`).
+/// A central heap over its own zeroed arena, with the middle layer in front of it, as the
+/// models share them (in a loom `Arc`).
 pub struct Heap {
-    /// The heap behind brkmalloc's own mutex (the `CENTRAL` lock).
-    pub heap: Mutex<CentralHeap<FixedArena>>,
+    /// The middle layer (`TRANSFER` locks) and the heap behind brkmalloc's own mutex (the
+    /// `CENTRAL` lock).
+    pub heap: Backend<FixedArena>,
     /// The arena's memory; declared after `heap`, so it is dropped after it.
     _buf: Box<[u128]>,
 }
@@ -227,27 +230,43 @@ impl Heap {
         let arena = unsafe { FixedArena::new(base, cap) };
         let mut heap = CentralHeap::new(arena);
         heap.top_pad = 0;
-        Self { heap: Mutex::new(heap), _buf: buf }
+        Self { heap: Backend::new(heap), _buf: buf }
     }
 
-    /// The end-of-model check: the heap invariants hold (deep walk), nothing is in use and
-    /// every byte merged back into one free block; the lock's acquisition count includes the
-    /// model's at least `min_locks` acquisitions and this check's own.
+    /// The end-of-model check: the heap and middle-layer invariants hold (deep walk); after
+    /// the layer is drained (`malloc_trim`), nothing is in use and every byte merged back into
+    /// one free block; the central lock's acquisition count includes the model's at least
+    /// `min_locks` acquisitions and this check's own.
     pub fn assert_all_free(&self, min_locks: usize) {
-        let h = self.heap.lock();
+        let mut h = self.heap.central.lock();
         if let Err(e) = h.check(true) {
             panic!("heap invariant broken: {} at {:#x}", e.what, e.addr);
         }
+        self.check_layer(&h);
+        if self.heap.layer.held().blocks > 0 {
+            event("blocks left in the middle layer");
+        }
+        self.heap.layer.drain(&mut h).expect("the middle layer holds a damaged block");
         let st = h.stats();
         assert_eq!(st.used_blocks, 0, "blocks still in use: {st:?}");
         assert_eq!(st.free_blocks, 1, "free space did not merge into one block: {st:?}");
         assert_eq!(h.segment_count(), 1, "{st:?}");
         drop(h);
-        if self.heap.raw().contended_count() > 0 {
+        if self.heap.central.raw().contended_count() > 0 {
             event("lock contended");
         }
         // Counter::add_owned under the lock: every acquisition counted, none lost.
-        assert!(self.heap.raw().acquisitions() > min_locks, "lock acquisitions were not counted");
+        assert!(
+            self.heap.central.raw().acquisitions() > min_locks,
+            "lock acquisitions were not counted"
+        );
+    }
+
+    /// Checks the middle layer against the heap `h` (locked by the caller: CENTRAL → TRANSFER).
+    pub fn check_layer(&self, h: &CentralHeap<FixedArena>) {
+        if let Err(e) = self.heap.layer.check(h) {
+            panic!("middle layer invariant broken: {} at {:#x}", e.what, e.addr);
+        }
     }
 
     /// The front end for a thread with cache `tc` (or none: every request goes to the
@@ -300,7 +319,7 @@ impl Heap {
     /// Thread exit: checks the cache against the heap (T1, T2, T4, T5: a block in the wrong
     /// list, a count that disagrees, fails here), then tears it down (`cache_destructor`).
     pub fn exit(&self, tc: &mut ThreadCache) {
-        if let Err(e) = tc.check(&self.heap.lock()) {
+        if let Err(e) = tc.check(&self.heap.central.lock()) {
             panic!("cache invariant broken: {} at {:#x}", e.what, e.addr);
         }
         tc.tear_down(&self.heap).unwrap();

@@ -2,8 +2,8 @@
 //! it: loom cannot fork, so the model runs what `fork.rs` does around `fork()` on one thread
 //! while another thread allocates.
 //!
-//! - `prepare`: every lock in the lock order (`sync.rs`): `HEAP.raw().lock()` (`CENTRAL`), then
-//!   `REGISTRY.raw().lock()` (`LARGE`). The registry lives in a mapping of its own, which loom
+//! - `prepare`: every lock in the lock order (DESIGN.md): `BACKEND.lock_all()` (`CENTRAL`, then
+//!   the middle layer's class locks, `TRANSFER`), then `REGISTRY.raw().lock()` (`LARGE`). The registry lives in a mapping of its own, which loom
 //!   cannot make, so a `Mutex<Vec<usize>>` of brkmalloc's stands in for it: the same lock type,
 //!   taken the way `large.rs` takes it (alone, never inside `CENTRAL`);
 //! - the fork itself: the child gets a copy of the heap as it is at this instant, so the model
@@ -29,7 +29,7 @@ use brkmalloc::sync::Mutex;
 use loom_tests::{Heap, Ledger, active_cache, cache_free, cache_malloc, check};
 
 fn heap_is_consistent(heap: &Heap) {
-    let r = heap.heap.lock().check(true);
+    let r = heap.heap.central.lock().check(true);
     if let Err(e) = r {
         panic!("heap invariant broken: {} at {:#x}", e.what, e.addr);
     }
@@ -60,15 +60,20 @@ fn fork_handlers_against_malloc() {
                 heap_is_consistent(&heap);
             })
         };
-        // fork::prepare
-        heap.heap.raw().lock();
+        // fork::prepare: CENTRAL, the layer's class locks, then LARGE.
+        heap.heap.lock_all();
         registry.raw().lock();
         // fork(): what the child inherits.
         // SAFETY: this thread took the raw lock just above and holds no guard.
         unsafe {
-            heap.heap.with_raw_locked(|h| {
+            heap.heap.central.with_raw_locked(|h| {
                 if let Err(e) = h.check(true) {
                     panic!("the child would inherit a broken heap: {} at {:#x}", e.what, e.addr);
+                }
+                // `lock_all` took the layer's locks too, and no guard exists (the enclosing
+                // block's contract).
+                if let Err(e) = heap.heap.layer.check_locked(h) {
+                    panic!("the child would inherit a broken layer: {} at {:#x}", e.what, e.addr);
                 }
                 // The child's first allocation, on its copy (here: undone before the unlock).
                 let (p, _) = h.alloc(100, false).expect("the child cannot allocate");
@@ -81,7 +86,7 @@ fn fork_handlers_against_malloc() {
         // SAFETY: this thread holds both raw locks (prepare).
         unsafe {
             registry.raw().unlock();
-            heap.heap.raw().unlock();
+            heap.heap.unlock_all();
         }
         // After fork returns, in the parent or the child: allocation works.
         let c = heap.malloc_block(&ledger, 64, 3);

@@ -72,7 +72,7 @@ heap_models! {
         }
         free(&mut tc, heap, ledger, again);
         heap.exit(&mut tc);
-        finish([a], heap, ledger, 5);
+        finish([a], heap, ledger, 2);
     }
 
     /// Thread A's class-0 list is full; its next free flushes the two oldest blocks to the central

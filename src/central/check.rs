@@ -3,9 +3,30 @@
 
 use super::{ALIGN, BlockPtr, CentralHeap, FRESH, GROUPS, HEADER, HeapError, HeapStats, MAPPED};
 use super::{MIN_BLOCK, NBINS, PREV_USED, PURGED, USED, bin_index};
+use crate::block::{HARDENED, UserPtr};
 use crate::os::MemorySource;
+use crate::size_class::class_size;
 
 impl<S: MemorySource> CentralHeap<S> {
+    /// Whether `u` is a cached block of class `c` as the heap sees it (T1, BT1): an in-use,
+    /// unmapped block of this heap with a valid tag and class code, at least `class_size(c)`
+    /// bytes, carrying the cache key (with `hardening`).
+    pub fn holds_cached(&self, u: UserPtr, c: usize) -> bool {
+        if !self.owns(u.ptr().as_ptr()) {
+            return false;
+        }
+        // SAFETY: the header lies in a heap segment (checked above).
+        let b = unsafe { u.block() };
+        // SAFETY: as above; an atomic read (B7).
+        let h = unsafe { b.header() };
+        h & (USED | MAPPED) == USED
+            && b.tag_ok(h)
+            && b.class_ok(h)
+            && BlockPtr::size_of(h) >= class_size(c)
+            // SAFETY: an in-use heap block of ours.
+            && (!HARDENED || unsafe { u.has_cache_key() })
+    }
+
     /// Walks every segment and bin and checks C1–C5 (and, with `deep`, that FRESH payloads are
     /// zero). Returns the first violation.
     ///

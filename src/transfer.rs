@@ -1,0 +1,372 @@
+//! The middle layer: per size class, a small stack of whole [`Batch`]es between the thread
+//! caches and the central heap (tcmalloc's transfer cache).
+//!
+//! A thread cache that flushes hands its batch over whole ([`Transfer::put`]: a list head and a
+//! count, one short critical section of the class's own lock); a thread cache that runs dry
+//! takes a whole batch ([`Transfer::take`]) before it goes to the central heap. Only overflow
+//! (the class is full) and underflow (it is empty) reach the central lock, where blocks merge.
+//! A producer thread therefore refills from the batches its consumers flushed, and the central
+//! heap does not split what it has just merged.
+//!
+//! # Bounds and idle return
+//!
+//! Each class holds at most [`SLOTS`] batches and [`CLASS_BYTES`] bytes of blocks (so the
+//! whole layer at most `NCLASSES * CLASS_BYTES`, 13.75 MiB, and in practice the few classes a
+//! program moves between threads). Batches that stay unused go back to the central heap (to
+//! merge and be purged): each idle pass ([`Transfer::release_idle`], from the idle purge every
+//! `purge_delay_ms` and from the background purge thread) returns the batches that were never
+//! taken since the previous pass, the class's low-water mark (jemalloc's and tcmalloc's
+//! approach). `malloc_trim` empties the layer ([`Transfer::drain`]).
+//!
+//! # Locks
+//!
+//! One lock per class, each on its own cache line (`CachePadded`): a flush and a refill of
+//! different classes never meet, and one of the same class holds the lock for a push or a pop
+//! of two words. A lock-free stack of batches would need ABA protection (a tagged head or
+//! hazard pointers) for the same two-word operation; the per-class lock is taken once per
+//! batch (dozens of blocks), not once per block, so it is not the bottleneck the central lock
+//! was (measured in benches/results/transfer.md). No layer lock is held while the central lock
+//! is taken by a flush or a refill; the paths that hold both (idle return, drain, the checker,
+//! the fork handlers) take the central lock first: the order is CENTRAL → TRANSFER[0..] (DESIGN.md).
+
+use crossbeam_utils::CachePadded;
+
+use crate::batch::Batch;
+use crate::central::{CentralHeap, HeapError};
+use crate::diag::Misuse;
+use crate::os::MemorySource;
+use crate::size_class::{NCLASSES, class_size};
+use crate::stats::{self, Counter};
+use crate::sync::{Mutex, RawLock};
+
+/// Batches one class can hold.
+pub const SLOTS: usize = 32;
+/// Bytes of blocks one class can hold.
+pub const CLASS_BYTES: usize = 256 << 10;
+/// Classes the layer serves: all of them; under loom the first four, so that the fork model's
+/// handlers take four class locks rather than 55 (the classes above go to the central heap,
+/// as a full class does).
+pub const LAYER_CLASSES: usize = if cfg!(loom) { 4 } else { NCLASSES };
+
+/// One class's stack of batches.
+///
+/// # Invariants
+/// - TR1: `batches[..len]` are batches of this class (BT1), each with `count >= 1`, owned by
+///   the layer; `blocks` is the sum of their counts and `blocks * class_size <= CLASS_BYTES`.
+/// - TR2: `low_water <= len`: no more than `low_water` of the oldest batches (the bottom of the
+///   stack) were there at the previous idle pass and have not been taken since.
+#[derive(Debug)]
+struct Slots {
+    batches: [Batch; SLOTS],
+    len: u32,
+    blocks: u32,
+    low_water: u32,
+}
+
+impl Slots {
+    const EMPTY: Self = Self { batches: [Batch::EMPTY; SLOTS], len: 0, blocks: 0, low_water: 0 };
+
+    /// Removes the `n` oldest batches, shifting the rest down.
+    fn remove_oldest(&mut self, n: usize, mut f: impl FnMut(Batch)) {
+        let len = self.len as usize;
+        for b in &self.batches[..n] {
+            self.blocks -= b.count;
+            f(*b);
+        }
+        self.batches.copy_within(n..len, 0);
+        self.len = (len - n) as u32;
+        self.low_water = self.low_water.min(self.len);
+    }
+}
+
+/// What the middle layer holds, summed over its classes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Blocks in its batches.
+    pub blocks: usize,
+    /// Their bytes (by class size).
+    pub bytes: usize,
+    /// Batches.
+    pub batches: usize,
+}
+
+/// The middle layer: one [`Slots`] per class under its own lock.
+///
+/// # Invariants
+/// - TR3: a block is in at most one place: a batch of the layer, a thread cache, the central
+///   heap's free lists, or the program's hands.
+pub struct Transfer {
+    classes: [CachePadded<Mutex<Slots>>; LAYER_CLASSES],
+}
+
+// SAFETY: the batches' raw pointers are blocks the layer owns (TR1); every access is under
+// the class's lock.
+unsafe impl Sync for Transfer {}
+// SAFETY: as above.
+unsafe impl Send for Transfer {}
+
+impl Transfer {
+    /// An empty layer.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self { classes: [const { CachePadded::new(Mutex::new(Slots::EMPTY)) }; LAYER_CLASSES] }
+    }
+
+    /// An empty layer.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self { classes: core::array::from_fn(|_| CachePadded::new(Mutex::new(Slots::EMPTY))) }
+    }
+
+    /// Hands `batch` of class `c` to the layer; `Err(batch)` when the class is full (or not
+    /// served): the caller returns it to the central heap.
+    pub fn put(&self, c: usize, batch: Batch) -> Result<(), Batch> {
+        debug_assert!(batch.count > 0);
+        let Some(slots) = self.classes.get(c) else { return Err(batch) };
+        let mut s = slots.lock();
+        let blocks = s.blocks + batch.count;
+        if s.len as usize == SLOTS || blocks as usize * class_size(c) > CLASS_BYTES {
+            drop(s);
+            stats::add(c, Counter::LayerOverflows, 1);
+            return Err(batch);
+        }
+        let len = s.len as usize;
+        s.batches[len] = batch;
+        s.len += 1;
+        s.blocks = blocks;
+        drop(s);
+        stats::add(c, Counter::LayerPuts, 1);
+        Ok(())
+    }
+
+    /// Takes the newest batch of class `c` if it holds at most `room` blocks; `None` when the
+    /// class has none (a miss: the caller refills from the central heap).
+    pub fn take(&self, c: usize, room: u32) -> Option<Batch> {
+        let slots = self.classes.get(c)?;
+        let mut s = slots.lock();
+        let Some(top) = s.len.checked_sub(1) else {
+            drop(s);
+            stats::add(c, Counter::LayerMisses, 1);
+            return None;
+        };
+        let b = s.batches[top as usize];
+        if b.count > room {
+            return None;
+        }
+        // The `Transfer` sabotage twin: the batch stays in the layer as well, so two caches
+        // own its blocks (the models' ledger must catch it).
+        if !crate::sync::sabotage::armed(crate::sync::sabotage::Defect::Transfer) {
+            s.len = top;
+            s.blocks -= b.count;
+            s.low_water = s.low_water.min(top);
+        }
+        drop(s);
+        stats::add(c, Counter::LayerHits, 1);
+        Some(b)
+    }
+
+    /// The idle pass: returns to `heap` every batch that stayed in the layer since the previous
+    /// pass (TR2), and starts a new period. Returns how many batches went back.
+    ///
+    /// # Errors
+    /// A [`Misuse`] found in a returned block (a write after free damaged it).
+    pub fn release_idle<S: MemorySource>(
+        &self,
+        heap: &mut CentralHeap<S>,
+    ) -> Result<usize, Misuse> {
+        self.release(heap, false)
+    }
+
+    /// Returns every batch to `heap` (`malloc_trim`); how many went back.
+    ///
+    /// # Errors
+    /// As [`Self::release_idle`].
+    pub fn drain<S: MemorySource>(&self, heap: &mut CentralHeap<S>) -> Result<usize, Misuse> {
+        self.release(heap, true)
+    }
+
+    fn release<S: MemorySource>(
+        &self,
+        heap: &mut CentralHeap<S>,
+        all: bool,
+    ) -> Result<usize, Misuse> {
+        let mut r = Ok(());
+        let mut released = 0;
+        for (c, slots) in self.classes.iter().enumerate() {
+            let mut s = slots.lock();
+            let n = if all { s.len } else { s.low_water } as usize;
+            s.remove_oldest(n, |b| {
+                if r.is_ok() {
+                    r = b.free_to(heap);
+                }
+            });
+            s.low_water = s.len;
+            drop(s);
+            stats::add(c, Counter::LayerReleased, n);
+            released += n;
+        }
+        r.map(|()| released)
+    }
+
+    /// Batches class `c` holds.
+    pub fn batches(&self, c: usize) -> usize {
+        self.classes.get(c).map_or(0, |s| s.lock().len as usize)
+    }
+
+    /// What the layer holds (for statistics: its blocks are free memory).
+    pub fn held(&self) -> Held {
+        let mut h = Held::default();
+        for (c, slots) in self.classes.iter().enumerate() {
+            let s = slots.lock();
+            h.blocks += s.blocks as usize;
+            h.bytes += s.blocks as usize * class_size(c);
+            h.batches += s.len as usize;
+        }
+        h
+    }
+
+    /// Checks TR1 and TR2 against `heap` (held locked by the caller: CENTRAL → TRANSFER):
+    /// every block of every batch is an in-use block of the heap of its class, with the key,
+    /// and the counts agree.
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check<S: MemorySource>(&self, heap: &CentralHeap<S>) -> Result<(), HeapError> {
+        for (c, slots) in self.classes.iter().enumerate() {
+            check_class(c, &slots.lock(), heap)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::check`] while the calling thread holds every class lock without guards (between
+    /// the fork handlers' `prepare` and `parent`/`child`: what a child inherits).
+    ///
+    /// # Safety
+    /// The calling thread took the locks with [`Backend::lock_all`] and no guard of them exists.
+    ///
+    /// # Errors
+    /// As [`Self::check`].
+    pub unsafe fn check_locked<S: MemorySource>(
+        &self,
+        heap: &CentralHeap<S>,
+    ) -> Result<(), HeapError> {
+        for (c, slots) in self.classes.iter().enumerate() {
+            // SAFETY: forwarded contract.
+            unsafe { slots.with_raw_locked(|s| check_class(c, s, heap)) }?;
+        }
+        Ok(())
+    }
+
+    /// The class locks, in the lock order (after the central lock).
+    fn locks(&self) -> impl DoubleEndedIterator<Item = &RawLock> {
+        self.classes.iter().map(|s| s.raw())
+    }
+}
+
+/// Checks TR1 and TR2 of class `c`'s stack `s` against `heap`.
+fn check_class<S: MemorySource>(
+    c: usize,
+    s: &Slots,
+    heap: &CentralHeap<S>,
+) -> Result<(), HeapError> {
+    let mut blocks = 0;
+    for b in &s.batches[..s.len as usize] {
+        let mut bad = None;
+        let walk = b.for_each(|u| {
+            if bad.is_none() && !heap.holds_cached(u, c) {
+                bad = Some(u.addr());
+            }
+        });
+        if walk.is_err() || b.count == 0 {
+            return Err(HeapError { what: "TR1: a batch's links do not match its count", addr: c });
+        }
+        if let Some(addr) = bad {
+            return Err(HeapError {
+                what: "TR1: a batch holds a block that is not a cached block of its class",
+                addr,
+            });
+        }
+        blocks += b.count;
+    }
+    if blocks != s.blocks || blocks as usize * class_size(c) > CLASS_BYTES || s.low_water > s.len {
+        return Err(HeapError { what: "TR1/TR2: a class's counts disagree", addr: c });
+    }
+    Ok(())
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the thread caches refill from and flush to: the middle layer and, behind it, the
+/// central heap.
+pub struct Backend<S> {
+    /// The middle layer.
+    pub layer: Transfer,
+    /// The central heap.
+    pub central: Mutex<CentralHeap<S>>,
+}
+
+impl<S> Backend<S> {
+    crate::sync::constructor! {
+        /// A backend over `heap` with an empty layer.
+        pub fn new(heap: CentralHeap<S>) -> Self {
+            Self { layer: Transfer::new(), central: Mutex::new(heap) }
+        }
+    }
+}
+
+impl<S: MemorySource> Backend<S> {
+    /// Returns `batch` of class `c` to the layer or, when the class is full, to the central
+    /// heap (under its lock).
+    ///
+    /// # Errors
+    /// As [`Batch::free_to`].
+    pub fn give_back(&self, c: usize, batch: Batch) -> Result<(), Misuse> {
+        match self.layer.put(c, batch) {
+            Ok(()) => Ok(()),
+            Err(b) => b.free_to(&mut self.central.lock()),
+        }
+    }
+
+    /// The fork handlers' `prepare` part: takes the central lock, then every class lock of the
+    /// layer (the lock order), without guards.
+    pub fn lock_all(&self) {
+        self.central.raw().lock();
+        for l in self.layer.locks() {
+            l.lock();
+        }
+    }
+
+    /// Releases what [`Self::lock_all`] took, in reverse order.
+    ///
+    /// # Safety
+    /// The calling thread holds every lock through [`Self::lock_all`], and no guard of them
+    /// exists.
+    pub unsafe fn unlock_all(&self) {
+        for l in self.layer.locks().rev() {
+            // SAFETY: forwarded contract.
+            unsafe { l.unlock() };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.central.raw().unlock() };
+    }
+
+    /// The idle pass over the layer and then the central heap's idle purge (returning what
+    /// stayed unused since the previous pass); when `wait` is false, nothing if the central
+    /// lock is taken.
+    ///
+    /// Returns how many of the layer's batches went back.
+    ///
+    /// # Errors
+    /// As [`Transfer::release_idle`].
+    pub fn purge_idle(&self, wait: bool) -> Result<usize, Misuse> {
+        let heap = if wait { Some(self.central.lock()) } else { self.central.try_lock() };
+        let Some(mut heap) = heap else { return Ok(0) };
+        let r = self.layer.release_idle(&mut heap);
+        heap.purge_idle();
+        r
+    }
+}
