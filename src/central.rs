@@ -264,15 +264,17 @@ impl<S: MemorySource> CentralHeap<S> {
         }
         if self.nsegs == MAX_SEGMENTS {
             self.stats.heap_bytes -= g.len;
+            // If the OS refuses to take the piece back it stays mapped and unused (a leak of
+            // one growth, with 64 segments in use already).
             match g.origin {
                 // SAFETY: the whole fresh piece is unused.
                 Origin::Mapped => unsafe { self.source.release(g.base, g.len) },
                 Origin::Brk => {
                     // SAFETY: `g.base + g.len` is inside or one past the fresh piece.
                     let end = unsafe { g.base.add(g.len) };
-                    self.source.shrink(end, g.len);
+                    self.source.shrink(end, g.len)
                 }
-            }
+            };
             return false;
         }
         let seg = Segment { base, len: g.len, origin: g.origin };

@@ -43,6 +43,8 @@ pub mod diag;
 
 pub mod os;
 
+pub mod faults;
+
 pub mod size_class;
 
 pub mod block;

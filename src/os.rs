@@ -52,18 +52,21 @@ pub trait MemorySource {
     /// program break. Returns whether it did.
     fn shrink(&mut self, end: NonNull<u8>, len: usize) -> bool;
 
-    /// Releases a whole `Mapped` piece obtained from `grow`.
+    /// Releases a whole `Mapped` piece obtained from `grow`. Returns whether the OS took it
+    /// back (`munmap` can fail, e.g. when splitting a mapping would exceed `vm.max_map_count`);
+    /// on `false` the piece is still mapped and still the caller's.
     ///
     /// # Safety
     /// `base`/`len` are exactly a `Mapped` piece from `grow`, and nothing uses it any more.
-    unsafe fn release(&mut self, base: NonNull<u8>, len: usize);
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool;
 
     /// Tells the OS that the whole pages of `[start, start + len)` hold nothing of value; they
-    /// read as zero or as garbage afterwards (callers must not rely on either).
+    /// read as zero or as garbage afterwards (callers must not rely on either). Returns whether
+    /// the OS accepted (`madvise` failed: the pages stay resident, their contents unchanged).
     ///
     /// # Safety
     /// The range is page-aligned, inside memory from `grow`, and holds no live data or metadata.
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize);
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool;
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two), or `None` on overflow.
@@ -191,14 +194,14 @@ impl MemorySource for Sbrk {
         true
     }
 
-    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) {
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract: a whole mapping of ours that nothing uses.
-        unsafe { unmap(base, len) };
+        unsafe { unmap(base, len) }
     }
 
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) {
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract: page-aligned, ours, nothing of value inside.
-        unsafe { libc::madvise(start.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+        unsafe { libc::madvise(start.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
     }
 }
 
@@ -222,13 +225,13 @@ pub fn map(len: usize) -> Option<NonNull<u8>> {
     if p == libc::MAP_FAILED { None } else { NonNull::new(p.cast()) }
 }
 
-/// Unmaps `[base, base + len)`.
+/// Unmaps `[base, base + len)`; returns whether the kernel did.
 ///
 /// # Safety
 /// The range is a mapping (or the tail/head of one) of ours that nothing uses any more.
-pub unsafe fn unmap(base: NonNull<u8>, len: usize) {
+pub unsafe fn unmap(base: NonNull<u8>, len: usize) -> bool {
     // SAFETY: forwarded contract.
-    unsafe { libc::munmap(base.as_ptr().cast(), len) };
+    unsafe { libc::munmap(base.as_ptr().cast(), len) == 0 }
 }
 
 /// Resizes the mapping `[base, base + old_len)` to `new_len` bytes, moving it if needed.
@@ -329,12 +332,15 @@ impl MemorySource for FixedArena {
         true
     }
 
-    unsafe fn release(&mut self, _base: NonNull<u8>, _len: usize) {}
+    unsafe fn release(&mut self, _base: NonNull<u8>, _len: usize) -> bool {
+        true
+    }
 
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) {
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool {
         self.purged += len;
         // SAFETY: the caller guarantees the range is ours and holds nothing of value.
         unsafe { ptr::write_bytes(start.as_ptr(), 0xdb, len) };
+        true
     }
 }
 

@@ -55,12 +55,12 @@ impl MemorySource for ProcessSource {
         self.0.shrink(end, len)
     }
 
-    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) {
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract (PS1).
         unsafe { self.0.release(base, len) }
     }
 
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) {
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract (PS1).
         unsafe { self.0.purge(start, len) }
     }

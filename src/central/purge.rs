@@ -113,7 +113,11 @@ impl<S: MemorySource> CentralHeap<S> {
     /// `b` is a free block of this heap of `size` bytes.
     unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
         let (from, to) = b.purgeable(size);
-        self.purge_range(from, to);
+        if !self.purge_range(from, to) {
+            // The OS refused: the pages stay resident and the run stays dirty (a later pass
+            // tries again).
+            return;
+        }
         // SAFETY: forwarded contract.
         unsafe {
             if b.flags() & (PURGED | FRESH) == 0 {
@@ -133,19 +137,23 @@ impl<S: MemorySource> CentralHeap<S> {
         dirty > 4 * self.stats.used_bytes + self.dirty_slack
     }
 
-    /// Purges the whole pages inside `[lo, hi)`.
-    fn purge_range(&mut self, lo: usize, hi: usize) {
-        let (Some(plo), phi) = (align_up(lo, PAGE), hi & !(PAGE - 1)) else { return };
+    /// Purges the whole pages inside `[lo, hi)`; false when the source refused (nothing to
+    /// purge counts as done).
+    fn purge_range(&mut self, lo: usize, hi: usize) -> bool {
+        let (Some(plo), phi) = (align_up(lo, PAGE), hi & !(PAGE - 1)) else { return true };
         if phi > plo {
-            let Some(si) = self.seg_index(plo) else { return };
+            let Some(si) = self.seg_index(plo) else { return true };
             // SAFETY: `plo` lies in segment `si`, so the offset stays inside it (G1).
             let start = unsafe {
                 NonNull::new_unchecked(self.segs[si].base.add(plo - self.segs[si].start()))
             };
             // SAFETY: the pages lie inside one free block's payload, clear of its metadata.
-            unsafe { self.source.purge(start, phi - plo) };
+            if !unsafe { self.source.purge(start, phi - plo) } {
+                return false;
+            }
             self.stats.purged_bytes += phi - plo;
         }
+        true
     }
 
     /// Gives the free tail of segment `si` back to the OS, keeping `pad` bytes: shrinks the
@@ -196,8 +204,11 @@ impl<S: MemorySource> CentralHeap<S> {
                     if !other_empty {
                         return false;
                     }
+                    if !self.source.release(NonNull::new_unchecked(seg.base), seg.len) {
+                        // munmap refused: the segment stays, wholly free, in its bin.
+                        return false;
+                    }
                     self.bin_remove(tail, ts);
-                    self.source.release(NonNull::new_unchecked(seg.base), seg.len);
                     self.stats.heap_bytes -= seg.len;
                     self.stats.released_bytes += seg.len;
                     self.segs[si] = self.segs[self.nsegs - 1];
