@@ -128,6 +128,11 @@ impl<S: MemorySource> Faulty<S> {
         &mut self.inner
     }
 
+    /// Calls made since the plan was set, per [`OsCall`] index.
+    pub fn calls(&self) -> [u64; NCALLS] {
+        self.calls
+    }
+
     /// Failures injected so far, per [`OsCall`] index.
     pub fn failed(&self) -> [u64; NCALLS] {
         self.failed
@@ -208,6 +213,40 @@ impl<S: MemorySource> MemorySource for Faulty<S> {
         // SAFETY: forwarded contract (FS2: a failed purge leaves the pages alone).
         !self.fails(OsCall::Purge) && unsafe { self.inner.purge(start, len) }
     }
+}
+
+/// Writes a Markdown table of failures: one row per name in `rows` (an operation), one column
+/// per [`OsCall`], preceded by `title` (the tests print it: what was injected where).
+///
+/// # Errors
+/// As `out`'s.
+pub fn write_table(
+    out: &mut impl core::fmt::Write,
+    title: &str,
+    rows: &[(&str, [u64; NCALLS])],
+) -> core::fmt::Result {
+    write!(out, "{title}\n| operation |")?;
+    for c in OsCall::ALL {
+        write!(out, " {} |", c.name())?;
+    }
+    write!(out, " all |\n| --- |")?;
+    for _ in 0..=NCALLS {
+        write!(out, " ---: |")?;
+    }
+    let mut total = [0u64; NCALLS];
+    for (name, row) in rows {
+        write!(out, "\n| {name} |")?;
+        for (t, v) in total.iter_mut().zip(row) {
+            *t += v;
+            write!(out, " {v} |")?;
+        }
+        write!(out, " {} |", row.iter().sum::<u64>())?;
+    }
+    write!(out, "\n| all |")?;
+    for t in total {
+        write!(out, " {t} |")?;
+    }
+    write!(out, " {} |", total.iter().sum::<u64>())
 }
 
 #[cfg(test)]

@@ -250,9 +250,11 @@ pub unsafe fn remap(base: NonNull<u8>, old_len: usize, new_len: usize) -> Option
 /// A fixed in-memory arena standing in for the program break: unit tests, loom models, fuzzing.
 ///
 /// It grows contiguously from `base`; [`FixedArena::leave_gap`] makes the next growth start a
-/// new segment (as if another library had moved the break), and [`FixedArena::fail_after`]
-/// injects out-of-memory. `purge` fills the range with `0xdb` so that a heap that purged
-/// metadata, or relied on purged memory reading as zero, fails its checks.
+/// new segment (as if another library had moved the break), [`FixedArena::map_next`] makes it
+/// an mmap fallback segment (`Origin::Mapped`), and [`FixedArena::fail_after`] injects
+/// out-of-memory (`faults::Faulty` fails any call). `purge` and `release` fill the range with
+/// `0xdb` so that a heap that purged metadata, relied on purged memory reading as zero, or kept
+/// using a released segment, fails its checks.
 ///
 /// # Invariants
 /// - A1: `used <= cap`; `[base, base + used)` has been handed out, the rest is zero.
@@ -262,11 +264,14 @@ pub struct FixedArena {
     cap: usize,
     used: usize,
     gap_next: bool,
+    map_next: bool,
     grows_left: Option<usize>,
     /// Bytes returned through `shrink`.
     pub shrunk: usize,
     /// Bytes purged through `purge`.
     pub purged: usize,
+    /// Bytes released through `release`.
+    pub released: usize,
 }
 
 // SAFETY: the arena owns its buffer exclusively (A1); moving it between threads moves that
@@ -280,11 +285,28 @@ impl FixedArena {
     /// The range is valid, zero-filled, 16-byte aligned, exclusively owned by the arena for its
     /// whole life, and `cap` is a multiple of 16.
     pub unsafe fn new(base: NonNull<u8>, cap: usize) -> Self {
-        Self { base, cap, used: 0, gap_next: false, grows_left: None, shrunk: 0, purged: 0 }
+        Self {
+            base,
+            cap,
+            used: 0,
+            gap_next: false,
+            map_next: false,
+            grows_left: None,
+            shrunk: 0,
+            purged: 0,
+            released: 0,
+        }
     }
 
     /// Makes the next growth skip a page, so it cannot continue the previous piece.
     pub fn leave_gap(&mut self) {
+        self.gap_next = true;
+    }
+
+    /// Makes the next growth an `Origin::Mapped` piece (as the mmap fallback hands out), which
+    /// the heap keeps as a segment of its own and releases whole.
+    pub fn map_next(&mut self) {
+        self.map_next = true;
         self.gap_next = true;
     }
 
@@ -317,7 +339,11 @@ impl MemorySource for FixedArena {
         self.used = start + len;
         // SAFETY: `start + len <= cap` (checked above), so the offset stays inside the buffer.
         let base = unsafe { self.base.add(start) };
-        Some(Grown { base, len, origin: Origin::Brk })
+        let origin = if self.map_next { Origin::Mapped } else { Origin::Brk };
+        // A mapped piece stands alone: the next growth must not continue it.
+        self.gap_next = self.map_next;
+        self.map_next = false;
+        Some(Grown { base, len, origin })
     }
 
     fn shrink(&mut self, end: NonNull<u8>, len: usize) -> bool {
@@ -332,7 +358,12 @@ impl MemorySource for FixedArena {
         true
     }
 
-    unsafe fn release(&mut self, _base: NonNull<u8>, _len: usize) -> bool {
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool {
+        self.released += len;
+        // A released piece is not handed out again; it reads as garbage, as an unmapped one
+        // would fault (a heap that still used it fails its checks).
+        // SAFETY: the caller guarantees a whole `Mapped` piece of ours that nothing uses.
+        unsafe { ptr::write_bytes(base.as_ptr(), 0xdb, len) };
         true
     }
 

@@ -204,11 +204,13 @@ impl<S: MemorySource> CentralHeap<S> {
                     if !other_empty {
                         return false;
                     }
+                    // Out of its bin while its links are still readable.
+                    self.bin_remove(tail, ts);
                     if !self.source.release(NonNull::new_unchecked(seg.base), seg.len) {
                         // munmap refused: the segment stays, wholly free, in its bin.
+                        self.bin_insert(tail, ts);
                         return false;
                     }
-                    self.bin_remove(tail, ts);
                     self.stats.heap_bytes -= seg.len;
                     self.stats.released_bytes += seg.len;
                     self.segs[si] = self.segs[self.nsegs - 1];
