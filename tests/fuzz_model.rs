@@ -79,3 +79,45 @@ fn short_inputs() {
         driver::run(&input(1000)[..len]);
     }
 }
+
+/// The driver with the memory source failing OS calls (`brkmalloc::faults`): every `n`th call
+/// of each kind, or at seeded random rates, from the first operation on (inputs may change the
+/// plan with their own `Faults` operations). Each failure must surface as a failed allocation
+/// or an unchanged block, with every invariant, the contents and the byte ledger intact after
+/// every step, and the heap serving again once the calls succeed. Prints the failures injected
+/// per OS call and operation kind.
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_with_failing_os_calls() {
+    use brkmalloc::faults::{NCALLS, OsCall, Plan, write_table};
+    let plans = [
+        Plan::EveryNth(2),
+        Plan::EveryNth(5),
+        Plan::Random { seed: 1, per_mille: 100 },
+        Plan::Random { seed: 2, per_mille: 500 },
+    ];
+    let mut total = [[0u64; NCALLS]; driver::Op::NAMES.len()];
+    for (k, &plan) in plans.iter().enumerate() {
+        for i in 0..30 {
+            let t = driver::run_with(&input(1000 + 30 * k as u64 + i), plan);
+            for (row, add) in total.iter_mut().zip(t) {
+                for (a, b) in row.iter_mut().zip(add) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    let rows: Vec<_> = driver::Op::NAMES
+        .iter()
+        .copied()
+        .zip(total)
+        .filter(|(_, r)| r.iter().any(|&v| v > 0))
+        .collect();
+    let mut table = String::new();
+    write_table(&mut table, "fuzz driver (Front over Explicit): injected failures", &rows).unwrap();
+    eprintln!("{table}");
+    for c in OsCall::ALL {
+        let n: u64 = total.iter().map(|r| r[c as usize]).sum();
+        assert!(n > 0, "no {} failure was injected", c.name());
+    }
+}

@@ -26,9 +26,7 @@ impl<S: MemorySource> CentralHeap<S> {
         }
         let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
         self.purge_runs(true);
-        for i in 0..self.nsegs {
-            self.trim_segment(i, self.top_pad);
-        }
+        self.trim_segments(self.top_pad);
         before != (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes)
     }
 
@@ -222,6 +220,22 @@ impl<S: MemorySource> CentralHeap<S> {
         }
     }
 
+    /// [`Self::trim_segment`] on every segment. A released segment's slot takes the last
+    /// segment, which is then trimmed in its new place (a loop over the original count would
+    /// skip it and trim a stale copy past the end).
+    fn trim_segments(&mut self, pad: usize) -> bool {
+        let mut released = false;
+        let mut i = 0;
+        while i < self.nsegs {
+            let before = self.nsegs;
+            released |= self.trim_segment(i, pad);
+            if self.nsegs == before {
+                i += 1;
+            }
+        }
+        released
+    }
+
     fn segment_is_empty(&self, si: usize) -> bool {
         let seg = self.segs[si];
         let first = seg.first();
@@ -234,15 +248,7 @@ impl<S: MemorySource> CentralHeap<S> {
     /// wholly free fallback segments (one is kept), and the whole pages inside every free
     /// block. Returns whether anything went back (glibc's `malloc_trim`).
     pub fn trim(&mut self, pad: usize) -> bool {
-        let mut released = false;
-        let mut i = 0;
-        while i < self.nsegs {
-            let before = self.nsegs;
-            released |= self.trim_segment(i, pad);
-            if self.nsegs == before {
-                i += 1;
-            }
-        }
+        let released = self.trim_segments(pad);
         let purged_before = self.stats.purged_bytes;
         for idx in 0..NBINS {
             let mut cur = self.head(idx);

@@ -201,6 +201,31 @@ fn malloc_trim_purges_every_free_page() {
     }
 }
 
+/// The idle purge trims every segment: when it releases a wholly free fallback segment, the
+/// last segment takes its slot and must be trimmed there, not through a stale copy past the end
+/// (which shrank the break under a segment record that kept its old length: B4 broken).
+#[test]
+fn idle_purge_after_a_released_segment_trims_the_moved_one() {
+    let mut h = TestHeap::new(8 << 20);
+    h.heap.top_pad = 0;
+    h.heap.trim_threshold = usize::MAX;
+    h.heap.source_mut().inner_mut().map_next();
+    let a = h.alloc(100);
+    h.heap.source_mut().inner_mut().map_next();
+    let b = h.alloc(8000);
+    let c = h.alloc(300_000);
+    assert_eq!(h.heap.segment_count(), 3, "two fallback segments and a break segment");
+    assert!(h.heap.resize_in_place(c, 100).unwrap());
+    h.free(a);
+    h.free(b);
+    let before = h.heap.source().inner().shrunk;
+    assert!(h.heap.purge_idle());
+    h.check();
+    assert_eq!(h.heap.segment_count(), 2, "one empty fallback segment released, one kept");
+    assert!(h.heap.source().inner().shrunk > before, "the break segment's free tail went back");
+    h.free(c);
+}
+
 #[test]
 fn out_of_memory_then_recovery() {
     let mut h = TestHeap::new(4 << 20);
