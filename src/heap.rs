@@ -22,6 +22,7 @@ use crate::block::{ALIGN, BlockPtr, HARDENED, HEADER, UserPtr, block_size_for};
 use crate::central::{CentralHeap, HeapError};
 use crate::diag::{self, Misuse};
 use crate::os::MemorySource;
+use crate::quarantine::{self, Quarantine};
 use crate::size_class::{MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_request};
 use crate::stats::{self, Counter};
 use crate::sync::Mutex;
@@ -75,6 +76,12 @@ pub trait Env {
 
     /// The bytes new and freed memory are filled with (`junk:1`, `M_PERTURB`), if any.
     fn junk(&self) -> Option<(u8, u8)> {
+        None
+    }
+
+    /// The quarantine and its byte limit (`quarantine:N`), when it is on: freed heap blocks
+    /// wait there before they go back (`quarantine.rs`).
+    fn quarantine(&self) -> Option<(&Mutex<Quarantine>, usize)> {
         None
     }
 
@@ -492,25 +499,29 @@ impl<E: Env> Front<E> {
         let saved = diag::errno();
         this.0.on_slow_path();
         this.0.on_central();
-        let mut heap = this.0.central().lock();
-        if let Some((_, fill)) = this.0.junk()
-            && let Ok(n) = heap.usable_size(p)
-        {
-            // SAFETY: a validated in-use block of ours with `n` usable bytes.
-            unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
-        }
-        let r = heap.free(p);
-        drop(heap);
+        // `quarantine:N`: heap blocks wait before they go back (the thread caches are off).
+        let r = if let Some((q, limit)) = this.0.quarantine() {
+            quarantine::free(q, this.0.central(), p, limit)
+        } else {
+            let mut heap = this.0.central().lock();
+            if let Some((_, fill)) = this.0.junk()
+                && let Ok(n) = heap.usable_size(p)
+            {
+                // SAFETY: a validated in-use block of ours with `n` usable bytes.
+                unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
+            }
+            heap.free(p).map_err(|e| (e, p))
+        };
         match r {
             Ok(()) => {}
             // Not in a heap segment: a large block, checked against the registry before its
             // memory is touched.
-            Err(Misuse::NotOurs) => {
+            Err((Misuse::NotOurs, _)) => {
                 if let Err(e) = this.0.large_free(p) {
                     this.0.misuse(func, e, p);
                 }
             }
-            Err(e) => this.0.misuse(func, e, p),
+            Err((e, at)) => this.0.misuse(func, e, at),
         }
         diag::set_errno(saved);
     }

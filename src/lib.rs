@@ -53,6 +53,8 @@ pub mod stats;
 
 pub mod central;
 
+pub mod quarantine;
+
 pub mod thread_cache;
 
 pub mod heap;

@@ -16,6 +16,7 @@ use crate::heap::{Env, Front};
 use crate::large;
 use crate::large_cache;
 use crate::os::{Grown, MemorySource, Sbrk};
+use crate::quarantine::Quarantine;
 use crate::purge;
 use crate::size_class::{NCLASSES, class_size};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Once, Ordering};
@@ -69,6 +70,9 @@ impl MemorySource for ProcessSource {
 /// The central heap of the process (lock `CENTRAL` in the lock order, `sync.rs`).
 pub static HEAP: Mutex<CentralHeap<ProcessSource>> =
     Mutex::new(CentralHeap::new(ProcessSource::new()));
+
+/// The process's quarantine (`quarantine:N`; lock `QUARANTINE`, taken before `CENTRAL`).
+pub static QUARANTINE: Mutex<Quarantine> = Mutex::new(Quarantine::new());
 
 /// The front end over the process's heap, caches and mappings: what `api.rs` and
 /// `global_alloc.rs` call.
@@ -131,6 +135,12 @@ impl Env for Process {
         config::JUNK
             .load(Ordering::Relaxed)
             .then(|| (config::junk_alloc_byte(), config::junk_free_byte()))
+    }
+
+    fn quarantine(&self) -> Option<(&Mutex<Quarantine>, usize)> {
+        // Relaxed: a tuning value.
+        let limit = config::QUARANTINE_BYTES.load(Ordering::Relaxed);
+        (limit != 0).then_some((&QUARANTINE, limit))
     }
 
     fn large_alloc(&self, n: usize, align: usize) -> Option<NonNull<u8>> {

@@ -26,11 +26,13 @@ const MESSAGES: &[&str] = &[
     "invalid pointer",
     "corrupted boundary tags (heap overflow?)",
     "corrupted thread cache link (write after free?)",
+    "write after free detected (quarantined block changed)",
 ];
 
-/// Runs `misuse2 MODE` under the preload.
+/// Runs `misuse2 MODE` under the preload (the `quarantine-*` modes with `quarantine:64k`).
 fn run_mode(mode: &str) -> Run {
-    c_run("misuse2", &[mode], Alloc::Brk(""))
+    let conf = if mode.starts_with("quarantine-") { "quarantine:64k" } else { "" };
+    c_run("misuse2", &[mode], Alloc::Brk(conf))
 }
 
 /// Runs `misuse2 MODE` and checks that it died by SIGABRT with the line
@@ -168,6 +170,16 @@ misuse_tests! {
         "write-after-free-forged", "malloc", "corrupted thread cache link (write after free?)";
 }
 
+// ---- the quarantine (`quarantine:64k`) ------------------------------------------------------
+
+misuse_tests! {
+    /// Found when the block leaves the quarantine, with the block's address.
+    write_after_free_is_caught_by_the_quarantine: "quarantine-write-after-free", "free",
+        "write after free detected (quarantined block changed)";
+    double_free_of_a_quarantined_block:
+        "quarantine-double-free", "free", "double free detected";
+}
+
 // ---- realloc of a freed pointer -------------------------------------------------------------
 
 misuse_tests! {
@@ -231,6 +243,8 @@ const MODES: &[&str] = &[
     "usable-size-static",
     "usable-size-stack",
     "usable-size-mmap-page",
+    "quarantine-write-after-free",
+    "quarantine-double-free",
 ];
 
 /// Prints the outcome of every mode as a Markdown table (case, message, how it ended).
