@@ -172,10 +172,20 @@ misuse_tests! {
 
 // ---- the quarantine (`quarantine:64k`) ------------------------------------------------------
 
+/// Found when the block leaves the quarantine (after 64 KiB of later frees), with the address
+/// of the block that was written, not of the block being freed.
+#[test]
+fn write_after_free_is_caught_by_the_quarantine() {
+    let check = "write after free detected (quarantined block changed)";
+    misuse("quarantine-write-after-free", "free", check);
+    let r = run_mode("quarantine-write-after-free");
+    let freed = r.stdout.lines().find_map(|l| l.strip_prefix("step: freed "));
+    let freed = freed.and_then(|l| l.split(',').next()).expect("the freed block's address");
+    let want = format!("brkmalloc: free(): {check}: {freed}");
+    assert_eq!(r.message(), Some(want.as_str()), "{}", r.report());
+}
+
 misuse_tests! {
-    /// Found when the block leaves the quarantine, with the block's address.
-    write_after_free_is_caught_by_the_quarantine: "quarantine-write-after-free", "free",
-        "write after free detected (quarantined block changed)";
     double_free_of_a_quarantined_block:
         "quarantine-double-free", "free", "double free detected";
 }

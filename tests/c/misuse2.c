@@ -282,7 +282,7 @@ int main(int argc, char **argv) {
         memset(p, 1, 100);
         x_free(p);
         p[60] = 2;
-        step("freed, then one byte written");
+        printf("step: freed %p, then one byte written\n", (void *)p);
         for (int i = 0; i < 2000; i++) x_free(x_malloc(100));
     } else if (strcmp(m, "quarantine-double-free") == 0) {
         char *p = x_malloc(100);
