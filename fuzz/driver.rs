@@ -105,56 +105,16 @@ pub enum Op {
     Faults { plan: Plan },
 }
 
-impl Op {
-    /// Names of the operation kinds, in [`Op::kind`] order (rows of the failure table).
-    pub const NAMES: [&'static str; 18] = [
-        "malloc",
-        "free",
-        "realloc",
-        "resize",
-        "aligned",
-        "central",
-        "burst",
-        "flush",
-        "collect",
-        "exit",
-        "tear-down",
-        "trim",
-        "purge-idle",
-        "gap",
-        "fail-after",
-        "verify",
-        "map-next",
-        "faults",
-    ];
+/// Failures injected per operation kind (the variant's name) and OS call (`faults::OsCall`).
+pub type Tally = BTreeMap<String, [u64; NCALLS]>;
 
-    /// Index of this operation's kind in [`Op::NAMES`].
-    pub fn kind(&self) -> usize {
-        match self {
-            Op::Malloc { .. } => 0,
-            Op::Free { .. } => 1,
-            Op::Realloc { .. } => 2,
-            Op::Resize { .. } => 3,
-            Op::Aligned { .. } => 4,
-            Op::Central { .. } => 5,
-            Op::Burst { .. } => 6,
-            Op::Flush { .. } => 7,
-            Op::Collect { .. } => 8,
-            Op::Exit { .. } => 9,
-            Op::TearDown { .. } => 10,
-            Op::Trim { .. } => 11,
-            Op::PurgeIdle => 12,
-            Op::Gap => 13,
-            Op::FailAfter { .. } => 14,
-            Op::VerifyAll => 15,
-            Op::MapNext => 16,
-            Op::Faults { .. } => 17,
-        }
+impl Op {
+    /// The name of this operation's kind: its variant.
+    pub fn kind(&self) -> String {
+        let debug = format!("{self:?}");
+        debug.split([' ', '{']).next().unwrap_or_default().to_owned()
     }
 }
-
-/// Failures injected per operation kind ([`Op::NAMES`]) and OS call (`faults::OsCall`).
-pub type Tally = [[u64; NCALLS]; Op::NAMES.len()];
 
 /// Heap and cache tuning, from the first bytes of the input.
 #[derive(Clone, Copy, Debug)]
@@ -684,7 +644,7 @@ pub fn run(data: &[u8]) {
 pub fn run_with(data: &[u8], plan: Plan) -> Tally {
     arm_sabotage();
     let mut input = Input { data };
-    let Some(cfg) = input.config() else { return [[0; NCALLS]; Op::NAMES.len()] };
+    let Some(cfg) = input.config() else { return Tally::new() };
     let mut buf = ARENA
         .with(|a| a.borrow_mut().take())
         .unwrap_or_else(|| vec![0u128; ARENA_BYTES / 16].into_boxed_slice());
@@ -711,7 +671,7 @@ pub fn run_with(data: &[u8], plan: Plan) -> Tally {
         next_seed: 0,
         trace,
         step: 0,
-        tally: [[0; NCALLS]; Op::NAMES.len()],
+        tally: Tally::new(),
     };
     while d.step < MAX_OPS {
         let Some(op) = input.op(cfg.ncaches) else { break };
@@ -721,8 +681,11 @@ pub fn run_with(data: &[u8], plan: Plan) -> Tally {
         let before = d.heap.lock().source().failed();
         d.apply(op);
         let after = d.heap.lock().source().failed();
-        for (t, (a, b)) in d.tally[op.kind()].iter_mut().zip(after.iter().zip(before)) {
-            *t += a - b;
+        if after != before {
+            let row = d.tally.entry(op.kind()).or_default();
+            for (t, (a, b)) in row.iter_mut().zip(after.iter().zip(before)) {
+                *t += a - b;
+            }
         }
         if CHECK_ALL || d.step % 16 == 0 {
             d.check("after the operation");
@@ -732,7 +695,7 @@ pub fn run_with(data: &[u8], plan: Plan) -> Tally {
     d.finish();
     // Re-zero what the heap touched (A1: the arena is zero beyond `used`) and keep the buffer.
     let used = d.heap.lock().source().inner().used();
-    let tally = d.tally;
+    let tally = std::mem::take(&mut d.tally);
     drop(d);
     // SAFETY: `used <= ARENA_BYTES`; the heap that used the buffer is gone.
     unsafe { core::ptr::write_bytes(buf.as_mut_ptr().cast::<u8>(), 0, used) };

@@ -222,17 +222,22 @@ mod tests {
     use super::*;
     use crate::os::FixedArena;
 
-    fn heap(buf: &mut [u128]) -> Mutex<CentralHeap<FixedArena>> {
+    /// A heap over `buf` (1 MiB), an empty quarantine, and `n` live blocks of 100 bytes.
+    fn setup(
+        buf: &mut Vec<u128>,
+        n: usize,
+    ) -> (Mutex<CentralHeap<FixedArena>>, Mutex<Quarantine>, Vec<NonNull<u8>>) {
+        *buf = vec![0u128; (1 << 20) / 16];
         let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
-        Mutex::new(CentralHeap::new(unsafe { FixedArena::new(base, buf.len() * 16) }))
+        let h = Mutex::new(CentralHeap::new(unsafe { FixedArena::new(base, buf.len() * 16) }));
+        let ps = (0..n).map(|_| h.lock().alloc(100, false).unwrap().0).collect();
+        (h, Mutex::new(Quarantine::new()), ps)
     }
 
     #[test]
     fn blocks_wait_then_go_back_checked() {
-        let mut buf = vec![0u128; (1 << 20) / 16];
-        let h = heap(&mut buf);
-        let q = Mutex::new(Quarantine::new());
-        let ps: Vec<_> = (0..8).map(|_| h.lock().alloc(100, false).unwrap().0).collect();
+        let mut buf = Vec::new();
+        let (h, q, ps) = setup(&mut buf, 8);
         for &p in &ps[..4] {
             free(&q, &h, p, 300).unwrap();
         }
@@ -249,10 +254,8 @@ mod tests {
 
     #[test]
     fn a_damaged_link_is_reported_not_followed() {
-        let mut buf = vec![0u128; (1 << 20) / 16];
-        let h = heap(&mut buf);
-        let q = Mutex::new(Quarantine::new());
-        let ps: Vec<_> = (0..4).map(|_| h.lock().alloc(100, false).unwrap().0).collect();
+        let mut buf = Vec::new();
+        let (h, q, ps) = setup(&mut buf, 4);
         free(&q, &h, ps[0], 1000).unwrap();
         free(&q, &h, ps[1], 1000).unwrap();
         // The link of the oldest now points at a static: the next block out is not a block.
