@@ -59,7 +59,7 @@ fn c_oom_rlimit_as() {
 }
 
 /// Fault injection under the preload (issue 14): 8 threads allocate, reallocate and free with
-/// contents checked while `RLIMIT_AS` is toggled every millisecond, so `sbrk`, `mmap` and
+/// contents checked while `RLIMIT_AS` is toggled every few milliseconds, so `sbrk`, `mmap` and
 /// `mremap` fail in the middle of refills, merges, trims and moves. The program's stdout (only
 /// what every allocator must share: ENOMEM on each failure, contents intact, allocation works
 /// again) must equal glibc's, and the limit must have made allocations fail under brkmalloc.

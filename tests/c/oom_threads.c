@@ -2,8 +2,8 @@
  * blocks of mixed sizes (small ones in thread caches, medium ones from the heap, large ones
  * mapped), each block filled with its own byte and checked before it is resized or freed,
  * while the main thread toggles RLIMIT_AS between "no more address space than now" and no
- * limit every millisecond, so that sbrk, mmap and mremap fail at arbitrary points of refills,
- * merges, trims, purges and realloc's moves.
+ * limit every few milliseconds, so that sbrk, mmap and mremap fail at arbitrary points of
+ * refills, merges, trims, purges and realloc's moves.
  *
  * Checked: every failure is NULL with errno ENOMEM; a failed realloc leaves its block as it
  * was; calloc's memory is zero; no block's contents change; after the limit is lifted each
@@ -162,22 +162,21 @@ int main(void) {
             return 1;
         }
     }
-    /* Toggle: 1 ms with no room beyond the address space in use when the toggler started
-     * (plus 16 MiB, so the threads' stacks and the C library keep working), 1 ms without a
-     * limit. */
+    /* Toggle: 2 ms with no room beyond the address space in use when the toggler started
+     * (plus 16 MiB, so the C library keeps working), 1 ms without a limit. */
     long base = vm_size();
     if (base < 0) {
         printf("FAIL - cannot read /proc/self/status\n");
         return 1;
     }
     struct rlimit tight = {(rlim_t)base + (16u << 20), orig.rlim_max};
-    struct timespec ms = {0, 1000000};
+    struct timespec tight_time = {0, 2000000}, open_time = {0, 1000000};
     long toggles = 0;
     while (atomic_load(&running) > 0) {
         setrlimit(RLIMIT_AS, &tight);
-        nanosleep(&ms, NULL);
+        nanosleep(&tight_time, NULL);
         setrlimit(RLIMIT_AS, &orig);
-        nanosleep(&ms, NULL);
+        nanosleep(&open_time, NULL);
         toggles++;
     }
     setrlimit(RLIMIT_AS, &orig);
