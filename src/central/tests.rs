@@ -410,6 +410,11 @@ fn run_model(seed: u64, steps: usize, plan: Plan) -> [[u64; NCALLS]; NOPS] {
     let mut next_seed = 0u64;
     let mut tally = [[0u64; NCALLS]; NOPS];
     h.heap.source_mut().set_plan(plan, ALL_CALLS);
+    if plan != Plan::Off {
+        // Purge passes on the free path too, not only in `trim`.
+        h.heap.purge_interval = 256 << 10;
+        h.heap.dirty_slack = 0;
+    }
     for step in 0..steps {
         let before = h.heap.source().failed();
         let op = rng.below(100);
