@@ -129,8 +129,8 @@ impl Segment {
 /// - C6: a purge pass runs when at least `purge_interval` bytes were freed since the last one
 ///   and the dirty free memory exceeds four times the bytes in use plus `dirty_slack`; after it,
 ///   every free block of at least `purge_threshold` bytes is `PURGED` or `FRESH`: its whole
-///   inner pages were purged or never touched (a performance assumption: breaking it only
-///   costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
+///   inner pages were purged or never touched, unless the source refused the purge (a
+///   performance assumption: breaking it only costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
 ///   takes every run.
 pub struct CentralHeap<S> {
     source: S,
