@@ -94,7 +94,7 @@ impl Quarantine {
                 break;
             }
             // SAFETY: an in-use heap block (checked): its word 0 is readable.
-            cur = unsafe { b.as_ptr().cast::<usize>().read() } as *mut u8;
+            cur = ptr::with_exposed_provenance_mut(unsafe { b.as_ptr().cast::<usize>().read() });
         }
         false
     }
@@ -114,7 +114,7 @@ impl Quarantine {
             if self.newest.is_null() {
                 self.oldest = p.as_ptr();
             } else {
-                self.newest.cast::<usize>().write(p.addr().get());
+                self.newest.cast::<usize>().write(p.as_ptr().expose_provenance());
             }
         }
         self.newest = p.as_ptr();
@@ -138,7 +138,7 @@ impl Quarantine {
         // SAFETY: an in-use heap block (contract) has its two payload words.
         let (next, claimed) = unsafe {
             let w = b.cast::<usize>();
-            (w.read() as *mut u8, w.add(1).read() ^ QUARANTINE_KEY)
+            (ptr::with_exposed_provenance_mut(w.read()), w.add(1).read() ^ QUARANTINE_KEY)
         };
         self.count -= 1;
         self.oldest = next;
