@@ -15,7 +15,8 @@
 //! operation the driver checks:
 //! - the heap walker, `check(true)` (C1–C5, B1–B8 including FRESH payloads being zero; the
 //!   shallow `check(false)` under Miri), and each cache against the heap (T1, T2, T4, T5);
-//! - `used_blocks == live blocks + blocks in all caches` (nothing lost, nothing duplicated);
+//! - `used_blocks == live blocks + blocks in all caches + blocks in the quarantine` (nothing
+//!   lost, nothing duplicated; `run_with` can put a quarantine on the central free path);
 //! - each active cache within its byte limit (T4);
 //! - the byte ledger: bytes in use (live and cached) + free + the segments' fences + bytes
 //!   returned == bytes obtained from the source (`faults::Faulty`, FS1): nothing lost when OS
@@ -42,6 +43,7 @@ use brkmalloc::diag::Misuse;
 use brkmalloc::faults::{ALL_CALLS, Faulty, NCALLS, Plan};
 use brkmalloc::heap::{Explicit, Front};
 use brkmalloc::os::FixedArena;
+use brkmalloc::quarantine::{self, Quarantine};
 use brkmalloc::size_class::{MAX_CLASS_REQUEST, NCLASSES};
 use brkmalloc::sync::Mutex;
 use brkmalloc::thread_cache::{State, ThreadCache};
@@ -342,6 +344,9 @@ struct Driver {
     trace: bool,
     step: usize,
     tally: Tally,
+    /// The quarantine central-path frees go through when `quarantine_limit > 0`.
+    quarantine: Mutex<Quarantine>,
+    quarantine_limit: usize,
 }
 
 impl Driver {
@@ -350,6 +355,8 @@ impl Driver {
         let mut env = Explicit::new(&self.heap, ci.map(|i| &mut self.caches[i]));
         env.cache_bytes = self.cfg.cache_bytes;
         env.on_misuse = misuse;
+        env.quarantine =
+            (self.quarantine_limit > 0).then_some((&self.quarantine, self.quarantine_limit));
         Front(env)
     }
 
@@ -369,10 +376,11 @@ impl Driver {
         let cached: usize =
             self.caches.iter().map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>()).sum();
         let st = heap.stats();
+        let waiting = self.quarantine.lock().count();
         assert_eq!(
             st.used_blocks,
-            self.live.len() + cached,
-            "step {} ({what}): used_blocks != live {} + cached {cached}",
+            self.live.len() + cached + waiting,
+            "step {} ({what}): used_blocks != live {} + cached {cached} + quarantined {waiting}",
             self.step,
             self.live.len()
         );
@@ -618,6 +626,9 @@ impl Driver {
             let l = self.take(self.live.len() - 1, "free after the faults");
             self.dealloc(0, l.p);
         }
+        if let Err((e, b)) = quarantine::drain(&self.quarantine, &self.heap) {
+            panic!("draining the quarantine: {e:?} at {b:p}");
+        }
         self.check("after the faults stopped");
         let heap = self.heap.lock();
         let st = heap.stats();
@@ -635,13 +646,14 @@ impl Driver {
 /// Interprets `data` as a heap configuration and a sequence of operations; panics on the first
 /// broken invariant (see the module documentation).
 pub fn run(data: &[u8]) {
-    run_with(data, Plan::Off);
+    run_with(data, Plan::Off, 0);
 }
 
 /// [`run`] with the memory source failing OS calls of every kind as `plan` says from the start
-/// (an `Op::Faults` in the input replaces it); returns the failures injected per operation kind
-/// and OS call.
-pub fn run_with(data: &[u8], plan: Plan) -> Tally {
+/// (an `Op::Faults` in the input replaces it), and with frees on the central path going
+/// through a quarantine of `quarantine_limit` bytes (0: none); returns the failures injected
+/// per operation kind and OS call.
+pub fn run_with(data: &[u8], plan: Plan, quarantine_limit: usize) -> Tally {
     arm_sabotage();
     let mut input = Input { data };
     let Some(cfg) = input.config() else { return Tally::new() };
@@ -672,6 +684,8 @@ pub fn run_with(data: &[u8], plan: Plan) -> Tally {
         trace,
         step: 0,
         tally: Tally::new(),
+        quarantine: Mutex::new(Quarantine::new()),
+        quarantine_limit,
     };
     while d.step < MAX_OPS {
         let Some(op) = input.op(cfg.ncaches) else { break };

@@ -143,7 +143,8 @@ pub trait Env {
 
 /// An environment over an explicit central heap and an explicit cache: the one the loom models,
 /// the fuzz driver and the unit tests give the front end, so they drive the code the process
-/// runs. No large blocks (every request goes to the heap), no options, no hooks.
+/// runs. No large blocks (every request goes to the heap), no options, no hooks; a quarantine
+/// if one is given.
 ///
 /// # Invariants
 /// - X1: `cache`, when set, is the only cache this environment's calls use, and no other
@@ -157,6 +158,8 @@ pub struct Explicit<'a, S> {
     pub cache_bytes: usize,
     /// Called on a detected misuse (tests make it panic: a correct program never reaches it).
     pub on_misuse: fn(&str, Misuse, NonNull<u8>),
+    /// The quarantine and its byte limit, if frees on the central path go through one.
+    pub quarantine: Option<(&'a Mutex<Quarantine>, usize)>,
 }
 
 impl<'a, S> Explicit<'a, S> {
@@ -168,6 +171,7 @@ impl<'a, S> Explicit<'a, S> {
             cache: cache.map(ptr::from_mut),
             cache_bytes: crate::thread_cache::DEFAULT_MAX_BYTES,
             on_misuse: |func, what, p| diag::misuse(func, what, p.addr().get()),
+            quarantine: None,
         }
     }
 }
@@ -190,6 +194,10 @@ impl<S: MemorySource> Env for Explicit<'_, S> {
 
     fn misuse(&self, func: &str, what: Misuse, p: NonNull<u8>) {
         (self.on_misuse)(func, what, p);
+    }
+
+    fn quarantine(&self) -> Option<(&Mutex<Quarantine>, usize)> {
+        self.quarantine
     }
 }
 

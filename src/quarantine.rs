@@ -184,6 +184,29 @@ pub fn free<S: MemorySource>(
     }
     // SAFETY: as above; not waiting (checked), given up by the program (the caller's contract).
     unsafe { q.push(p, usable) };
+    release_over(&mut q, &mut heap, limit)
+}
+
+/// Gives every waiting block back to `central`, each checked first (a drain: tests, and a
+/// program's end).
+///
+/// # Errors
+/// As [`free`]: `WriteAfterFree` for a block that changed while it waited.
+pub fn drain<S: MemorySource>(
+    q: &Mutex<Quarantine>,
+    central: &Mutex<CentralHeap<S>>,
+) -> Result<(), (Misuse, NonNull<u8>)> {
+    let mut q = q.lock();
+    let mut heap = central.lock();
+    release_over(&mut q, &mut heap, 0)
+}
+
+/// Gives the oldest blocks back to `heap` until at most `limit` bytes wait.
+fn release_over<S: MemorySource>(
+    q: &mut Quarantine,
+    heap: &mut CentralHeap<S>,
+    limit: usize,
+) -> Result<(), (Misuse, NonNull<u8>)> {
     while q.bytes() > limit
         && let Some(b) = q.oldest()
     {
@@ -250,6 +273,11 @@ mod tests {
         unsafe { ps[2].as_ptr().add(50).write(1) };
         assert_eq!(free(&q, &h, ps[4], 300), Err((Misuse::WriteAfterFree, ps[2])));
         h.lock().check(true).unwrap();
+        free(&q, &h, ps[6], 1 << 20).unwrap();
+        free(&q, &h, ps[7], 1 << 20).unwrap();
+        drain(&q, &h).unwrap();
+        assert_eq!(q.lock().count(), 0);
+        assert_eq!(h.lock().stats().used_blocks, 4, "ps[2], ps[3], ps[4] dropped, ps[5] live");
     }
 
     #[test]

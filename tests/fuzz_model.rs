@@ -99,7 +99,7 @@ fn random_inputs_with_failing_os_calls() {
     let mut total = driver::Tally::new();
     for (k, &plan) in plans.iter().enumerate() {
         for i in 0..30 {
-            for (op, add) in driver::run_with(&input(1000 + 30 * k as u64 + i), plan) {
+            for (op, add) in driver::run_with(&input(1000 + 30 * k as u64 + i), plan, 0) {
                 let row = total.entry(op).or_insert([0; NCALLS]);
                 for (a, b) in row.iter_mut().zip(add) {
                     *a += b;
@@ -114,5 +114,18 @@ fn random_inputs_with_failing_os_calls() {
     for c in OsCall::ALL {
         let n: u64 = total.values().map(|r| r[c as usize]).sum();
         assert!(n > 0, "no {} failure was injected", c.name());
+    }
+}
+
+/// The driver with a quarantine on the central free path (`quarantine:N`): blocks wait, are
+/// checked when they leave, and the shadow model (contents, overlap, counts with the waiting
+/// blocks) holds after every step; a limit of 1 byte releases each block at the next free.
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_with_a_quarantine() {
+    for (k, limit) in [1usize, 16 << 10, 256 << 10].into_iter().enumerate() {
+        for i in 0..25 {
+            driver::run_with(&input(2000 + 25 * k as u64 + i), brkmalloc::faults::Plan::Off, limit);
+        }
     }
 }
