@@ -3,7 +3,7 @@
 //!
 //! [`run`] reads its input as a configuration header followed by a sequence of operations
 //! (malloc, free, realloc, aligned and zeroed allocation, in-place resize, cache and heap
-//! maintenance) and applies them to a `CentralHeap<FixedArena>` behind a
+//! maintenance) and applies them to a `CentralHeap<Faulty<FixedArena>>` behind a
 //! `brkmalloc::sync::Mutex`, with several `ThreadCache`s driven from this one thread as if each
 //! were a thread: a block may be allocated from one cache and freed into another. malloc, free,
 //! realloc and aligned allocation go through the front end itself (`brkmalloc::heap::Front`
@@ -15,8 +15,14 @@
 //! operation the driver checks:
 //! - the heap walker, `check(true)` (C1–C5, B1–B8 including FRESH payloads being zero; the
 //!   shallow `check(false)` under Miri), and each cache against the heap (T1, T2, T4, T5);
-//! - `used_blocks == live blocks + blocks in all caches` (nothing lost, nothing duplicated);
+//! - `used_blocks == live blocks + blocks in all caches + blocks in the quarantine` (nothing
+//!   lost, nothing duplicated; `run_with` can put a quarantine on the central free path);
 //! - each active cache within its byte limit (T4);
+//! - the byte ledger: bytes in use (live and cached) + free + the segments' fences + bytes
+//!   returned == bytes obtained from the source (`faults::Faulty`, FS1): nothing lost when OS
+//!   calls fail (an input's `Faults` operation, or the plan `run_with` starts from, makes the
+//!   source fail `grow`, `shrink`, `release` and `purge`; a failure must surface as a failed
+//!   allocation or an unchanged block, and the heap must serve again once calls succeed);
 //!
 //! and on every allocation: alignment, `usable_size >= n`, no overlap with any live block; a
 //! zeroed allocation the heap reports fresh reads as zero. Contents are verified on free,
@@ -34,9 +40,12 @@ use std::ptr::NonNull;
 use brkmalloc::block::{ALIGN, HEADER};
 use brkmalloc::central::CentralHeap;
 use brkmalloc::diag::Misuse;
+use brkmalloc::faults::{ALL_CALLS, Faulty, NCALLS, Plan};
 use brkmalloc::heap::{Explicit, Front};
 use brkmalloc::os::FixedArena;
+use brkmalloc::quarantine::{self, Quarantine};
 use brkmalloc::size_class::{MAX_CLASS_REQUEST, NCLASSES};
+use brkmalloc::sync::Mutex;
 use brkmalloc::thread_cache::{State, ThreadCache};
 use brkmalloc::transfer::Backend;
 
@@ -92,6 +101,22 @@ pub enum Op {
     FailAfter { n: Option<usize> },
     /// Verify the contents of every live block.
     VerifyAll,
+    /// The next growth is an mmap fallback segment (`FixedArena::map_next`).
+    MapNext,
+    /// From now on the memory source fails OS calls of every kind as `plan` says
+    /// (`faults::Faulty`).
+    Faults { plan: Plan },
+}
+
+/// Failures injected per operation kind (the variant's name) and OS call (`faults::OsCall`).
+pub type Tally = BTreeMap<String, [u64; NCALLS]>;
+
+impl Op {
+    /// The name of this operation's kind: its variant.
+    pub fn kind(&self) -> String {
+        let debug = format!("{self:?}");
+        debug.split([' ', '{']).next().unwrap_or_default().to_owned()
+    }
 }
 
 /// Heap and cache tuning, from the first bytes of the input.
@@ -198,7 +223,17 @@ impl Input<'_> {
                 2 => Op::FailAfter { n: Some(usize::from(self.u8()?) % 4) },
                 3 | 4 => Op::FailAfter { n: None },
                 5 => Op::VerifyAll,
-                _ => Op::PurgeIdle,
+                6 => Op::MapNext,
+                _ => Op::Faults {
+                    plan: match self.u8()? % 4 {
+                        0 => Plan::Off,
+                        1 => Plan::EveryNth(2 + u32::from(self.u8()? % 8)),
+                        x => Plan::Random {
+                            seed: self.u16()? as u64,
+                            per_mille: if x == 2 { 100 } else { 700 },
+                        },
+                    },
+                },
             },
             _ => Op::Collect { cache },
         })
@@ -300,7 +335,7 @@ thread_local! {
 
 /// The driver's state for one input.
 struct Driver {
-    heap: Backend<FixedArena>,
+    heap: Backend<Faulty<FixedArena>>,
     caches: Vec<ThreadCache>,
     cfg: Config,
     live: Vec<Live>,
@@ -309,14 +344,20 @@ struct Driver {
     next_seed: u64,
     trace: bool,
     step: usize,
+    tally: Tally,
+    /// The quarantine central-path frees go through when `quarantine_limit > 0`.
+    quarantine: Mutex<Quarantine>,
+    quarantine_limit: usize,
 }
 
 impl Driver {
     /// The front end as seen by the thread whose cache is `ci` (`None`: a thread without one).
-    fn front(&mut self, ci: Option<usize>) -> Front<Explicit<'_, FixedArena>> {
+    fn front(&mut self, ci: Option<usize>) -> Front<Explicit<'_, Faulty<FixedArena>>> {
         let mut env = Explicit::new(&self.heap, ci.map(|i| &mut self.caches[i]));
         env.cache_bytes = self.cfg.cache_bytes;
         env.on_misuse = misuse;
+        env.quarantine =
+            (self.quarantine_limit > 0).then_some((&self.quarantine, self.quarantine_limit));
         Front(env)
     }
 
@@ -340,12 +381,33 @@ impl Driver {
             self.caches.iter().map(|tc| (0..NCLASSES).map(|c| tc.count(c)).sum::<usize>()).sum();
         let layer = self.heap.layer.held().blocks;
         let st = heap.stats();
+        let waiting = self.quarantine.lock().count();
         assert_eq!(
             st.used_blocks,
-            self.live.len() + cached + layer,
-            "step {} ({what}): used_blocks != live {} + cached {cached} + in the layer {layer}",
+            self.live.len() + cached + waiting + layer,
+            "step {} ({what}): used_blocks != live {} + cached {cached} + quarantined {waiting} \
+             + in the layer {layer}",
             self.step,
             self.live.len()
+        );
+        // The byte ledger: blocks held by the program, blocks in the caches, free blocks and
+        // the segments' fences make up what the source lends the heap (FS1); nothing is lost
+        // however many OS calls failed.
+        let live_bytes: usize = self.live.iter().map(|l| l.usable + HEADER).sum();
+        let cached_bytes: usize = self.caches.iter().map(ThreadCache::bytes).sum();
+        assert!(
+            st.used_bytes >= live_bytes + cached_bytes,
+            "step {} ({what}): bytes in use {} < live {live_bytes} + cached {cached_bytes}",
+            self.step,
+            st.used_bytes
+        );
+        let src = heap.source();
+        let fences = 2 * HEADER * heap.segment_count();
+        assert_eq!(
+            st.used_bytes + st.free_bytes + fences + src.returned(),
+            src.obtained(),
+            "step {} ({what}): in use + free + fences + returned != obtained: {st:?}",
+            self.step
         );
         for tc in &self.caches {
             if tc.state() == State::Active {
@@ -532,10 +594,16 @@ impl Driver {
                 let r = self.heap.purge_idle(true).map(|_| ());
                 self.cache_result(r, "purge_idle");
             }
-            Op::Gap => self.heap.central.lock().source_mut().leave_gap(),
-            Op::FailAfter { n } => {
-                self.heap.central.lock().source_mut().fail_after(n.unwrap_or(usize::MAX))
-            }
+            Op::Gap => self.heap.central.lock().source_mut().inner_mut().leave_gap(),
+            Op::MapNext => self.heap.central.lock().source_mut().inner_mut().map_next(),
+            Op::Faults { plan } => self.heap.central.lock().source_mut().set_plan(plan, ALL_CALLS),
+            Op::FailAfter { n } => self
+                .heap
+                .central
+                .lock()
+                .source_mut()
+                .inner_mut()
+                .fail_after(n.unwrap_or(usize::MAX)),
             Op::VerifyAll => {
                 for l in &self.live {
                     verify(l, "verify all");
@@ -560,6 +628,21 @@ impl Driver {
         let r = self.heap.layer.drain(&mut self.heap.central.lock()).map(|_| ());
         self.cache_result(r, "drain");
         self.check("after freeing everything");
+        // The OS calls succeed again: the heap serves at once.
+        self.heap.central.lock().source_mut().set_plan(Plan::Off, 0);
+        self.heap.central.lock().source_mut().inner_mut().fail_after(usize::MAX);
+        for n in [100, 5000, 100 << 10] {
+            let Some(p) = self.front(None).alloc(n) else {
+                panic!("malloc({n}) failed after the OS calls succeed again")
+            };
+            self.adopt(p, n, ALIGN, "malloc after the faults");
+            let l = self.take(self.live.len() - 1, "free after the faults");
+            self.dealloc(0, l.p);
+        }
+        if let Err((e, b)) = quarantine::drain(&self.quarantine, &self.heap.central) {
+            panic!("draining the quarantine: {e:?} at {b:p}");
+        }
+        self.check("after the faults stopped");
         let heap = self.heap.central.lock();
         let st = heap.stats();
         assert_eq!(st.used_blocks, 0, "blocks still in use at the end: {st:?}");
@@ -576,9 +659,17 @@ impl Driver {
 /// Interprets `data` as a heap configuration and a sequence of operations; panics on the first
 /// broken invariant (see the module documentation).
 pub fn run(data: &[u8]) {
+    run_with(data, Plan::Off, 0);
+}
+
+/// [`run`] with the memory source failing OS calls of every kind as `plan` says from the start
+/// (an `Op::Faults` in the input replaces it), and with frees on the central path going
+/// through a quarantine of `quarantine_limit` bytes (0: none); returns the failures injected
+/// per operation kind and OS call.
+pub fn run_with(data: &[u8], plan: Plan, quarantine_limit: usize) -> Tally {
     arm_sabotage();
     let mut input = Input { data };
-    let Some(cfg) = input.config() else { return };
+    let Some(cfg) = input.config() else { return Tally::new() };
     let mut buf = ARENA
         .with(|a| a.borrow_mut().take())
         .unwrap_or_else(|| vec![0u128; ARENA_BYTES / 16].into_boxed_slice());
@@ -586,7 +677,8 @@ pub fn run(data: &[u8]) {
     // SAFETY: the buffer is zero (fresh, or re-zeroed below), 16-aligned, ARENA_BYTES long, and
     // outlives the heap, which is dropped at the end of this function.
     let arena = unsafe { FixedArena::new(base, ARENA_BYTES) };
-    let mut heap = CentralHeap::new(arena);
+    let mut heap = CentralHeap::new(Faulty::new(arena));
+    heap.source_mut().set_plan(plan, ALL_CALLS);
     heap.top_pad = cfg.top_pad;
     heap.trim_threshold = cfg.trim_threshold;
     heap.purge_threshold = cfg.purge_threshold;
@@ -604,13 +696,24 @@ pub fn run(data: &[u8]) {
         next_seed: 0,
         trace,
         step: 0,
+        tally: Tally::new(),
+        quarantine: Mutex::new(Quarantine::new()),
+        quarantine_limit,
     };
     while d.step < MAX_OPS {
         let Some(op) = input.op(cfg.ncaches) else { break };
         if d.trace {
             eprintln!("{:5} {op:?}", d.step);
         }
+        let before = d.heap.central.lock().source().failed();
         d.apply(op);
+        let after = d.heap.central.lock().source().failed();
+        if after != before {
+            let row = d.tally.entry(op.kind()).or_default();
+            for (t, (a, b)) in row.iter_mut().zip(after.iter().zip(before)) {
+                *t += a - b;
+            }
+        }
         if CHECK_ALL || d.step % 16 == 0 {
             d.check("after the operation");
         }
@@ -618,9 +721,11 @@ pub fn run(data: &[u8]) {
     }
     d.finish();
     // Re-zero what the heap touched (A1: the arena is zero beyond `used`) and keep the buffer.
-    let used = d.heap.central.lock().source().used();
+    let used = d.heap.central.lock().source().inner().used();
+    let tally = std::mem::take(&mut d.tally);
     drop(d);
     // SAFETY: `used <= ARENA_BYTES`; the heap that used the buffer is gone.
     unsafe { core::ptr::write_bytes(buf.as_mut_ptr().cast::<u8>(), 0, used) };
     ARENA.with(|a| *a.borrow_mut() = Some(buf));
+    tally
 }

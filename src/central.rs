@@ -129,8 +129,8 @@ impl Segment {
 /// - C6: a purge pass runs when at least `purge_interval` bytes were freed since the last one
 ///   and the dirty free memory exceeds four times the bytes in use plus `dirty_slack`; after it,
 ///   every free block of at least `purge_threshold` bytes is `PURGED` or `FRESH`: its whole
-///   inner pages were purged or never touched (a performance assumption: breaking it only
-///   costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
+///   inner pages were purged or never touched, unless the source refused the purge (a
+///   performance assumption: breaking it only costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
 ///   takes every run.
 pub struct CentralHeap<S> {
     source: S,
@@ -264,15 +264,17 @@ impl<S: MemorySource> CentralHeap<S> {
         }
         if self.nsegs == MAX_SEGMENTS {
             self.stats.heap_bytes -= g.len;
+            // If the OS refuses to take the piece back it stays mapped and unused (a leak of
+            // one growth, with 64 segments in use already).
             match g.origin {
                 // SAFETY: the whole fresh piece is unused.
                 Origin::Mapped => unsafe { self.source.release(g.base, g.len) },
                 Origin::Brk => {
                     // SAFETY: `g.base + g.len` is inside or one past the fresh piece.
                     let end = unsafe { g.base.add(g.len) };
-                    self.source.shrink(end, g.len);
+                    self.source.shrink(end, g.len)
                 }
-            }
+            };
             return false;
         }
         let seg = Segment { base, len: g.len, origin: g.origin };

@@ -67,6 +67,9 @@ pub static JUNK: AtomicBool = AtomicBool::new(false);
 /// The byte freed memory is filled with while [`JUNK`] is on; new memory gets its complement
 /// (glibc's `M_PERTURB` convention: `junk:1` is perturb byte `JUNK_FREE`).
 static JUNK_BYTE: AtomicUsize = AtomicUsize::new(JUNK_FREE as usize);
+/// `quarantine:N`: freed heap blocks wait in a FIFO of this many bytes before reuse, filled
+/// and checked on the way out (0 = off; `quarantine.rs`).
+pub static QUARANTINE_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Run the heap verifier every this many central-heap operations (0 = never).
 pub static CHECK_EVERY: AtomicUsize = AtomicUsize::new(0);
 /// Abort on a detected misuse (default), or report it, leak the block and go on (the flag
@@ -186,6 +189,7 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
         }
         b"large_cache" => return set_size(&LARGE_CACHE_BYTES, value, 0),
         b"junk" => return set_bool(&JUNK, value),
+        b"quarantine" => return set_size(&QUARANTINE_BYTES, value, 0),
         b"check" => return set_size(&CHECK_EVERY, value, 0),
         b"abort_on_error" => return set_bool(&ABORT_ON_ERROR, value),
         _ => warn(b"unknown option ignored: ", key),
@@ -309,6 +313,7 @@ pub fn print_options() {
         ("purge_delay_ms:", PURGE_DELAY_MS.load(r)),
         ("background_purge:", BACKGROUND_PURGE.load(r) as usize),
         ("junk:", JUNK.load(r) as usize),
+        ("quarantine:", QUARANTINE_BYTES.load(r)),
         ("check:", CHECK_EVERY.load(r)),
         ("abort_on_error:", ABORT_ON_ERROR.load(r) as usize),
     ];
@@ -345,11 +350,11 @@ pub fn set_perturb(byte: u8) {
     JUNK.store(byte != 0, Ordering::Relaxed);
 }
 
-/// Whether the thread caches may be used: off with `tcache:0`, and with `junk` or `check`,
-/// whose work happens on the central paths.
+/// Whether the thread caches may be used: off with `tcache:0`, and with `junk`, `check` or
+/// `quarantine`, whose work happens on the central paths.
 pub fn caches_enabled() -> bool {
     let r = Ordering::Relaxed;
-    TCACHE.load(r) && !JUNK.load(r) && CHECK_EVERY.load(r) == 0
+    TCACHE.load(r) && !JUNK.load(r) && CHECK_EVERY.load(r) == 0 && QUARANTINE_BYTES.load(r) == 0
 }
 
 #[cfg(test)]

@@ -248,6 +248,9 @@ pub enum Misuse {
     NotAllocated,
     /// A thread-cache link does not decode to a block (a write after free damaged it).
     CorruptLink,
+    /// A block changed while it waited in the quarantine (`quarantine.rs`): written after it
+    /// was freed.
+    WriteAfterFree,
 }
 
 impl Misuse {
@@ -260,6 +263,7 @@ impl Misuse {
             Misuse::CorruptTags => "corrupted boundary tags (heap overflow?)",
             Misuse::NotAllocated => "invalid pointer or double free",
             Misuse::CorruptLink => "corrupted thread cache link (write after free?)",
+            Misuse::WriteAfterFree => "write after free detected (quarantined block changed)",
         }
     }
 }

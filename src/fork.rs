@@ -23,7 +23,7 @@
 
 use crate::large::REGISTRY;
 use crate::large_cache::CACHE;
-use crate::process::BACKEND;
+use crate::process::{BACKEND, QUARANTINE};
 use crate::sync::{AtomicUsize, Claim, Ordering};
 
 #[cfg(target_env = "gnu")]
@@ -83,7 +83,7 @@ pub fn ensure_installed() {
 }
 
 /// Before `fork`: take glibc's stdio list lock, then every lock of ours in the documented
-/// order (`sync.rs`): CENTRAL, LARGE, then the large-mapping cache. Nested in a `fork` of the same thread (a signal
+/// order (`sync.rs`): QUARANTINE, CENTRAL, LARGE, then the large-mapping cache. Nested in a `fork` of the same thread (a signal
 /// handler): count the level only.
 extern "C" fn prepare() {
     let me = self_id();
@@ -107,6 +107,7 @@ extern "C" fn prepare() {
     unsafe {
         _IO_list_lock()
     };
+    QUARANTINE.raw().lock();
     BACKEND.lock_all();
     REGISTRY.raw().lock();
     CACHE.raw().lock();
@@ -132,6 +133,7 @@ unsafe fn release(stdio: unsafe extern "C" fn()) {
         CACHE.raw().unlock();
         REGISTRY.raw().unlock();
         BACKEND.unlock_all();
+        QUARANTINE.raw().unlock();
         stdio();
     }
 }

@@ -22,6 +22,7 @@ use crate::block::{ALIGN, BlockPtr, HARDENED, HEADER, UserPtr, block_size_for};
 use crate::central::{CentralHeap, HeapError};
 use crate::diag::{self, Misuse};
 use crate::os::MemorySource;
+use crate::quarantine::{self, Quarantine};
 use crate::size_class::{MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_request};
 use crate::stats::{self, Counter};
 use crate::sync::Mutex;
@@ -84,6 +85,12 @@ pub trait Env {
         None
     }
 
+    /// The quarantine and its byte limit (`quarantine:N`), when it is on: freed heap blocks
+    /// wait there before they go back (`quarantine.rs`).
+    fn quarantine(&self) -> Option<(&Mutex<Quarantine>, usize)> {
+        None
+    }
+
     /// Maps a large block of at least `n` bytes aligned to `align`.
     fn large_alloc(&self, _n: usize, _align: usize) -> Option<NonNull<u8>> {
         None
@@ -142,7 +149,8 @@ pub trait Env {
 
 /// An environment over an explicit central heap and an explicit cache: the one the loom models,
 /// the fuzz driver and the unit tests give the front end, so they drive the code the process
-/// runs. No large blocks (every request goes to the heap), no options, no hooks.
+/// runs. No large blocks (every request goes to the heap), no options, no hooks; a quarantine
+/// if one is given.
 ///
 /// # Invariants
 /// - X1: `cache`, when set, is the only cache this environment's calls use, and no other
@@ -156,6 +164,8 @@ pub struct Explicit<'a, S> {
     pub cache_bytes: usize,
     /// Called on a detected misuse (tests make it panic: a correct program never reaches it).
     pub on_misuse: fn(&str, Misuse, NonNull<u8>),
+    /// The quarantine and its byte limit, if frees on the central path go through one.
+    pub quarantine: Option<(&'a Mutex<Quarantine>, usize)>,
 }
 
 impl<'a, S> Explicit<'a, S> {
@@ -167,6 +177,7 @@ impl<'a, S> Explicit<'a, S> {
             cache: cache.map(ptr::from_mut),
             cache_bytes: crate::thread_cache::DEFAULT_MAX_BYTES,
             on_misuse: |func, what, p| diag::misuse(func, what, p.addr().get()),
+            quarantine: None,
         }
     }
 }
@@ -189,6 +200,10 @@ impl<S: MemorySource> Env for Explicit<'_, S> {
 
     fn misuse(&self, func: &str, what: Misuse, p: NonNull<u8>) {
         (self.on_misuse)(func, what, p);
+    }
+
+    fn quarantine(&self) -> Option<(&Mutex<Quarantine>, usize)> {
+        self.quarantine
     }
 }
 
@@ -498,25 +513,29 @@ impl<E: Env> Front<E> {
         let saved = diag::errno();
         this.0.on_slow_path();
         this.0.on_central();
-        let mut heap = this.0.central().lock();
-        if let Some((_, fill)) = this.0.junk()
-            && let Ok(n) = heap.usable_size(p)
-        {
-            // SAFETY: a validated in-use block of ours with `n` usable bytes.
-            unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
-        }
-        let r = heap.free(p);
-        drop(heap);
+        // `quarantine:N`: heap blocks wait before they go back (the thread caches are off).
+        let r = if let Some((q, limit)) = this.0.quarantine() {
+            quarantine::free(q, this.0.central(), p, limit)
+        } else {
+            let mut heap = this.0.central().lock();
+            if let Some((_, fill)) = this.0.junk()
+                && let Ok(n) = heap.usable_size(p)
+            {
+                // SAFETY: a validated in-use block of ours with `n` usable bytes.
+                unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
+            }
+            heap.free(p).map_err(|e| (e, p))
+        };
         match r {
             Ok(()) => {}
             // Not in a heap segment: a large block, checked against the registry before its
             // memory is touched.
-            Err(Misuse::NotOurs) => {
+            Err((Misuse::NotOurs, _)) => {
                 if let Err(e) = this.0.large_free(p) {
                     this.0.misuse(func, e, p);
                 }
             }
-            Err(e) => this.0.misuse(func, e, p),
+            Err((e, at)) => this.0.misuse(func, e, at),
         }
         diag::set_errno(saved);
     }

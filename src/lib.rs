@@ -44,6 +44,8 @@ pub mod diag;
 
 pub mod os;
 
+pub mod faults;
+
 pub mod size_class;
 
 pub mod block;
@@ -51,6 +53,8 @@ pub mod block;
 pub mod stats;
 
 pub mod central;
+
+pub mod quarantine;
 
 pub mod batch;
 

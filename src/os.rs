@@ -52,18 +52,21 @@ pub trait MemorySource {
     /// program break. Returns whether it did.
     fn shrink(&mut self, end: NonNull<u8>, len: usize) -> bool;
 
-    /// Releases a whole `Mapped` piece obtained from `grow`.
+    /// Releases a whole `Mapped` piece obtained from `grow`. Returns whether the OS took it
+    /// back (`munmap` can fail, e.g. when splitting a mapping would exceed `vm.max_map_count`);
+    /// on `false` the piece is still mapped and still the caller's.
     ///
     /// # Safety
     /// `base`/`len` are exactly a `Mapped` piece from `grow`, and nothing uses it any more.
-    unsafe fn release(&mut self, base: NonNull<u8>, len: usize);
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool;
 
     /// Tells the OS that the whole pages of `[start, start + len)` hold nothing of value; they
-    /// read as zero or as garbage afterwards (callers must not rely on either).
+    /// read as zero or as garbage afterwards (callers must not rely on either). Returns whether
+    /// the OS accepted (`madvise` failed: the pages stay resident, their contents unchanged).
     ///
     /// # Safety
     /// The range is page-aligned, inside memory from `grow`, and holds no live data or metadata.
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize);
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool;
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two), or `None` on overflow.
@@ -191,14 +194,14 @@ impl MemorySource for Sbrk {
         true
     }
 
-    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) {
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract: a whole mapping of ours that nothing uses.
-        unsafe { unmap(base, len) };
+        unsafe { unmap(base, len) }
     }
 
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) {
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract: page-aligned, ours, nothing of value inside.
-        unsafe { libc::madvise(start.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+        unsafe { libc::madvise(start.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
     }
 }
 
@@ -222,13 +225,13 @@ pub fn map(len: usize) -> Option<NonNull<u8>> {
     if p == libc::MAP_FAILED { None } else { NonNull::new(p.cast()) }
 }
 
-/// Unmaps `[base, base + len)`.
+/// Unmaps `[base, base + len)`; returns whether the kernel did.
 ///
 /// # Safety
 /// The range is a mapping (or the tail/head of one) of ours that nothing uses any more.
-pub unsafe fn unmap(base: NonNull<u8>, len: usize) {
+pub unsafe fn unmap(base: NonNull<u8>, len: usize) -> bool {
     // SAFETY: forwarded contract.
-    unsafe { libc::munmap(base.as_ptr().cast(), len) };
+    unsafe { libc::munmap(base.as_ptr().cast(), len) == 0 }
 }
 
 /// Resizes the mapping `[base, base + old_len)` to `new_len` bytes, moving it if needed.
@@ -247,9 +250,11 @@ pub unsafe fn remap(base: NonNull<u8>, old_len: usize, new_len: usize) -> Option
 /// A fixed in-memory arena standing in for the program break: unit tests, loom models, fuzzing.
 ///
 /// It grows contiguously from `base`; [`FixedArena::leave_gap`] makes the next growth start a
-/// new segment (as if another library had moved the break), and [`FixedArena::fail_after`]
-/// injects out-of-memory. `purge` fills the range with `0xdb` so that a heap that purged
-/// metadata, or relied on purged memory reading as zero, fails its checks.
+/// new segment (as if another library had moved the break), [`FixedArena::map_next`] makes it
+/// an mmap fallback segment (`Origin::Mapped`), and [`FixedArena::fail_after`] injects
+/// out-of-memory (`faults::Faulty` fails any call). `purge` and `release` fill the range with
+/// `0xdb` so that a heap that purged metadata, relied on purged memory reading as zero, or kept
+/// using a released segment, fails its checks.
 ///
 /// # Invariants
 /// - A1: `used <= cap`; `[base, base + used)` has been handed out, the rest is zero.
@@ -259,11 +264,14 @@ pub struct FixedArena {
     cap: usize,
     used: usize,
     gap_next: bool,
+    map_next: bool,
     grows_left: Option<usize>,
     /// Bytes returned through `shrink`.
     pub shrunk: usize,
     /// Bytes purged through `purge`.
     pub purged: usize,
+    /// Bytes released through `release`.
+    pub released: usize,
 }
 
 // SAFETY: the arena owns its buffer exclusively (A1); moving it between threads moves that
@@ -277,11 +285,28 @@ impl FixedArena {
     /// The range is valid, zero-filled, 16-byte aligned, exclusively owned by the arena for its
     /// whole life, and `cap` is a multiple of 16.
     pub unsafe fn new(base: NonNull<u8>, cap: usize) -> Self {
-        Self { base, cap, used: 0, gap_next: false, grows_left: None, shrunk: 0, purged: 0 }
+        Self {
+            base,
+            cap,
+            used: 0,
+            gap_next: false,
+            map_next: false,
+            grows_left: None,
+            shrunk: 0,
+            purged: 0,
+            released: 0,
+        }
     }
 
     /// Makes the next growth skip a page, so it cannot continue the previous piece.
     pub fn leave_gap(&mut self) {
+        self.gap_next = true;
+    }
+
+    /// Makes the next growth an `Origin::Mapped` piece (as the mmap fallback hands out), which
+    /// the heap keeps as a segment of its own and releases whole.
+    pub fn map_next(&mut self) {
+        self.map_next = true;
         self.gap_next = true;
     }
 
@@ -314,7 +339,11 @@ impl MemorySource for FixedArena {
         self.used = start + len;
         // SAFETY: `start + len <= cap` (checked above), so the offset stays inside the buffer.
         let base = unsafe { self.base.add(start) };
-        Some(Grown { base, len, origin: Origin::Brk })
+        let origin = if self.map_next { Origin::Mapped } else { Origin::Brk };
+        // A mapped piece stands alone: the next growth must not continue it.
+        self.gap_next = self.map_next;
+        self.map_next = false;
+        Some(Grown { base, len, origin })
     }
 
     fn shrink(&mut self, end: NonNull<u8>, len: usize) -> bool {
@@ -329,12 +358,20 @@ impl MemorySource for FixedArena {
         true
     }
 
-    unsafe fn release(&mut self, _base: NonNull<u8>, _len: usize) {}
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool {
+        self.released += len;
+        // A released piece is not handed out again; it reads as garbage, as an unmapped one
+        // would fault (a heap that still used it fails its checks).
+        // SAFETY: the caller guarantees a whole `Mapped` piece of ours that nothing uses.
+        unsafe { ptr::write_bytes(base.as_ptr(), 0xdb, len) };
+        true
+    }
 
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) {
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool {
         self.purged += len;
         // SAFETY: the caller guarantees the range is ours and holds nothing of value.
         unsafe { ptr::write_bytes(start.as_ptr(), 0xdb, len) };
+        true
     }
 }
 

@@ -16,9 +16,10 @@ use crate::heap::{Env, Front};
 use crate::large;
 use crate::large_cache;
 use crate::os::{Grown, MemorySource, Sbrk};
+use crate::quarantine::Quarantine;
 use crate::purge;
 use crate::size_class::{NCLASSES, class_size};
-use crate::sync::{AtomicBool, AtomicUsize, MutexGuard, Once, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Once, Ordering};
 use crate::thread_cache::ThreadCache;
 use crate::tls;
 use crate::transfer::Backend;
@@ -56,12 +57,12 @@ impl MemorySource for ProcessSource {
         self.0.shrink(end, len)
     }
 
-    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) {
+    unsafe fn release(&mut self, base: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract (PS1).
         unsafe { self.0.release(base, len) }
     }
 
-    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) {
+    unsafe fn purge(&mut self, start: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded contract (PS1).
         unsafe { self.0.purge(start, len) }
     }
@@ -71,6 +72,9 @@ impl MemorySource for ProcessSource {
 /// the lock order, DESIGN.md).
 pub static BACKEND: Backend<ProcessSource> =
     Backend::new(CentralHeap::new(ProcessSource::new()));
+
+/// The process's quarantine (`quarantine:N`; lock `QUARANTINE`, taken before `CENTRAL`).
+pub static QUARANTINE: Mutex<Quarantine> = Mutex::new(Quarantine::new());
 
 /// The front end over the process's heap, caches and mappings: what `api.rs` and
 /// `global_alloc.rs` call.
@@ -133,6 +137,12 @@ impl Env for Process {
         config::JUNK
             .load(Ordering::Relaxed)
             .then(|| (config::junk_alloc_byte(), config::junk_free_byte()))
+    }
+
+    fn quarantine(&self) -> Option<(&Mutex<Quarantine>, usize)> {
+        // Relaxed: a tuning value.
+        let limit = config::QUARANTINE_BYTES.load(Ordering::Relaxed);
+        (limit != 0).then_some((&QUARANTINE, limit))
     }
 
     fn large_alloc(&self, n: usize, align: usize) -> Option<NonNull<u8>> {

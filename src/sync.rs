@@ -19,9 +19,11 @@
 //!
 //! # Lock order
 //!
-//! Outer to inner: `CENTRAL` (the [`Mutex`] around the central heap, `global.rs`), then `LARGE`
-//! (the registry of large blocks, `large.rs`), then `LARGE_CACHE` (the cache of freed large
-//! mappings, `large_cache.rs`). `large::realloc` takes `LARGE_CACHE` while it holds `LARGE`; no
+//! Outer to inner: `QUARANTINE` (freed blocks waiting before reuse with `quarantine:N`,
+//! `quarantine.rs`), then `CENTRAL` (the [`Mutex`] around the central heap, `global.rs`), then
+//! `LARGE` (the registry of large blocks, `large.rs`), then `LARGE_CACHE` (the cache of freed
+//! large mappings, `large_cache.rs`). `quarantine::free` takes `CENTRAL` while it holds
+//! `QUARANTINE`; `large::realloc` takes `LARGE_CACHE` while it holds `LARGE`; no
 //! other code path holds one lock while taking another, except the fork handlers (`fork.rs`),
 //! which take every lock in this order in `prepare` and release them in reverse in `parent`
 //! and `child`. The thread-cache fast paths take none. A lock is never held across anything

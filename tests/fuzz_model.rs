@@ -79,3 +79,53 @@ fn short_inputs() {
         driver::run(&input(1000)[..len]);
     }
 }
+
+/// The driver with the memory source failing OS calls (`brkmalloc::faults`): every `n`th call
+/// of each kind, or at seeded random rates, from the first operation on (inputs may change the
+/// plan with their own `Faults` operations). Each failure must surface as a failed allocation
+/// or an unchanged block, with every invariant, the contents and the byte ledger intact after
+/// every step, and the heap serving again once the calls succeed. Prints the failures injected
+/// per OS call and operation kind.
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_with_failing_os_calls() {
+    use brkmalloc::faults::{NCALLS, OsCall, Plan, write_table};
+    let plans = [
+        Plan::EveryNth(2),
+        Plan::EveryNth(5),
+        Plan::Random { seed: 1, per_mille: 100 },
+        Plan::Random { seed: 2, per_mille: 500 },
+    ];
+    let mut total = driver::Tally::new();
+    for (k, &plan) in plans.iter().enumerate() {
+        for i in 0..30 {
+            for (op, add) in driver::run_with(&input(1000 + 30 * k as u64 + i), plan, 0) {
+                let row = total.entry(op).or_insert([0; NCALLS]);
+                for (a, b) in row.iter_mut().zip(add) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    let rows: Vec<_> = total.iter().map(|(op, r)| (op.as_str(), *r)).collect();
+    let mut table = String::new();
+    write_table(&mut table, "fuzz driver (Front over Explicit): injected failures", &rows).unwrap();
+    eprintln!("{table}");
+    for c in OsCall::ALL {
+        let n: u64 = total.values().map(|r| r[c as usize]).sum();
+        assert!(n > 0, "no {} failure was injected", c.name());
+    }
+}
+
+/// The driver with a quarantine on the central free path (`quarantine:N`): blocks wait, are
+/// checked when they leave, and the shadow model (contents, overlap, counts with the waiting
+/// blocks) holds after every step; a limit of 1 byte releases each block at the next free.
+#[test]
+#[cfg_attr(miri, ignore = "hours under Miri; ci/miri.sh runs the seed corpus")]
+fn random_inputs_with_a_quarantine() {
+    for (k, limit) in [1usize, 16 << 10, 256 << 10].into_iter().enumerate() {
+        for i in 0..25 {
+            driver::run_with(&input(2000 + 25 * k as u64 + i), brkmalloc::faults::Plan::Off, limit);
+        }
+    }
+}

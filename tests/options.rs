@@ -288,6 +288,21 @@ fn opt_junk() {
     work_with("junk:1");
 }
 
+/// `quarantine:N`: a correct multi-threaded program runs as without it (stdout equal to the
+/// reference run, contents checked), with the thread caches off and its blocks waiting; a
+/// quarantine of 1 byte releases each block at the next free. The misuse it catches is in
+/// `tests/misuse.rs` (`quarantine-*` modes).
+#[test]
+fn opt_quarantine() {
+    let r = work_with("quarantine:1m,stats:json");
+    let s = parse_stats_json(&r.stderr, "quarantine-json");
+    assert_eq!(s.cache_hits, 0, "quarantine:1m still hits a thread cache; {}", r.report());
+    work_with("quarantine:1");
+    work_with("quarantine:64k,junk:1");
+    c_pass("threads", &[], Alloc::Brk("quarantine:256k"));
+    c_pass("fork", &[], Alloc::Brk("quarantine:256k"));
+}
+
 #[test]
 fn opt_check() {
     // A correct program still passes, every central operation verified.

@@ -58,6 +58,25 @@ fn c_oom_rlimit_as() {
     c_test("oom", &["as"]);
 }
 
+/// Fault injection under the preload (issue 14): 8 threads allocate, reallocate and free with
+/// contents checked while `RLIMIT_AS` is toggled every few milliseconds, so `sbrk`, `mmap` and
+/// `mremap` fail in the middle of refills, merges, trims and moves. The program's stdout (only
+/// what every allocator must share: ENOMEM on each failure, contents intact, allocation works
+/// again) must equal glibc's, and the limit must have made allocations fail under brkmalloc.
+#[test]
+fn c_oom_threads_with_rlimit_as_toggled() {
+    let glibc = c_pass("oom_threads", &[], Alloc::Glibc);
+    let brk = c_pass("oom_threads", &[], Alloc::Brk(""));
+    assert_eq!(glibc.stdout, brk.stdout, "stdout differs from glibc's run; {}", brk.report());
+    let failures = |r: &common::child::Run| -> u64 {
+        let line = r.stderr.lines().find_map(|l| l.strip_prefix("failures: "));
+        let n = line.and_then(|l| l.split_whitespace().next()).and_then(|n| n.parse().ok());
+        n.unwrap_or_else(|| panic!("no \"failures: N\" line; {}", r.report()))
+    };
+    eprintln!("failed allocations: glibc {}, brkmalloc {}", failures(&glibc), failures(&brk));
+    assert!(failures(&brk) > 0, "the limit never made an allocation fail; {}", brk.report());
+}
+
 #[test]
 fn c_sbrk_blocked_falls_back_to_mmap() {
     c_test("sbrk_blocked", &[]);

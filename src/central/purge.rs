@@ -26,9 +26,7 @@ impl<S: MemorySource> CentralHeap<S> {
         }
         let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
         self.purge_runs(true);
-        for i in 0..self.nsegs {
-            self.trim_segment(i, self.top_pad);
-        }
+        self.trim_segments(self.top_pad);
         before != (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes)
     }
 
@@ -113,7 +111,11 @@ impl<S: MemorySource> CentralHeap<S> {
     /// `b` is a free block of this heap of `size` bytes.
     unsafe fn purge_block(&mut self, b: BlockPtr, size: usize) {
         let (from, to) = b.purgeable(size);
-        self.purge_range(from, to);
+        if !self.purge_range(from, to) {
+            // The OS refused: the pages stay resident and the run stays dirty (a later pass
+            // tries again).
+            return;
+        }
         // SAFETY: forwarded contract.
         unsafe {
             if b.flags() & (PURGED | FRESH) == 0 {
@@ -133,19 +135,23 @@ impl<S: MemorySource> CentralHeap<S> {
         dirty > 4 * self.stats.used_bytes + self.dirty_slack
     }
 
-    /// Purges the whole pages inside `[lo, hi)`.
-    fn purge_range(&mut self, lo: usize, hi: usize) {
-        let (Some(plo), phi) = (align_up(lo, PAGE), hi & !(PAGE - 1)) else { return };
+    /// Purges the whole pages inside `[lo, hi)`; false when the source refused (nothing to
+    /// purge counts as done).
+    fn purge_range(&mut self, lo: usize, hi: usize) -> bool {
+        let (Some(plo), phi) = (align_up(lo, PAGE), hi & !(PAGE - 1)) else { return true };
         if phi > plo {
-            let Some(si) = self.seg_index(plo) else { return };
+            let Some(si) = self.seg_index(plo) else { return true };
             // SAFETY: `plo` lies in segment `si`, so the offset stays inside it (G1).
             let start = unsafe {
                 NonNull::new_unchecked(self.segs[si].base.add(plo - self.segs[si].start()))
             };
             // SAFETY: the pages lie inside one free block's payload, clear of its metadata.
-            unsafe { self.source.purge(start, phi - plo) };
+            if !unsafe { self.source.purge(start, phi - plo) } {
+                return false;
+            }
             self.stats.purged_bytes += phi - plo;
         }
+        true
     }
 
     /// Gives the free tail of segment `si` back to the OS, keeping `pad` bytes: shrinks the
@@ -196,8 +202,13 @@ impl<S: MemorySource> CentralHeap<S> {
                     if !other_empty {
                         return false;
                     }
+                    // Out of its bin while its links are still readable.
                     self.bin_remove(tail, ts);
-                    self.source.release(NonNull::new_unchecked(seg.base), seg.len);
+                    if !self.source.release(NonNull::new_unchecked(seg.base), seg.len) {
+                        // munmap refused: the segment stays, wholly free, in its bin.
+                        self.bin_insert(tail, ts);
+                        return false;
+                    }
                     self.stats.heap_bytes -= seg.len;
                     self.stats.released_bytes += seg.len;
                     self.segs[si] = self.segs[self.nsegs - 1];
@@ -207,6 +218,22 @@ impl<S: MemorySource> CentralHeap<S> {
                 }
             }
         }
+    }
+
+    /// [`Self::trim_segment`] on every segment. A released segment's slot takes the last
+    /// segment, which is then trimmed in its new place (a loop over the original count would
+    /// skip it and trim a stale copy past the end).
+    fn trim_segments(&mut self, pad: usize) -> bool {
+        let mut released = false;
+        let mut i = 0;
+        while i < self.nsegs {
+            let before = self.nsegs;
+            released |= self.trim_segment(i, pad);
+            if self.nsegs == before {
+                i += 1;
+            }
+        }
+        released
     }
 
     fn segment_is_empty(&self, si: usize) -> bool {
@@ -221,15 +248,7 @@ impl<S: MemorySource> CentralHeap<S> {
     /// wholly free fallback segments (one is kept), and the whole pages inside every free
     /// block. Returns whether anything went back (glibc's `malloc_trim`).
     pub fn trim(&mut self, pad: usize) -> bool {
-        let mut released = false;
-        let mut i = 0;
-        while i < self.nsegs {
-            let before = self.nsegs;
-            released |= self.trim_segment(i, pad);
-            if self.nsegs == before {
-                i += 1;
-            }
-        }
+        let released = self.trim_segments(pad);
         let purged_before = self.stats.purged_bytes;
         for idx in 0..NBINS {
             let mut cur = self.head(idx);

@@ -6,11 +6,13 @@ use std::ptr::NonNull;
 
 use super::bins::{EXACT_LIMIT, bin_index_fit};
 use super::*;
+use crate::faults::{ALL_CALLS, Faulty, NCALLS, OsCall, Plan, write_table};
 use crate::os::{FixedArena, PAGE};
 
-/// A heap over an owned, zeroed buffer.
+/// A heap over an owned, zeroed buffer (through a fault injector, off unless a test plans
+/// failures).
 struct TestHeap {
-    heap: CentralHeap<FixedArena>,
+    heap: CentralHeap<Faulty<FixedArena>>,
     _buf: Vec<u128>,
 }
 
@@ -20,7 +22,7 @@ impl TestHeap {
         let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
         // SAFETY: the buffer is zeroed, 16-aligned, owned by `TestHeap` and outlives the heap.
         let arena = unsafe { FixedArena::new(base, cap) };
-        Self { heap: CentralHeap::new(arena), _buf: buf }
+        Self { heap: CentralHeap::new(Faulty::new(arena)), _buf: buf }
     }
 
     fn check(&self) {
@@ -145,7 +147,7 @@ fn segments_are_fenced() {
     let big = h.heap.stats().free_bytes;
     // Exhaust the first segment, then force a gap before the next growth.
     let b = h.alloc(big - HEADER);
-    h.heap.source_mut().leave_gap();
+    h.heap.source_mut().inner_mut().leave_gap();
     let c = h.alloc(1000);
     assert_eq!(h.heap.segment_count(), 2);
     h.free(b);
@@ -174,7 +176,7 @@ fn trim_returns_the_top_and_purge_the_middle() {
     }
     let st = h.heap.stats();
     assert!(st.purged_bytes >= 1 << 20, "middle run purged: {st:?}");
-    assert!(h.heap.source().purged >= 1 << 20);
+    assert!(h.heap.source().inner().purged >= 1 << 20);
     // Now the top: free `keep`, everything merges and the break shrinks.
     h.free(keep);
     let st = h.heap.stats();
@@ -199,6 +201,31 @@ fn malloc_trim_purges_every_free_page() {
     }
 }
 
+/// The idle purge trims every segment: when it releases a wholly free fallback segment, the
+/// last segment takes its slot and must be trimmed there, not through a stale copy past the end
+/// (which shrank the break under a segment record that kept its old length: B4 broken).
+#[test]
+fn idle_purge_after_a_released_segment_trims_the_moved_one() {
+    let mut h = TestHeap::new(8 << 20);
+    h.heap.top_pad = 0;
+    h.heap.trim_threshold = usize::MAX;
+    h.heap.source_mut().inner_mut().map_next();
+    let a = h.alloc(100);
+    h.heap.source_mut().inner_mut().map_next();
+    let b = h.alloc(8000);
+    let c = h.alloc(300_000);
+    assert_eq!(h.heap.segment_count(), 3, "two fallback segments and a break segment");
+    assert!(h.heap.resize_in_place(c, 100).unwrap());
+    h.free(a);
+    h.free(b);
+    let before = h.heap.source().inner().shrunk;
+    assert!(h.heap.purge_idle());
+    h.check();
+    assert_eq!(h.heap.segment_count(), 2, "one empty fallback segment released, one kept");
+    assert!(h.heap.source().inner().shrunk > before, "the break segment's free tail went back");
+    h.free(c);
+}
+
 #[test]
 fn out_of_memory_then_recovery() {
     let mut h = TestHeap::new(4 << 20);
@@ -216,7 +243,7 @@ fn out_of_memory_then_recovery() {
     h.free(p);
     // Injected failure of the source.
     let mut h = TestHeap::new(4 << 20);
-    h.heap.source_mut().fail_after(0);
+    h.heap.source_mut().inner_mut().fail_after(0);
     assert!(h.heap.alloc(1, false).is_none());
     assert!(h.heap.alloc_aligned(1, 64).is_none());
     h.check();
@@ -330,88 +357,212 @@ fn random_operations_against_a_shadow_model() {
     let (seeds, steps): (&[u64], usize) =
         if cfg!(miri) { (&[1], 300) } else { (&[1, 2, 3], 40_000) };
     for &seed in seeds {
-        run_model(seed, steps);
+        let t = run_model(seed, steps, Plan::Off);
+        assert_eq!(t, [[0; NCALLS]; NOPS], "no plan, no failures");
     }
 }
 
-fn run_model(seed: u64, steps: usize) {
+/// The shadow model with OS calls failing: every `n`th call of each kind, and at seeded random
+/// rates. Each failure surfaces as `None` (a realloc leaves its block as it was) and nothing
+/// else: invariants, contents and the byte ledger hold after every step, and once the calls
+/// succeed again the heap serves a fresh round. Prints the failures per OS call and operation.
+#[test]
+fn random_operations_with_failing_os_calls() {
+    let steps = if cfg!(miri) { 300 } else { 12_000 };
+    let plans = [
+        Plan::EveryNth(2),
+        Plan::EveryNth(3),
+        Plan::EveryNth(7),
+        Plan::Random { seed: 11, per_mille: 50 },
+        Plan::Random { seed: 12, per_mille: 300 },
+        Plan::Random { seed: 13, per_mille: 900 },
+    ];
+    let mut total = [[0u64; NCALLS]; NOPS];
+    // Under Miri two short runs (each step costs it milliseconds).
+    let plans = if cfg!(miri) { &plans[..2] } else { &plans[..] };
+    for (i, &plan) in plans.iter().enumerate() {
+        let t = run_model(100 + i as u64, steps, plan);
+        for (row, add) in total.iter_mut().zip(t) {
+            for (a, b) in row.iter_mut().zip(add) {
+                *a += b;
+            }
+        }
+    }
+    let rows: Vec<_> = OP_NAMES.iter().copied().zip(total).collect();
+    let mut table = String::new();
+    write_table(&mut table, "central heap shadow model: injected failures", &rows).unwrap();
+    eprintln!("{table}");
+    let sum = |c: OsCall| total.iter().map(|r| r[c as usize]).sum::<u64>();
+    for c in OsCall::ALL {
+        assert!(sum(c) > 0, "no {} failure was injected", c.name());
+    }
+}
+
+/// Operation kinds of the shadow model, rows of its failure table.
+const NOPS: usize = 5;
+const OP_NAMES: [&str; NOPS] = ["malloc", "memalign", "free", "realloc", "malloc_trim"];
+
+/// Runs the shadow model for `steps` operations with `plan` failing OS calls of every kind;
+/// returns the failures injected per operation kind and OS call.
+fn run_model(seed: u64, steps: usize, plan: Plan) -> [[u64; NCALLS]; NOPS] {
     let mut h = TestHeap::new(if cfg!(miri) { 16 << 20 } else { 256 << 20 });
     let mut rng = Rng(seed);
     // live: start address -> (pointer, requested size, pattern seed)
     let mut live: BTreeMap<usize, (NonNull<u8>, usize, u64)> = BTreeMap::new();
     let mut next_seed = 0u64;
+    let mut tally = [[0u64; NCALLS]; NOPS];
+    h.heap.source_mut().set_plan(plan, ALL_CALLS);
+    if plan != Plan::Off {
+        // Purge passes on the free path too, not only in `trim`.
+        h.heap.purge_interval = 256 << 10;
+        h.heap.dirty_slack = 0;
+    }
     for step in 0..steps {
+        let before = h.heap.source().failed();
         let op = rng.below(100);
-        if op < 45 || live.is_empty() {
+        // `None`: the operation failed (the allocation, or the move of a realloc).
+        let (kind, ok) = if op < 45 || live.is_empty() {
             let n = rng.size();
             let aligned = rng.below(10) == 0;
             let p = if aligned {
                 let align = 32usize << rng.below(8);
-                let p = h.heap.alloc_aligned(n, align).expect("alloc_aligned");
-                assert_eq!(p.addr().get() % align, 0);
+                let p = h.heap.alloc_aligned(n, align);
+                assert!(p.is_none_or(|p| p.addr().get() % align == 0));
                 p
             } else {
-                h.heap.alloc(n, false).expect("alloc").0
+                h.heap.alloc(n, false).map(|(p, _)| p)
             };
-            assert_eq!(p.addr().get() % ALIGN, 0);
-            let usable = h.heap.usable_size(p).unwrap();
-            assert!(usable >= n);
-            // No overlap with the neighbouring live ranges.
-            if let Some((&s, &(q, ln, _))) = live.range(..p.addr().get()).next_back() {
-                let end = s + h.heap.usable_size(q).unwrap();
-                assert!(end <= p.addr().get() - HEADER, "overlaps the block before ({ln})");
+            if let Some(p) = p {
+                check_new_block(&h, &live, p, n);
+                next_seed += 1;
+                fill(p, n, next_seed);
+                live.insert(p.addr().get(), (p, n, next_seed));
             }
-            if let Some((&s, _)) = live.range(p.addr().get()..).next() {
-                assert!(p.addr().get() + usable <= s - HEADER, "overlaps the block after");
-            }
-            next_seed += 1;
-            fill(p, n, next_seed);
-            live.insert(p.addr().get(), (p, n, next_seed));
+            (usize::from(aligned), p.is_some())
         } else if op < 85 {
-            let k = *live.keys().nth(rng.below(live.len())).unwrap();
-            let (p, n, s) = live.remove(&k).unwrap();
-            verify(p, n, s);
-            h.heap.free(p).expect("free");
+            // Now and then a phase ends: nearly everything is freed, segments empty out.
+            let count = if rng.below(1500) == 0 { live.len() * 15 / 16 } else { 1 };
+            for _ in 0..count.max(1) {
+                let k = *live.keys().nth(rng.below(live.len())).unwrap();
+                let (p, n, s) = live.remove(&k).unwrap();
+                verify(p, n, s);
+                h.heap.free(p).expect("free");
+            }
+            (2, true)
         } else {
             // realloc: in place if possible, else move (as api::realloc_raw does).
             let k = *live.keys().nth(rng.below(live.len())).unwrap();
             let (p, n, s) = live.remove(&k).unwrap();
             verify(p, n, s);
+            let usable = h.heap.usable_size(p).unwrap();
             let m = rng.size();
             let q = if h.heap.resize_in_place(p, m).expect("resize") {
-                p
-            } else {
-                let q = h.heap.alloc(m, false).expect("alloc").0;
+                Some(p)
+            } else if let Some((q, _)) = h.heap.alloc(m, false) {
                 // SAFETY: distinct live blocks with at least min(n, m) bytes each.
                 unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), n.min(m)) };
                 h.heap.free(p).expect("free");
-                q
+                Some(q)
+            } else {
+                None
             };
-            verify(q, n.min(m), s);
-            next_seed += 1;
-            fill(q, m, next_seed);
-            live.insert(q.addr().get(), (q, m, next_seed));
+            match q {
+                Some(q) => {
+                    verify(q, n.min(m), s);
+                    next_seed += 1;
+                    fill(q, m, next_seed);
+                    live.insert(q.addr().get(), (q, m, next_seed));
+                }
+                None => {
+                    // A failed realloc leaves the block as it was.
+                    assert_eq!(h.heap.usable_size(p).unwrap(), usable);
+                    verify(p, n, s);
+                    live.insert(p.addr().get(), (p, n, s));
+                }
+            }
+            (3, q.is_some())
+        };
+        let after = h.heap.source().failed();
+        // Every failure is explained by an injected one (the arena itself never runs out).
+        assert!(ok || after[OsCall::Grow as usize] > before[OsCall::Grow as usize]);
+        add_failures(&mut tally[kind], before, after);
+        if rng.below(3000) == 0 {
+            h.heap.trim(0);
+            add_failures(&mut tally[4], after, h.heap.source().failed());
         }
         if step < 2000 || step % 97 == 0 {
             if let Err(e) = h.heap.check(step % 1000 == 0) {
                 panic!("seed {seed} step {step}: {} at {:#x}", e.what, e.addr);
             }
+            check_ledger(&h, &live);
         }
         if rng.below(5000) == 0 {
-            h.heap.source_mut().leave_gap();
+            h.heap.source_mut().inner_mut().leave_gap();
         }
-        if rng.below(3000) == 0 {
-            h.heap.trim(0);
+        if rng.below(200) == 0 {
+            h.heap.source_mut().inner_mut().map_next();
         }
+    }
+    // The OS calls succeed again: the heap serves, and everything goes back.
+    h.heap.source_mut().set_plan(Plan::Off, 0);
+    for n in [100, 5000, 200 << 10] {
+        let (p, _) = h.heap.alloc(n, false).expect("alloc after the faults stopped");
+        check_new_block(&h, &live, p, n);
+        h.free(p);
     }
     for (_, (p, n, s)) in std::mem::take(&mut live) {
         verify(p, n, s);
         h.heap.free(p).expect("free");
     }
     h.check();
+    check_ledger(&h, &live);
     let st = h.heap.stats();
     assert_eq!(st.used_blocks, 0);
     assert_eq!(st.free_blocks, h.heap.segment_count(), "one free block per segment");
+    tally
+}
+
+/// Adds the failures injected between two readings of the counters to `row`.
+fn add_failures(row: &mut [u64; NCALLS], before: [u64; NCALLS], after: [u64; NCALLS]) {
+    for c in 0..NCALLS {
+        row[c] += after[c] - before[c];
+    }
+}
+
+/// A block just handed out: aligned, large enough, overlapping no live block.
+fn check_new_block(
+    h: &TestHeap,
+    live: &BTreeMap<usize, (NonNull<u8>, usize, u64)>,
+    p: NonNull<u8>,
+    n: usize,
+) {
+    assert_eq!(p.addr().get() % ALIGN, 0);
+    let usable = h.heap.usable_size(p).unwrap();
+    assert!(usable >= n);
+    if let Some((&s, &(q, ln, _))) = live.range(..p.addr().get()).next_back() {
+        let end = s + h.heap.usable_size(q).unwrap();
+        assert!(end <= p.addr().get() - HEADER, "overlaps the block before ({ln})");
+    }
+    if let Some((&s, _)) = live.range(p.addr().get()..).next() {
+        assert!(p.addr().get() + usable <= s - HEADER, "overlaps the block after");
+    }
+}
+
+/// No byte lost: the live blocks, the free blocks and the segments' fences make up exactly what
+/// the source lends the heap (obtained minus returned, FS1).
+fn check_ledger(h: &TestHeap, live: &BTreeMap<usize, (NonNull<u8>, usize, u64)>) {
+    let st = h.heap.stats();
+    let in_use: usize =
+        live.values().map(|&(p, _, _)| h.heap.usable_size(p).unwrap() + HEADER).sum();
+    assert_eq!(st.used_bytes, in_use, "bytes in use");
+    assert_eq!(st.used_blocks, live.len(), "blocks in use");
+    let fences = 2 * HEADER * h.heap.segment_count();
+    let src = h.heap.source();
+    assert_eq!(
+        in_use + st.free_bytes + fences + src.returned(),
+        src.obtained(),
+        "in use + free + fences + returned != obtained: {st:?}"
+    );
 }
 
 /// xorshift64*: deterministic, dependency-free.

@@ -40,4 +40,13 @@ static inline const char *misuse_mode(int argc, char **argv, const char *prog) {
     return argv[1];
 }
 
+/* Whether the n bytes at p all equal tag (blocks filled with one byte, checked on their next
+ * use). */
+static inline int bytes_are(const unsigned char *p, size_t n, unsigned char tag) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != tag)
+            return 0;
+    return 1;
+}
+
 #endif

@@ -36,6 +36,10 @@
  *   usable-size-static        malloc_usable_size() of a pointer into a static array
  *   usable-size-stack         malloc_usable_size() of a stack address
  *   usable-size-mmap-page     malloc_usable_size() of a page-aligned foreign pointer
+ *   quarantine-write-after-free  (with BRKMALLOC_CONF=quarantine:64k) free(p) of a 100-byte
+ *                             block, one byte written into it, then 2000 malloc/free pairs:
+ *                             p leaves the quarantine changed
+ *   quarantine-double-free    (with quarantine:64k) free(p); free(p) while p waits
  *
  * Each mode prints "step: ..." lines to stdout (unbuffered) so a run shows how far it got. */
 #define _GNU_SOURCE
@@ -273,6 +277,18 @@ int main(int argc, char **argv) {
         printf("step: usable size %zu\n", x_usable(local + 16));
     } else if (strcmp(m, "usable-size-mmap-page") == 0) {
         printf("step: usable size %zu\n", x_usable(foreign_page()));
+    } else if (strcmp(m, "quarantine-write-after-free") == 0) {
+        char *p = x_malloc(100);
+        memset(p, 1, 100);
+        x_free(p);
+        p[60] = 2;
+        printf("step: freed %p, then one byte written\n", (void *)p);
+        for (int i = 0; i < 2000; i++) x_free(x_malloc(100));
+    } else if (strcmp(m, "quarantine-double-free") == 0) {
+        char *p = x_malloc(100);
+        x_free(p);
+        step("first free");
+        x_free(p);
     } else {
         fprintf(stderr, "unknown mode %s\n", m);
         return 2;
