@@ -293,9 +293,10 @@ impl ThreadCache {
             stats::add(c, Counter::RefilledBlocks, b.count as usize);
             return self.pop(c);
         }
+        let cap = self.batch_cap(c);
         let lim = &mut self.limits[c];
-        let want = lim.batch.min(lim.max / 2).max(1) as usize;
-        lim.batch = (lim.batch * 2).min(lim.max / 2).max(1);
+        let want = lim.batch.min(cap).max(1) as usize;
+        lim.batch = (lim.batch * 2).min(cap).max(1);
         let (head, n) = back.central.lock().alloc_batch(class_size(c), want, |b, next| {
             // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
             unsafe { link_in(UserPtr::new(b), next) }
@@ -327,10 +328,27 @@ impl ThreadCache {
         if self.state != State::Active || c >= NCLASSES || self.limits[c].max == 0 {
             return Ok(false);
         }
-        let keep = (self.limits[c].max / 2) as usize;
-        back.give_back(c, self.cut(c, keep)?)?;
+        back.give_back(c, self.cut(c, self.flush_keep(c))?)?;
         // SAFETY: forwarded contract.
         Ok(unsafe { self.push(p, c) })
+    }
+
+    /// The largest refill batch class `c` carves from the central heap: half its list, or the
+    /// whole list when it ran dry in the previous collection interval too (a producer's list,
+    /// which only pops: bigger batches halve its refills, and the list limit, hence the byte
+    /// limit T4, still holds).
+    fn batch_cap(&self, c: usize) -> u16 {
+        let max = self.limits[c].max;
+        if self.dry_before & (1 << c) != 0 { max } else { max / 2 }
+    }
+
+    /// How many blocks a full list of class `c` keeps when it flushes: half of them, or a
+    /// quarter when the list has not run dry for two collection intervals (a consumer's list,
+    /// which only receives: its batches grow to three quarters of the list, and a producer
+    /// that refills from the middle layer gets them whole).
+    fn flush_keep(&self, c: usize) -> usize {
+        let max = usize::from(self.limits[c].max);
+        if (self.dry | self.dry_before) & (1 << c) == 0 { max / 4 } else { max / 2 }
     }
 
     /// Detaches the blocks of class `c` beyond the newest `keep` as a batch (empty when the
@@ -374,8 +392,7 @@ impl ThreadCache {
         keep: usize,
         back: &Backend<S>,
     ) -> CacheResult<()> {
-        let b = self.cut(c, keep)?;
-        if b.count == 0 { Ok(()) } else { back.give_back(c, b) }
+        back.give_back(c, self.cut(c, keep)?)
     }
 
     /// Collection of one class (round robin), every [`GC_INTERVAL`] allocations: a list that

@@ -320,11 +320,14 @@ impl<S> Backend<S> {
 
 impl<S: MemorySource> Backend<S> {
     /// Returns `batch` of class `c` to the layer or, when the class is full, to the central
-    /// heap (under its lock).
+    /// heap (under its lock); an empty batch is nothing to return.
     ///
     /// # Errors
     /// As [`Batch::free_to`].
     pub fn give_back(&self, c: usize, batch: Batch) -> Result<(), Misuse> {
+        if batch.count == 0 {
+            return Ok(());
+        }
         match self.layer.put(c, batch) {
             Ok(()) => Ok(()),
             Err(b) => b.free_to(&mut self.central.lock()),

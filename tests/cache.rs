@@ -580,7 +580,7 @@ fn refill_carves_adjacent_blocks_from_one_run() {
 }
 
 #[test]
-fn full_list_flushes_its_older_half() {
+fn full_list_flushes_its_older_blocks() {
     // A small cache: class 0 (32 bytes) holds `max_count` blocks.
     let limit = 64 << 10;
     let mut w = World::new(ARENA, &[limit]);
@@ -597,11 +597,12 @@ fn full_list_flushes_its_older_half() {
         assert_eq!(w.caches[0].count(c), k + 1);
         w.check();
     }
-    // The list is full: the next free flushes the older half, then pushes.
+    // The list is full: the next free flushes the older blocks, then pushes. The list never ran
+    // dry (a consumer's), so only the newest quarter stays (`ThreadCache::flush_keep`).
     let used = w.used();
     w.free(0, ps[max]);
     let kept = w.caches[0].count(c);
-    assert_eq!(kept, max / 2 + 1, "the newest half stays, plus the freed block");
+    assert_eq!(kept, max / 4 + 1, "the newest quarter stays, plus the freed block");
     assert_eq!(w.used(), used - (max + 1 - kept));
     w.check();
     // Pop order: the freed block, then the newest pushes, newest first.
@@ -615,6 +616,16 @@ fn full_list_flushes_its_older_half() {
         w.check();
     }
     assert!(w.caches[0].pop(c).is_none());
+    // A list that ran dry (a refill) keeps the newest half when it is full again.
+    let fresh: Vec<usize> = (0..2 * max).map(|_| w.alloc(0, 16, false).addr().get()).collect();
+    assert!(w.hits.refills > 0);
+    let mut fills = fresh.iter();
+    while w.caches[0].count(c) < max {
+        w.free(0, *fills.next().unwrap());
+    }
+    w.free(0, *fills.next().unwrap());
+    assert_eq!(w.caches[0].count(c), max / 2 + 1, "the newest half stays, plus the freed block");
+    w.check();
     w.drain();
 }
 
