@@ -451,8 +451,9 @@ impl<E: Env> Front<E> {
     // The free path's cold functions take the pointer first: it arrives in the first argument
     // register and stays there, so the fast path moves nothing before a tail call.
 
-    /// A freed block that carries the cache key: a double free if it is in this cache,
-    /// otherwise (the program stored the key value) an ordinary push.
+    /// A freed block that carries the cache key: a double free if it is in this cache or in the
+    /// middle layer, otherwise (the program stored the key value, or the block sits in another
+    /// thread's cache: not detected) an ordinary push.
     #[cold]
     #[inline(never)]
     fn dealloc_suspect(
@@ -463,7 +464,7 @@ impl<E: Env> Front<E> {
         func: &'static str,
     ) {
         // SAFETY: this thread's cache.
-        if unsafe { (*tc).contains(u, c) } {
+        if unsafe { (*tc).contains(u, c) } || this.0.backend().layer.contains(c, u) {
             // Reported (and, with abort_on_error:0, leaked: it stays cached once).
             this.0.misuse(func, Misuse::DoubleFree, u.ptr());
             return;

@@ -277,10 +277,12 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
         &[std_pid(), cache + direct, cache, s.cache_hits()],
     );
     // Every class object but the first follows a comma.
+    // One class object in two lines' worth (a `Line` holds 256 bytes).
     const CLASS: &str = ",{\"class\":%d,\"size\":%d,\"refills\":%d,\"refilled_blocks\":%d,\
                          \"flushes\":%d,\"flushed_blocks\":%d,\"direct_allocs\":%d,\
-                         \"direct_frees\":%d,\"layer_hits\":%d,\"layer_misses\":%d,\
-                         \"layer_puts\":%d,\"layer_overflows\":%d,\"layer_released\":%d}";
+                         \"direct_frees\":%d,";
+    const LAYER: &str = "\"layer_hits\":%d,\"layer_misses\":%d,\"layer_puts\":%d,\
+                         \"layer_overflows\":%d,\"layer_released\":%d}";
     let mut first = true;
     for (c, cs) in s.classes.iter().enumerate() {
         if *cs == ClassStats::default() {
@@ -290,23 +292,17 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
         first = false;
         let (size, refills, refilled) = (class_size(c), cs.refills, cs.refilled_blocks);
         let (flushes, flushed) = (cs.flushes, cs.flushed_blocks);
-        let (direct, layer) = ([cs.direct_allocs, cs.direct_frees], [cs.layer_hits, cs.layer_misses]);
-        let values = [
-            c,
-            size,
-            refills,
-            refilled,
-            flushes,
-            flushed,
-            direct[0],
-            direct[1],
-            layer[0],
-            layer[1],
+        let values =
+            [c, size, refills, refilled, flushes, flushed, cs.direct_allocs, cs.direct_frees];
+        put(out, template, &values);
+        let layer = [
+            cs.layer_hits,
+            cs.layer_misses,
             cs.layer_puts,
             cs.layer_overflows,
             cs.layer_released,
         ];
-        put(out, template, &values);
+        put(out, LAYER, &layer);
     }
     let h = &s.heap;
     put(
@@ -330,9 +326,7 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
         out,
         "\"mmap\":{\"blocks\":%d,\"bytes\":%d,\"max_blocks\":%d,\"max_bytes\":%d},\
          \"large_cache\":{\"bytes\":%d,\"mappings\":%d,\"hits\":%d,\"misses\":%d,\
-         \"decayed_bytes\":%d},\"layer\":{\"bytes\":%d,\"batches\":%d},\"peak_rss\":%d,\
-         \"fragmentation_permille\":%d,\"lock\":{\"acquisitions\":%d,\"contended\":%d,\
-         \"per_1000_calls_x10\":%d}}}\n",
+         \"decayed_bytes\":%d},",
         &[
             s.mmap_blocks,
             s.mmap_bytes,
@@ -343,6 +337,14 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
             s.large_cache.hits,
             s.large_cache.misses,
             s.large_cache.decayed_bytes,
+        ],
+    );
+    put(
+        out,
+        "\"layer\":{\"bytes\":%d,\"batches\":%d},\"peak_rss\":%d,\
+         \"fragmentation_permille\":%d,\"lock\":{\"acquisitions\":%d,\"contended\":%d,\
+         \"per_1000_calls_x10\":%d}}}\n",
+        &[
             s.layer_bytes,
             s.layer_batches,
             s.peak_rss,

@@ -32,6 +32,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::batch::Batch;
+use crate::block::UserPtr;
 use crate::central::{CentralHeap, HeapError};
 use crate::diag::Misuse;
 use crate::os::MemorySource;
@@ -206,6 +207,20 @@ impl Transfer {
             released += n;
         }
         r.map(|()| released)
+    }
+
+    /// Whether `u` is a block of one of class `c`'s batches (a double free of a block the layer
+    /// holds: the front end asks when a freed block carries the cache key). A walk under the
+    /// class's lock, on a cold path only.
+    pub fn contains(&self, c: usize, u: UserPtr) -> bool {
+        let Some(slots) = self.classes.get(c) else { return false };
+        let s = slots.lock();
+        s.batches[..s.len as usize].iter().any(|b| {
+            let mut found = false;
+            // A damaged link ends the walk; the block is then not known to be here.
+            let _ = b.for_each(|v| found |= v == u);
+            found
+        })
     }
 
     /// Batches class `c` holds.

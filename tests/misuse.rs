@@ -78,6 +78,10 @@ misuse_tests! {
     double_free_of_a_block_in_the_thread_cache:
         "double-free-cached", "free", "double free detected";
     double_free_after_the_cache_was_flushed: "double-free-flushed", "free", "double free detected";
+    // Needs `hardening`: the cache key, which blocks keep in the middle layer's batches.
+    #[cfg(feature = "hardening")]
+    double_free_of_a_block_in_the_middle_layer:
+        "double-free-in-layer", "free", "double free detected";
     double_free_of_a_central_block: "double-free-central", "free", "double free detected";
     // Needs `hardening`: the same-page test before the header read (else SIGSEGV).
     #[cfg(feature = "hardening")]
@@ -229,6 +233,7 @@ misuse_tests! {
 const MODES: &[&str] = &[
     "double-free-cached",
     "double-free-flushed",
+    "double-free-in-layer",
     "double-free-central",
     "double-free-large",
     "double-free-trimmed",

@@ -5,6 +5,8 @@
  *
  *   double-free-cached        free(p); free(p): p is still in the thread cache
  *   double-free-flushed       free(p); malloc_trim(0) (flushes the cache); free(p)
+ *   double-free-in-layer      free(p) and 199 more blocks of its class (the full list hands its
+ *                             older blocks, p among them, to the middle layer); free(p)
  *   double-free-central       the same as double-free-cached with a 64 KiB block (no cache)
  *   double-free-large         free(p); free(p) of a 1 MiB (mmapped) block
  *   double-free-trimmed       free(p); free(p) of a 100 KB heap block whose pages went back
@@ -169,6 +171,12 @@ int main(int argc, char **argv) {
         x_trim(0);
         step("first free, cache flushed");
         x_free(p);
+    } else if (strcmp(m, "double-free-in-layer") == 0) {
+        static char *more[200];
+        for (int i = 0; i < 200; i++) more[i] = x_malloc(40);
+        for (int i = 0; i < 200; i++) x_free(more[i]);
+        step("200 frees, the oldest handed to the middle layer");
+        x_free(more[0]);
     } else if (strcmp(m, "double-free-central") == 0) {
         char *p = middle(64 << 10, keep);
         x_free(p);
