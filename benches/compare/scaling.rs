@@ -373,7 +373,7 @@ fn chart(
     root.fill(&WHITE)?;
     let (top, body) = root.split_vertically(40);
     top.draw(&Text::new(
-        "Scaling: time against threads (median; lower is better) and brkmalloc's central lock"
+        "Scaling: time against threads (median; lower is better); brkmalloc's central lock acquisitions per 1000 calls"
             .to_string(),
         (12, 12),
         ("sans-serif", 18).into_font(),
@@ -438,27 +438,35 @@ fn chart(
     Ok(())
 }
 
-fn scaling_report(
-    setup: &Setup<'_>,
-    m: &Machine,
-    configs: &[Config],
-    allocs: &[Allocator],
-    runs: &[Vec<Vec<Run>>],
+/// What a mode measured.
+struct Data<'a> {
+    configs: &'a [Config],
+    allocs: &'a [Allocator],
+    /// runs[config][alloc]
+    runs: &'a [Vec<Vec<Run>>],
     rounds: usize,
-    notes: &[String],
-) -> String {
-    let mut s = String::new();
-    let mode = if setup.ctx.quick { "quick" } else { "full" };
-    header(&mut s, &format!("brkmalloc scaling benchmark ({mode})"), m, allocs, setup);
-    let _ = writeln!(
-        s,
-        "- **method**: {rounds} rounds, every allocator runs every configuration in each round, interleaved; wall time per run, median [min–max] seconds over the successful runs. The same total work at every thread count, so that perfect scaling on N cores divides the time by min(threads, N); thread counts above {} are oversubscribed on this machine.",
-        m.cores
-    );
-    for n in notes {
+    notes: &'a [String],
+}
+
+/// The report's head (with the method line) and its Failures section.
+fn head(s: &mut String, title: &str, method: &str, m: &Machine, d: &Data<'_>, setup: &Setup<'_>) {
+    header(s, title, m, d.allocs, setup);
+    let _ = writeln!(s, "- **method**: {method}");
+    for n in d.notes {
         let _ = writeln!(s, "- **note**: {n}");
     }
-    failures(&mut s, configs, allocs, runs);
+    failures(s, d.configs, d.allocs, d.runs);
+}
+
+fn scaling_report(setup: &Setup<'_>, m: &Machine, d: &Data<'_>) -> String {
+    let (configs, allocs, runs) = (d.configs, d.allocs, d.runs);
+    let mut s = String::new();
+    let mode = if setup.ctx.quick { "quick" } else { "full" };
+    let method = format!(
+        "{} rounds, every allocator runs every configuration in each round, interleaved; wall time per run, median [min–max] seconds over the successful runs. The same total work at every thread count, so that perfect scaling on N cores divides the time by min(threads, N); thread counts above {} are oversubscribed on this machine.",
+        d.rounds, m.cores
+    );
+    head(&mut s, &format!("brkmalloc scaling benchmark ({mode})"), &method, m, d, setup);
     let _ = writeln!(s, "## Time against threads (seconds; lower is better)\n");
     let mut last = "";
     for (ci, c) in configs.iter().enumerate() {
@@ -508,21 +516,12 @@ fn scaling_report(
     s
 }
 
-fn locks_report(
-    setup: &Setup<'_>,
-    m: &Machine,
-    configs: &[Config],
-    allocs: &[Allocator],
-    runs: &[Vec<Vec<Run>>],
-    rounds: usize,
-    notes: &[String],
-) -> String {
+fn locks_report(setup: &Setup<'_>, m: &Machine, d: &Data<'_>) -> String {
     let mut s = String::new();
-    header(&mut s, "brkmalloc: central lock acquisitions (issue 11's table)", m, allocs, setup);
-    let _ = writeln!(
-        s,
-        "- **method**: {rounds} round(s) per build, interleaved; medians. Programs: {}",
-        configs
+    let method = format!(
+        "{} round(s) per build, interleaved; medians. Programs: {}",
+        d.rounds,
+        d.configs
             .iter()
             .map(|c| format!(
                 "`{} {} {}{}`",
@@ -534,11 +533,9 @@ fn locks_report(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for n in notes {
-        let _ = writeln!(s, "- **note**: {n}");
-    }
-    failures(&mut s, configs, allocs, runs);
-    lock_table(&mut s, "program", configs, allocs, runs);
+    let title = "brkmalloc: central lock acquisitions (issue 11's table)";
+    head(&mut s, title, &method, m, d, setup);
+    lock_table(&mut s, "program", d.configs, d.allocs, d.runs);
     s
 }
 
@@ -561,19 +558,17 @@ pub fn run(
     }
     let runs = run_all(&setup.ctx, &configs, &allocs, rounds);
     let m = machine::probe(setup.commit, None);
-    let (md, files): (String, Vec<&str>) = match mode {
-        Mode::Scaling => {
-            let svg = setup.out.join("scaling.svg");
-            let mut files = vec!["scaling.md"];
-            match chart(&svg, &configs, &allocs, &runs, &setup.threads) {
-                Ok(()) => files.push("scaling.svg"),
-                Err(e) => notes.push(format!("chart scaling.svg could not be drawn: {e}")),
-            }
-            (scaling_report(setup, &m, &configs, &allocs, &runs, rounds, &notes), files)
+    let mut files = vec![if mode == Mode::Scaling { "scaling.md" } else { "locks.md" }];
+    if mode == Mode::Scaling {
+        match chart(&setup.out.join("scaling.svg"), &configs, &allocs, &runs, &setup.threads) {
+            Ok(()) => files.push("scaling.svg"),
+            Err(e) => notes.push(format!("chart scaling.svg could not be drawn: {e}")),
         }
-        Mode::Locks => {
-            (locks_report(setup, &m, &configs, &allocs, &runs, rounds, &notes), vec!["locks.md"])
-        }
+    }
+    let d = Data { configs: &configs, allocs: &allocs, runs: &runs, rounds, notes: &notes };
+    let md = match mode {
+        Mode::Scaling => scaling_report(setup, &m, &d),
+        Mode::Locks => locks_report(setup, &m, &d),
     };
     println!("{md}");
     let path = setup.out.join(files[0]);
