@@ -414,6 +414,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
             },
             commit: &commit,
             threads: opts.threads.clone().unwrap_or_else(|| scaling::THREADS.to_vec()),
+            only: opts.only.clone(),
             save: opts.save.unwrap_or(!opts.quick),
             started,
             load_start: &load_start,

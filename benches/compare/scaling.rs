@@ -44,6 +44,8 @@ pub struct Setup<'a> {
     pub ctx: Ctx,
     pub commit: &'a str,
     pub threads: Vec<u32>,
+    /// `--only`: the scaling workloads to run (all when None).
+    pub only: Option<Vec<String>>,
     pub save: bool,
     pub started: Instant,
     pub load_start: &'a str,
@@ -88,13 +90,21 @@ fn workload(name: &str, (quick, full): (u64, u64)) -> Result<Workload, String> {
 /// Scaling mode: every workload at every thread count.  The amounts keep a
 /// default run (3 rounds, 7 thread counts, 5 allocators) near 10 minutes on
 /// 2 cores: about 1 s per run.
-fn scaling_configs(threads: &[u32]) -> Result<Vec<Config>, String> {
-    let mut v = Vec::new();
-    for (name, amounts) in [
+fn scaling_configs(threads: &[u32], only: Option<&[String]>) -> Result<Vec<Config>, String> {
+    let all = [
         ("prodcons", (600_000, 6_000_000)),
         ("server", (600_000, 6_000_000)),
         ("threadchurn", (600, 6_000)),
-    ] {
+    ];
+    for o in only.unwrap_or_default() {
+        if !all.iter().any(|(n, _)| n == o) {
+            return Err(format!("--scaling runs prodcons, server and threadchurn, not '{o}'"));
+        }
+    }
+    let mut v = Vec::new();
+    for (name, amounts) in
+        all.into_iter().filter(|(n, _)| only.is_none_or(|o| o.iter().any(|x| x == n)))
+    {
         for &t in threads {
             let w = workload(name, amounts)?;
             v.push(Config { label: format!("{name} ×{t}"), w, threads: t });
@@ -294,7 +304,7 @@ fn failures(s: &mut String, configs: &[Config], allocs: &[Allocator], runs: &[Ve
 /// One row of lock columns for every brkmalloc build: per 1000 calls [min–max],
 /// acquisitions, and brkmalloc's own figure / the middle layer's counters
 /// where a build writes them.
-fn lock_cols(s: &mut String, cells: &[Locks]) {
+fn lock_cols(s: &mut String, cells: &[Locks], (own, layer): (bool, bool)) {
     for l in cells {
         let mark = if l.own_calls { "" } else { " †" };
         let _ = write!(
@@ -303,27 +313,27 @@ fn lock_cols(s: &mut String, cells: &[Locks]) {
             count(l.acquisitions.map(|a| a.med)),
             spread_or_one(l.per_1000)
         );
-        if cells.iter().any(|c| c.own.is_some()) {
+        if own {
             let _ =
                 write!(s, " {} |", l.own.map(|o| format!("{o:.1}")).unwrap_or_else(|| "–".into()));
         }
-        if cells.iter().any(|c| c.layer.iter().any(Option::is_some)) {
+        if layer {
             let _ = write!(s, " {} |", l.layer.map(count).join(" / "));
         }
     }
 }
 
-fn lock_head(s: &mut String, first: &str, brks: &[&Allocator], cells: &[&Locks]) {
+fn lock_head(s: &mut String, first: &str, brks: &[&Allocator], (own, layer): (bool, bool)) {
     let mut head = format!("| {first} | malloc+free calls |");
     let mut sep = String::from("|---|---:|");
     for b in brks {
         let _ = write!(head, " {0}: central lock acquisitions | {0}: per 1000 calls |", b.name);
         sep.push_str("---:|---:|");
-        if cells.iter().any(|c| c.own.is_some()) {
+        if own {
             let _ = write!(head, " {}: own per 1000 |", b.name);
             sep.push_str("---:|");
         }
-        if cells.iter().any(|c| c.layer.iter().any(Option::is_some)) {
+        if layer {
             let _ = write!(head, " {}: layer hits / misses / puts / overflows |", b.name);
             sep.push_str("---:|");
         }
@@ -343,12 +353,14 @@ fn lock_table(
     let brks: Vec<&Allocator> = brk.iter().map(|&a| &allocs[a]).collect();
     let table: Vec<Vec<Locks>> =
         runs.iter().map(|per| brk.iter().map(|&a| Locks::of(&per[a])).collect()).collect();
-    let flat: Vec<&Locks> = table.iter().flatten().collect();
-    lock_head(s, first, &brks, &flat);
+    // The optional columns are there for every build when any build writes them.
+    let own = table.iter().flatten().any(|c| c.own.is_some());
+    let layer = table.iter().flatten().any(|c| c.layer.iter().any(Option::is_some));
+    lock_head(s, first, &brks, (own, layer));
     for (ci, cells) in table.iter().enumerate() {
         let calls = cells.iter().find_map(|l| l.calls);
         let _ = write!(s, "| {} | {} |", configs[ci].label, millions(calls));
-        lock_cols(s, cells);
+        lock_cols(s, cells, (own, layer));
         s.push('\n');
     }
     s.push('\n');
@@ -550,7 +562,7 @@ pub fn run(
 ) -> Result<bool, String> {
     brkstats::parser_self_check()?;
     let (configs, allocs) = match mode {
-        Mode::Scaling => (scaling_configs(&setup.threads)?, allocs),
+        Mode::Scaling => (scaling_configs(&setup.threads, setup.only.as_deref())?, allocs),
         Mode::Locks => (lock_configs()?, allocs.into_iter().filter(is_brk).collect::<Vec<_>>()),
     };
     if allocs.is_empty() {
