@@ -25,7 +25,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench compare [-- OPTIONS]
 
   --quick            quick mode (reduced work, about 3 minutes; CI's smoke test)
-  --rounds N         rounds (default 5; --scaling 3; --locks 1)
+  --rounds N         rounds (default 5; --scaling and --locks 3)
   --alloc LIST       allocators, comma separated (default glibc,jemalloc,tcmalloc,mimalloc,brkmalloc)
   --only LIST        workloads, comma separated (churn,server,prodcons,falseshare,mixed,strings,
                      large,threadchurn,python,sqlite,redis,memcached)
@@ -420,7 +420,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
             load_start: &load_start,
         };
         let mode = if opts.locks { scaling::Mode::Locks } else { scaling::Mode::Scaling };
-        let rounds = opts.rounds.unwrap_or(mode.default_rounds());
+        let rounds = opts.rounds.unwrap_or(scaling::ROUNDS);
         let failed = scaling::run(&setup, mode, rounds, allocs, notes)? || exit_fail;
         return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
