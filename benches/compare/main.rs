@@ -10,6 +10,7 @@ mod machine;
 mod report;
 mod runner;
 mod scaling;
+mod sharing;
 mod workloads;
 
 use std::path::{Path, PathBuf};

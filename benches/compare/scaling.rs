@@ -16,6 +16,7 @@ use crate::charts::{self, Line, Panel};
 use crate::machine::{self, Machine};
 use crate::report::{Cell, Spread, spread};
 use crate::runner::Status;
+use crate::sharing;
 use crate::workloads::{self, Ctx, Outcome, Workload};
 
 /// The default thread counts of the scaling mode.
@@ -464,7 +465,8 @@ fn head(s: &mut String, title: &str, method: &str, m: &Machine, d: &Data<'_>, se
     failures(s, d.configs, d.allocs, d.runs);
 }
 
-fn scaling_report(setup: &Setup<'_>, m: &Machine, d: &Data<'_>) -> String {
+/// `sharing`: the passive false sharing section (`sharing::section`).
+fn scaling_report(setup: &Setup<'_>, m: &Machine, d: &Data<'_>, sharing: &str) -> String {
     let (configs, allocs, runs) = (d.configs, d.allocs, d.runs);
     let mut s = String::new();
     let mode = if setup.ctx.quick { "quick" } else { "full" };
@@ -515,6 +517,7 @@ fn scaling_report(setup: &Setup<'_>, m: &Machine, d: &Data<'_>) -> String {
         let _ = writeln!(s, "Medians over the rounds; per 1000 calls as median [min–max].\n");
         lock_table(&mut s, "workload", configs, allocs, runs);
     }
+    s.push_str(sharing);
     let _ = writeln!(
         s,
         "## Chart\n\n![time and central lock acquisitions against threads](scaling.svg)"
@@ -563,6 +566,10 @@ pub fn run(
         return Err("--locks needs brkmalloc (or a BRKMALLOC_EXTRA build)".into());
     }
     let runs = run_all(&setup.ctx, &configs, &allocs, rounds);
+    let sharing = match mode {
+        Mode::Scaling => sharing::measure(&setup.ctx, &allocs, &setup.threads),
+        Mode::Locks => Vec::new(),
+    };
     let m = machine::probe(setup.commit, None);
     let mut files = vec![if mode == Mode::Scaling { "scaling.md" } else { "locks.md" }];
     if mode == Mode::Scaling {
@@ -573,7 +580,7 @@ pub fn run(
     }
     let d = Data { configs: &configs, allocs: &allocs, runs: &runs, rounds, notes: &notes };
     let md = match mode {
-        Mode::Scaling => scaling_report(setup, &m, &d),
+        Mode::Scaling => scaling_report(setup, &m, &d, &sharing::section(&sharing, &allocs)),
         Mode::Locks => locks_report(setup, &m, &d),
     };
     println!("{md}");
@@ -593,5 +600,5 @@ pub fn run(
     if hard > 0 {
         eprintln!("compare: FAILED: {hard} run(s) crashed or failed verification (see the report)");
     }
-    Ok(hard > 0)
+    Ok(hard > 0 || sharing::failed(&sharing))
 }
