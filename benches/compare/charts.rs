@@ -242,7 +242,7 @@ pub fn line_panel(
             chart
                 .configure_mesh()
                 .max_light_lines(2)
-                .x_labels(threads.len().max(2))
+                .x_labels((xmax.round() as usize + 1).max(2))
                 .x_label_formatter(&x_fmt)
                 .x_desc("threads")
                 .y_desc(p.y_desc)

@@ -415,12 +415,9 @@ fn chart(
             pi == 0,
         )?;
     }
-    let palette = [
-        RGBColor(214, 39, 40),
-        RGBColor(31, 119, 180),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-    ];
+    // One colour per workload, none of them an allocator's colour (charts::color).
+    let palette =
+        [RGBColor(0, 0, 0), RGBColor(140, 86, 75), RGBColor(23, 190, 207), RGBColor(188, 189, 34)];
     let mut lines = Vec::new();
     for (wi, name) in names.iter().enumerate() {
         for (bi, (a, alloc)) in allocs.iter().enumerate().filter(|(_, a)| is_brk(a)).enumerate() {
