@@ -35,10 +35,11 @@ usage: cargo bench --bench compare [-- OPTIONS]
   --scaling          only the scaling benchmark: prodcons, server and threadchurn at
                      every thread count, brkmalloc's central lock acquisitions per
                      1000 calls from its statistics; writes scaling.md, scaling.svg
-                     (about 10 minutes on 2 cores; with --quick a tenth of the work)
+                     and a false-sharing placement table (about 7 minutes on 2
+                     cores; with --quick a tenth of the work; --only picks workloads)
   --locks            only the central lock table (issue 11): prodcons 2+2 and 4+4,
                      server, churn under brkmalloc and the BRKMALLOC_EXTRA builds;
-                     writes locks.md
+                     writes locks.md (about 25 s per build)
   --no-real          skip python, sqlite, redis and memcached
   --no-callgrind     skip the callgrind instruction counts
   --fastpath         only the fast-path probe under callgrind (64 live blocks of
