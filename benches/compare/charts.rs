@@ -171,7 +171,6 @@ pub fn throughput(res: &Results, path: &Path) -> Result<(), DynErr> {
                 }
             }
         }
-        let xmax = threads_seen.iter().map(|&t| (t as f64).log2()).fold(0.0, f64::max);
         // Scale to a readable unit.
         let (scale, prefix) = if ymax >= 1e6 {
             (1e6, "M ")
@@ -180,56 +179,99 @@ pub fn throughput(res: &Results, path: &Path) -> Result<(), DynErr> {
         } else {
             (1.0, "")
         };
-        for pts in series.iter_mut() {
-            for p in pts.iter_mut() {
-                p.1 /= scale;
-            }
-        }
-        let ymax = ymax / scale;
         let what =
             if wl.has_rps() { "requests" } else { wl.unit.split(' ').next().unwrap_or("ops") };
-        let unit = format!("{prefix}{what}/s");
-        let mut chart = ChartBuilder::on(&panels[pi])
-            .caption(wl.name, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(55)
-            .build_cartesian_2d(-0.2f64..xmax + 0.2, 0f64..(ymax * 1.15).max(1e-9))?;
-        chart
-            .configure_mesh()
-            .max_light_lines(2)
-            .x_labels(threads_seen.len().max(2))
-            .x_label_formatter(&|x| {
-                let r = x.round();
-                if (x - r).abs() < 0.05 && r >= 0.0 {
-                    format!("{}", 1u32 << (r as u32))
-                } else {
-                    String::new()
-                }
+        let lines: Vec<Line> = series
+            .into_iter()
+            .enumerate()
+            .map(|(a, pts)| Line {
+                name: res.allocs[a].name.to_string(),
+                style: color(res.allocs[a].name).stroke_width(2),
+                points: pts.into_iter().map(|(x, y)| (x, y / scale)).collect(),
             })
-            .x_desc("threads")
-            .y_desc(unit)
-            .draw()?;
-        for (a, pts) in series.iter().enumerate() {
-            let col = color(res.allocs[a].name);
-            chart
-                .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))?
-                .label(res.allocs[a].name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 14, y)], col.stroke_width(2))
-                });
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, col.filled())))?;
-        }
-        if pi == 0 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 11))
-                .draw()?;
-        }
+            .collect();
+        let panel = Panel { title: wl.name, y_desc: &format!("{prefix}{what}/s"), log_y: false };
+        line_panel(&panels[pi], &panel, &threads_seen, &lines, pi == 0)?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// One line of a panel: points (log2 threads, value).
+pub struct Line {
+    pub name: String,
+    pub style: ShapeStyle,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A panel's caption, y axis and scale.
+pub struct Panel<'a> {
+    pub title: &'a str,
+    pub y_desc: &'a str,
+    pub log_y: bool,
+}
+
+/// One panel of lines against threads (x = log2 of the thread count,
+/// labelled with the counts in `threads`), from 0 (or, log scale, from the
+/// smallest value) to the largest value; a legend when asked.
+pub fn line_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    p: &Panel<'_>,
+    threads: &[u32],
+    lines: &[Line],
+    legend: bool,
+) -> Result<(), DynErr> {
+    let xmax = threads.iter().map(|&t| (t as f64).log2()).fold(0.0, f64::max);
+    let vals = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+    let ymax = vals.clone().fold(0.0f64, f64::max).max(1e-9);
+    let ymin = vals.filter(|&v| v > 0.0).fold(ymax, f64::min);
+    let mut b = ChartBuilder::on(area);
+    b.caption(p.title, ("sans-serif", 16)).margin(10).x_label_area_size(30).y_label_area_size(55);
+    let x_range = -0.2f64..xmax + 0.2;
+    let x_fmt = |x: &f64| {
+        let r = x.round();
+        if (x - r).abs() < 0.05 && r >= 0.0 {
+            format!("{}", 1u32 << (r as u32))
+        } else {
+            String::new()
+        }
+    };
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .max_light_lines(2)
+                .x_labels((xmax.round() as usize + 1).max(2))
+                .x_label_formatter(&x_fmt)
+                .x_desc("threads")
+                .y_desc(p.y_desc)
+                .draw()?;
+            for l in lines {
+                let style = l.style;
+                chart
+                    .draw_series(LineSeries::new(l.points.clone(), style))?
+                    .label(l.name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], style));
+                chart.draw_series(
+                    l.points.iter().map(|&pt| Circle::new(pt, 3, style.color.filled())),
+                )?;
+            }
+            if legend {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerRight)
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .label_font(("sans-serif", 11))
+                    .draw()?;
+            }
+        }};
+    }
+    if p.log_y {
+        draw!(b.build_cartesian_2d(x_range, (ymin / 1.3..ymax * 1.3).log_scale())?);
+    } else {
+        draw!(b.build_cartesian_2d(x_range, 0f64..ymax * 1.15)?);
+    }
     Ok(())
 }

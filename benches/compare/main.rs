@@ -3,11 +3,14 @@
 //! a Markdown report and SVG charts in target/bench/.  See benches/README.md.
 
 mod allocs;
+mod brkstats;
 mod callgrind;
 mod charts;
 mod machine;
 mod report;
 mod runner;
+mod scaling;
+mod sharing;
 mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -23,11 +26,20 @@ const USAGE: &str = "\
 usage: cargo bench --bench compare [-- OPTIONS]
 
   --quick            quick mode (reduced work, about 3 minutes; CI's smoke test)
-  --rounds N         rounds (default 5)
+  --rounds N         rounds (default 5; --scaling and --locks 3)
   --alloc LIST       allocators, comma separated (default glibc,jemalloc,tcmalloc,mimalloc,brkmalloc)
   --only LIST        workloads, comma separated (churn,server,prodcons,falseshare,mixed,strings,
                      large,threadchurn,python,sqlite,redis,memcached)
-  --threads LIST     thread counts for the threaded workloads (default 1,2,4,8)
+  --threads LIST     thread counts for the threaded workloads (default 1,2,4,8;
+                     --scaling 1,2,4,8,16,32,64)
+  --scaling          only the scaling benchmark: prodcons, server and threadchurn at
+                     every thread count, brkmalloc's central lock acquisitions per
+                     1000 calls from its statistics; writes scaling.md, scaling.svg
+                     and a false-sharing placement table (about 7 minutes on 2
+                     cores; with --quick a tenth of the work; --only picks workloads)
+  --locks            only the central lock table (issue 11): prodcons 2+2 and 4+4,
+                     server, churn under brkmalloc and the BRKMALLOC_EXTRA builds;
+                     writes locks.md (about 25 s per build)
   --no-real          skip python, sqlite, redis and memcached
   --no-callgrind     skip the callgrind instruction counts
   --fastpath         only the fast-path probe under callgrind (64 live blocks of
@@ -48,10 +60,14 @@ reported but do not fail the run), or brkmalloc could not be built.
 
 struct Opts {
     quick: bool,
-    rounds: usize,
+    /// None: the mode's default.
+    rounds: Option<usize>,
     allocs: Vec<String>,
     only: Option<Vec<String>>,
-    threads: Vec<u32>,
+    /// None: the mode's default.
+    threads: Option<Vec<u32>>,
+    scaling: bool,
+    locks: bool,
     real: bool,
     callgrind: bool,
     fastpath_only: bool,
@@ -76,10 +92,12 @@ fn parse_args() -> Result<Option<Opts>, String> {
     }
     let mut o = Opts {
         quick: false,
-        rounds: 5,
+        rounds: None,
         allocs: allocs::ALL_NAMES.iter().map(|s| s.to_string()).collect(),
         only: None,
-        threads: vec![1, 2, 4, 8],
+        threads: None,
+        scaling: false,
+        locks: false,
         real: true,
         callgrind: true,
         fastpath_only: false,
@@ -97,16 +115,20 @@ fn parse_args() -> Result<Option<Opts>, String> {
             "--quick" => o.quick = true,
             "--full" => o.quick = false,
             "--rounds" => {
-                o.rounds = val("--rounds")?.parse().map_err(|_| "--rounds: not a number")?
+                o.rounds = Some(val("--rounds")?.parse().map_err(|_| "--rounds: not a number")?)
             }
             "--alloc" => o.allocs = list(&val("--alloc")?),
             "--only" => o.only = Some(list(&val("--only")?)),
             "--threads" => {
-                o.threads = list(&val("--threads")?)
-                    .iter()
-                    .map(|t| t.parse::<u32>().map_err(|_| format!("--threads: bad '{t}'")))
-                    .collect::<Result<_, _>>()?
+                o.threads = Some(
+                    list(&val("--threads")?)
+                        .iter()
+                        .map(|t| t.parse::<u32>().map_err(|_| format!("--threads: bad '{t}'")))
+                        .collect::<Result<_, _>>()?,
+                )
             }
+            "--scaling" => o.scaling = true,
+            "--locks" => o.locks = true,
             "--no-real" => o.real = false,
             "--no-callgrind" => o.callgrind = false,
             "--fastpath" => o.fastpath_only = true,
@@ -133,7 +155,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
     }
-    if o.rounds == 0 || o.threads.is_empty() || o.threads.contains(&0) {
+    if o.rounds == Some(0) || o.threads.as_ref().is_some_and(|t| t.is_empty() || t.contains(&0)) {
         return Err("--rounds and --threads must be positive".into());
     }
     for a in &o.allocs {
@@ -316,7 +338,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
 
     let mut notes: Vec<String> = Vec::new();
     let mut exit_fail = false;
-    let self_test = if opts.quick || opts.self_test_only {
+    let self_test = if (opts.quick && !opts.scaling && !opts.locks) || opts.self_test_only {
         match self_test(&bin_dir, &log_dir) {
             Ok(s) => {
                 eprintln!("compare: self-test {s}");
@@ -379,6 +401,33 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     if allocs.is_empty() {
         return Err("no allocator to run".into());
     }
+    if opts.scaling || opts.locks {
+        let setup = scaling::Setup {
+            root: &root,
+            out: &out,
+            ctx: workloads::Ctx {
+                root: root.clone(),
+                bin_dir: bin_dir.clone(),
+                log_dir: log_dir.clone(),
+                tmp_dir: tmp_dir.clone(),
+                quick: opts.quick,
+                timeout: Duration::from_secs(opts.timeout.unwrap_or(300)),
+                python: None,
+            },
+            commit: &commit,
+            threads: opts.threads.clone().unwrap_or_else(|| scaling::THREADS.to_vec()),
+            only: opts.only.clone(),
+            save: opts.save.unwrap_or(!opts.quick),
+            started,
+            load_start: &load_start,
+        };
+        let mode = if opts.locks { scaling::Mode::Locks } else { scaling::Mode::Scaling };
+        let rounds = opts.rounds.unwrap_or(scaling::ROUNDS);
+        let failed = scaling::run(&setup, mode, rounds, allocs, notes)? || exit_fail;
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
+    let rounds = opts.rounds.unwrap_or(5);
+    let threads = opts.threads.clone().unwrap_or_else(|| vec![1, 2, 4, 8]);
 
     // The fast-path probe: every allocator and the non-hardened build under callgrind.
     let fp_steps = opts.fastpath_steps.unwrap_or(if opts.quick { 1_280_000 } else { 12_800_000 });
@@ -457,7 +506,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let mut configs: Vec<(usize, u32)> = Vec::new();
     for (i, w) in wls.iter().enumerate() {
         if w.threaded {
-            configs.extend(opts.threads.iter().map(|&t| (i, t)));
+            configs.extend(threads.iter().map(|&t| (i, t)));
         } else {
             configs.push((i, 1));
         }
@@ -476,7 +525,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     // The interleaved rounds: for each round, every configuration, every allocator.
     let mut runs: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); allocs.len()]; configs.len()];
     let mut timed_out = vec![vec![false; allocs.len()]; configs.len()];
-    for round in 0..opts.rounds {
+    for round in 0..rounds {
         for (c, &(wi, threads)) in configs.iter().enumerate() {
             let w = &wls[wi];
             for (a, alloc) in allocs.iter().enumerate() {
@@ -484,22 +533,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
                     continue; // one hang per cell is enough; it is reported
                 }
                 let o = workloads::run_once(&ctx, w, threads, alloc, round + 1);
-                let rps = o.rps.map(|r| format!(" {r:.0} req/s")).unwrap_or_default();
-                eprintln!(
-                    "[{}/{}] {:<12} t={} {:<9} {:>8.3} s {:>8.1} MiB{} {}",
-                    round + 1,
-                    opts.rounds,
-                    w.name,
-                    threads,
-                    alloc.name,
-                    o.wall_s,
-                    o.maxrss_kib as f64 / 1024.0,
-                    rps,
-                    o.status
-                );
-                if !o.status.is_ok() {
-                    eprintln!("    reproduce: {}\n    log: {}", o.repro, o.log.display());
-                }
+                o.progress((round + 1, rounds), w.name, threads, alloc.name);
                 if o.status == Status::Timeout {
                     timed_out[c][a] = true;
                 }
@@ -553,8 +587,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         }
     }
 
-    let res =
-        Results { workloads: wls, configs, allocs, runs, rounds: opts.rounds, quick: opts.quick };
+    let res = Results { workloads: wls, configs, allocs, runs, rounds, quick: opts.quick };
 
     // Charts.
     let mut chart_files: Vec<(&str, &str)> = Vec::new();

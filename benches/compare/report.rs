@@ -27,7 +27,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(mut v: Vec<f64>) -> Option<Spread> {
+    pub fn of(mut v: Vec<f64>) -> Option<Spread> {
         if v.is_empty() {
             return None;
         }
@@ -142,7 +142,7 @@ fn x(v: Option<f64>) -> String {
     }
 }
 
-fn spread(s: Option<Spread>, prec: usize) -> String {
+pub fn spread(s: Option<Spread>, prec: usize) -> String {
     match s {
         Some(s) => format!("{:.p$} [{:.p$}–{:.p$}]", s.med, s.min, s.max, p = prec),
         None => "–".into(),

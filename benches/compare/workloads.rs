@@ -212,6 +212,22 @@ pub struct Outcome {
     pub repro: String,
 }
 
+impl Outcome {
+    /// The progress line on stderr (and how to reproduce a failure).
+    pub fn progress(&self, (round, rounds): (usize, usize), name: &str, threads: u32, alloc: &str) {
+        let rps = self.rps.map(|r| format!(" {r:.0} req/s")).unwrap_or_default();
+        eprintln!(
+            "[{round}/{rounds}] {name:<12} t={threads} {alloc:<9} {:>8.3} s {:>8.1} MiB{rps} {}",
+            self.wall_s,
+            self.maxrss_kib as f64 / 1024.0,
+            self.status
+        );
+        if !self.status.is_ok() {
+            eprintln!("    reproduce: {}\n    log: {}", self.repro, self.log.display());
+        }
+    }
+}
+
 /// gcc -O2 -pthread every workload program into bin_dir (when stale).
 pub fn compile_c(root: &Path, bin_dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(bin_dir).map_err(|e| e.to_string())?;
@@ -313,9 +329,24 @@ pub fn synthetic_args(w: &Workload, threads: u32, amount: u64, quick: bool) -> V
 }
 
 fn run_synth(ctx: &Ctx, w: &Workload, threads: u32, alloc: &Allocator, log: PathBuf) -> Outcome {
+    run_synth_with(ctx, w, threads, w.amount(ctx.quick), alloc, &[], log)
+}
+
+/// One run of a C workload with `amount` of work and `extra_env` on top of
+/// the allocator's preload (the scaling mode's statistics file).
+pub fn run_synth_with(
+    ctx: &Ctx,
+    w: &Workload,
+    threads: u32,
+    amount: u64,
+    alloc: &Allocator,
+    extra_env: &[(String, String)],
+    log: PathBuf,
+) -> Outcome {
     let prog = ctx.bin_dir.join(w.name);
-    let args = synthetic_args(w, threads, w.amount(ctx.quick), ctx.quick);
-    let env = base_env(alloc, false);
+    let args = synthetic_args(w, threads, amount, ctx.quick);
+    let mut env = base_env(alloc, false);
+    env.extend_from_slice(extra_env);
     let repro = runner::render(&env, &prog, &args);
     let exit = runner::run(&mut command(&prog, &args, &env), &log, ctx.timeout);
     outcome(exit, None, log, repro)

@@ -193,6 +193,14 @@ static inline long arg_long(int argc, char **argv, int i, long dflt) {
     return dflt;
 }
 
+/* The workload's own count of malloc+free calls (calloc counts as a malloc), printed as the
+ * last line of stdout, "calls N": the harness divides brkmalloc's central lock acquisitions
+ * by it (benches/README.md, scaling mode). */
+static inline void print_calls(long long calls) {
+    printf("calls %lld\n", calls);
+    fflush(stdout);
+}
+
 static inline void xpthread_create(pthread_t *t, void *(*fn)(void *), void *arg) {
     int e = pthread_create(t, NULL, fn, arg);
     if (e) {

@@ -89,6 +89,7 @@ int main(int argc, char **argv) {
             }
             for (size_t i = 0; i < n; i++) drop_block(batch[i], MAXSZ);
         }
+        print_calls(2LL * ops); /* every message: one malloc, one free */
         return 0;
     }
     nprod = (threads + 1) / 2;
@@ -108,5 +109,7 @@ int main(int argc, char **argv) {
     for (long i = 0; i < threads; i++) pthread_join(t[i], NULL);
     free(t);
     free(queues);
+    /* every message: one malloc, one free; plus queues and t */
+    print_calls(2LL * per_producer * nprod + 4);
     return 0;
 }

@@ -49,6 +49,7 @@ int main(int argc, char **argv) {
     long handoff = arg_long(argc, argv, 4, 20000);
     baton_t **first = xmalloc(sizeof(baton_t *) * (size_t)threads);
     pthread_t *tid = xmalloc(sizeof(pthread_t) * (size_t)threads);
+    long long mallocs = 2; /* first, tid; every block allocated is freed: calls = 2 x mallocs */
     for (long t = 0; t < threads; t++) {
         baton_t *b = xmalloc(sizeof *b);
         b->slot = calloc((size_t)nslots, sizeof(void *));
@@ -57,6 +58,7 @@ int main(int argc, char **argv) {
         b->remaining = ops / threads;
         b->handoff = handoff;
         b->seed = 1000 + (uint64_t)t;
+        mallocs += 2 + b->remaining; /* baton, slot array, one block per operation */
         b->next = NULL;
         first[t] = b;
         xpthread_create(&tid[t], worker, b);
@@ -71,6 +73,7 @@ int main(int argc, char **argv) {
             baton_t *nb = b->next;
             if (!nb) break;
             cur = b->next_tid;
+            mallocs++; /* the next baton */
             free(b); /* allocated by a thread that has exited */
             b = nb;
         }
@@ -80,5 +83,6 @@ int main(int argc, char **argv) {
     }
     free(first);
     free(tid);
+    print_calls(2 * mallocs);
     return 0;
 }
