@@ -16,6 +16,60 @@ use crate::os::{MemorySource, Origin, PAGE, align_up};
 /// generation word and footer (`BlockPtr::purgeable`). Such runs carry a purge generation.
 pub(super) const PURGE_MIN: usize = 2 * PAGE + PURGE_GEN_END + 8;
 
+/// Most doublings of `dirty_slack` the return feedback reaches (4×: 256 MiB by default).
+pub(super) const MAX_RETURN_LEVEL: u32 = 2;
+
+/// What the free path gave back and what was taken again since (see the module docs).
+///
+/// # Invariants
+/// - `level <= MAX_RETURN_LEVEL`.
+/// - `returned` counts the bytes trimmed or purged by the free path since the level last rose
+///   (or the last idle pass); `reused` the bytes of heap growth and of purged runs allocated
+///   since `returned` last became non-zero (zero while `returned` is).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReturnFeedback {
+    returned: usize,
+    reused: usize,
+    level: u32,
+}
+
+impl ReturnFeedback {
+    /// No returns yet, level 0 (the plain dirty bound and glibc's trim on free).
+    pub(super) const fn new() -> Self {
+        Self { returned: 0, reused: 0, level: 0 }
+    }
+
+    /// The free path gave `n` bytes back. Earlier returns that nothing reused lower the level.
+    fn note_return(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.returned > 0 && self.reused * 8 < self.returned {
+            self.level = self.level.saturating_sub(1);
+        }
+        self.returned += n;
+    }
+
+    /// `n` bytes were taken again (heap growth, a purged run allocated). Once half of what was
+    /// given back is taken again, the level goes straight to the top: measured on the harness's
+    /// `large` workload, one step at a time still lets a pass purge most of the heap once.
+    fn note_reuse(&mut self, n: usize) {
+        if self.returned == 0 {
+            return;
+        }
+        self.reused += n;
+        if self.reused * 2 >= self.returned {
+            self.level = MAX_RETURN_LEVEL;
+            *self = Self { level: self.level, ..Self::new() };
+        }
+    }
+
+    /// An idle pass ran: the program paused, so the feedback starts over one level lower.
+    fn decay(&mut self) {
+        *self = Self { level: self.level.saturating_sub(1), ..Self::new() };
+    }
+}
+
 impl<S: MemorySource> CentralHeap<S> {
     /// Purges idle memory: every unpurged free run with a whole page inside that has not
     /// changed since the previous pass, and the free tops of the break, if anything was freed since the last pass. Returns whether
@@ -25,6 +79,7 @@ impl<S: MemorySource> CentralHeap<S> {
             return false;
         }
         let before = (self.stats.purged_bytes, self.stats.trimmed_bytes, self.stats.released_bytes);
+        self.returns.decay();
         self.purge_runs(true);
         for i in 0..self.nsegs {
             self.trim_segment(i, self.top_pad);
@@ -66,7 +121,33 @@ impl<S: MemorySource> CentralHeap<S> {
     /// free leaves such a block, so a program that frees a lot gets its RSS back without a
     /// syscall on every `free`.
     pub(super) fn purge_large_runs(&mut self) {
+        let before = self.stats.purged_bytes;
         self.purge_runs(false);
+        self.returns.note_return(self.stats.purged_bytes - before);
+    }
+
+    /// The free path left a free top of at least `trim_threshold` bytes in segment `si`:
+    /// trims it (glibc's `M_TRIM_THRESHOLD`), unless the return feedback says the heap takes
+    /// such memory back soon and the heap is not too dirty.
+    pub(super) fn trim_freed_top(&mut self, si: usize) {
+        if self.returns.level > 0 && !self.too_dirty() {
+            return;
+        }
+        let before = self.stats.trimmed_bytes + self.stats.released_bytes;
+        self.trim_segment(si, self.top_pad);
+        self.returns.note_return(self.stats.trimmed_bytes + self.stats.released_bytes - before);
+    }
+
+    /// The heap grew by `n` bytes, or is about to allocate the `PURGED` free block `b` of `n`
+    /// bytes: memory the free path gave back may be taken again (return feedback).
+    ///
+    /// # Safety
+    /// `b`, if given, is a free block of this heap (its header is valid).
+    pub(super) unsafe fn note_reuse(&mut self, b: Option<BlockPtr>, n: usize) {
+        // SAFETY: forwarded contract.
+        if b.is_none_or(|b| unsafe { b.flags() } & PURGED != 0) {
+            self.returns.note_reuse(n);
+        }
     }
 
     /// The purge pass. Runs that changed since the previous pass (generation `purge_gen`) are
@@ -124,13 +205,14 @@ impl<S: MemorySource> CentralHeap<S> {
     }
 
     /// Whether the dirty free memory (free, resident, not purged) exceeds what the heap keeps
-    /// for reuse: four times the bytes in use, plus `dirty_slack`. A heap that churns a working set
+    /// for reuse: four times the bytes in use, plus `dirty_slack` doubled per level of the
+    /// return feedback. A heap that churns a working set
     /// keeps its free memory (purging it would only turn into page faults when it is reused;
     /// the idle purge returns it once the program stops using it); one that freed most of
     /// itself returns it at once (jemalloc's old `lg_dirty_mult`, on free bytes).
     pub(super) fn too_dirty(&self) -> bool {
         let dirty = self.stats.free_bytes - self.stats.clean_bytes;
-        dirty > 4 * self.stats.used_bytes + self.dirty_slack
+        dirty > 4 * self.stats.used_bytes + (self.dirty_slack << self.returns.level)
     }
 
     /// Purges the whole pages inside `[lo, hi)`.

@@ -184,6 +184,42 @@ fn trim_returns_the_top_and_purge_the_middle() {
 }
 
 #[test]
+fn a_trim_taken_straight_back_stops_the_trims_until_an_idle_pass() {
+    let mut h = TestHeap::new(64 << 20);
+    let keep = h.alloc(64);
+    // Level 0: glibc's trim on free.
+    let a = h.alloc(4 << 20);
+    h.free(a);
+    let st = h.heap.stats();
+    assert!(st.trimmed_bytes >= 3 << 20, "the free top is trimmed: {st:?}");
+    // The heap grows straight back: the feedback keeps the top from now on.
+    let a = h.alloc(4 << 20);
+    h.free(a);
+    let kept = h.heap.stats();
+    assert_eq!(kept.trimmed_bytes, st.trimmed_bytes, "no trim after a regretted one: {kept:?}");
+    for i in 0..8 {
+        let a = h.alloc((4 << 20) - i * 4096);
+        fill(a, 4096, i as u64);
+        verify(a, 4096, i as u64);
+        h.free(a);
+    }
+    let st = h.heap.stats();
+    assert_eq!((st.grows, st.heap_bytes), (kept.grows, kept.heap_bytes), "top reused: {st:?}");
+    assert_eq!(st.trimmed_bytes, kept.trimmed_bytes);
+    // Each idle pass (after some frees) lowers the level by one; back at 0, free trims again.
+    for _ in 0..2 {
+        let a = h.alloc(64);
+        h.free(a);
+        h.heap.purge_idle();
+    }
+    let a = h.alloc(4 << 20);
+    let before = h.heap.stats().trimmed_bytes;
+    h.free(a);
+    assert!(h.heap.stats().trimmed_bytes >= before + (3 << 20), "{:?}", h.heap.stats());
+    h.free(keep);
+}
+
+#[test]
 fn malloc_trim_purges_every_free_page() {
     let mut h = TestHeap::new(16 << 20);
     let ps: Vec<_> = (0..64).map(|_| h.alloc(8000)).collect();
