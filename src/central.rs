@@ -379,7 +379,7 @@ impl<S: MemorySource> CentralHeap<S> {
         unsafe {
             let fsize = b.size();
             let fresh = b.flags() & FRESH != 0;
-            self.note_reuse(Some(b), fsize);
+            self.note_reuse(Some(b), size);
             self.split_and_use(b, size);
             if zero && fresh {
                 // B6: only the old links, and the old footer if no remainder was split off,
