@@ -11,7 +11,9 @@
 //! free path gave back is taken again (heap growth, allocations from purged runs or of at
 //! least `purge_threshold` bytes) before the next return, the level rises to
 //! `MAX_RETURN_LEVEL`: the dirty bound becomes `dirty_slack << level` and the top is trimmed
-//! on free only when the heap is too dirty. Returns that nothing takes again lower the level
+//! on free only when the heap is too dirty. A purge pass due while the heap allocated large
+//! blocks for half of what it freed since the last one (churn) raises the level first, so
+//! the first dip of a churning program costs no pass. Returns that nothing takes again lower the level
 //! one step, and so does every idle pass (the decay of `purge_delay_ms`), so a program that
 //! frees most of its heap for good still gets it back at once (`tests/c/trim.c`).
 
@@ -35,19 +37,23 @@ pub(super) const MAX_RETURN_LEVEL: u32 = 2;
 /// # Invariants
 /// - `level <= MAX_RETURN_LEVEL`.
 /// - `returned` counts the bytes trimmed or purged by the free path since the level last rose
-///   (or the last idle pass); `reused` the bytes of heap growth and of purged runs allocated
-///   since `returned` last became non-zero (zero while `returned` is).
+///   (or the last idle pass); `reused` the bytes of heap growth and of allocations that count
+///   as reuse (`CentralHeap::note_reuse`) since `returned` last became non-zero (zero while
+///   `returned` is).
+/// - `churn` counts the bytes of allocations of at least `purge_threshold` bytes since the last
+///   purge pass, never more than the heap's `freed_since_purge`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ReturnFeedback {
     returned: usize,
     reused: usize,
+    churn: usize,
     level: u32,
 }
 
 impl ReturnFeedback {
     /// No returns yet, level 0 (the plain dirty bound and glibc's trim on free).
     pub(super) const fn new() -> Self {
-        Self { returned: 0, reused: 0, level: 0 }
+        Self { returned: 0, reused: 0, churn: 0, level: 0 }
     }
 
     /// The free path gave `n` bytes back. Earlier returns that nothing reused lower the level.
@@ -131,7 +137,21 @@ impl<S: MemorySource> CentralHeap<S> {
     /// neither `PURGED` nor `FRESH` (C6). Runs once per `purge_interval` bytes freed, when a
     /// free leaves such a block, so a program that frees a lot gets its RSS back without a
     /// syscall on every `free`.
+    ///
+    /// A heap that allocated large blocks for at least half of what it freed since the last pass
+    /// is churning, not shrinking: the feedback goes to the top level first (the pass would be
+    /// regretted), and the pass runs only if the heap is too dirty even then.
     pub(super) fn purge_large_runs(&mut self) {
+        if self.returns.churn * 2 >= self.freed_since_purge && self.returns.level < MAX_RETURN_LEVEL
+        {
+            self.returns = ReturnFeedback { level: MAX_RETURN_LEVEL, ..ReturnFeedback::new() };
+            if !self.too_dirty() {
+                // The next idle pass must still come for these runs.
+                self.freed_since_purge = 0;
+                self.purge_pending = true;
+                return;
+            }
+        }
         let before = self.stats.purged_bytes;
         self.purge_runs(false);
         self.returns.note_return(self.stats.purged_bytes - before);
@@ -160,6 +180,9 @@ impl<S: MemorySource> CentralHeap<S> {
     pub(super) unsafe fn note_reuse(&mut self, b: Option<BlockPtr>, n: usize) {
         // SAFETY: forwarded contract.
         let purged = |b: BlockPtr| unsafe { b.flags() } & PURGED != 0;
+        if b.is_some() && n >= self.purge_threshold {
+            self.returns.churn = (self.returns.churn + n).min(self.freed_since_purge);
+        }
         if b.is_none_or(|b| n >= self.purge_threshold || purged(b)) {
             self.returns.note_reuse(n);
         }
@@ -170,6 +193,7 @@ impl<S: MemorySource> CentralHeap<S> {
     /// a `madvise` now for page faults then (jemalloc's decay, by passes).
     pub(super) fn purge_runs(&mut self, idle: bool) {
         self.freed_since_purge = 0;
+        self.returns.churn = 0;
         let current = self.purge_gen;
         if idle {
             self.purge_pending = false;

@@ -219,6 +219,41 @@ fn a_trim_taken_straight_back_stops_the_trims_until_an_idle_pass() {
     h.free(keep);
 }
 
+/// Eight 1 MiB blocks; `churn` replacement cycles (free one, allocate one); then seven of the
+/// eight freed at once, so the bytes in use dip. Returns the heap.
+fn dip_after_churn(churn: usize) -> TestHeap {
+    let mut h = TestHeap::new(32 << 20);
+    h.heap.dirty_slack = 2 << 20;
+    h.heap.purge_interval = 1 << 20;
+    let mut bs: Vec<_> = (0..8).map(|_| h.alloc(1 << 20)).collect();
+    // In use to the end: the freed runs are not the top.
+    h.alloc(64);
+    for i in 0..churn {
+        h.free(bs[i % 8]);
+        bs[i % 8] = h.alloc((1 << 20) - 4096 * (i % 3));
+        fill(bs[i % 8], 4096, i as u64);
+    }
+    for &b in &bs[1..] {
+        h.free(b);
+    }
+    h
+}
+
+#[test]
+fn a_dip_of_a_churning_heap_is_not_purged_and_an_idle_one_is() {
+    // Control: the same dip in a heap that only allocated, then freed, is purged at once.
+    let h = dip_after_churn(0);
+    assert!(h.heap.stats().purged_bytes >= 6 << 20, "{:?}", h.heap.stats());
+    // After eight replacements the dip is churn: kept for reuse.
+    let mut h = dip_after_churn(8);
+    assert_eq!(h.heap.stats().purged_bytes, 0, "{:?}", h.heap.stats());
+    // Until the heap stays idle: two idle passes (one to age the runs) return it.
+    h.heap.purge_idle();
+    h.heap.purge_idle();
+    assert!(h.heap.stats().purged_bytes >= 6 << 20, "{:?}", h.heap.stats());
+    h.check();
+}
+
 #[test]
 fn malloc_trim_purges_every_free_page() {
     let mut h = TestHeap::new(16 << 20);
