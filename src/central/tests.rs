@@ -186,6 +186,8 @@ fn trim_returns_the_top_and_purge_the_middle() {
 #[test]
 fn a_trim_taken_straight_back_stops_the_trims_until_an_idle_pass() {
     let mut h = TestHeap::new(64 << 20);
+    // Swings of 2 MiB and more count.
+    h.heap.dirty_slack = 16 << 20;
     let keep = h.alloc(64);
     // Level 0: glibc's trim on free.
     let a = h.alloc(4 << 20);
@@ -216,6 +218,20 @@ fn a_trim_taken_straight_back_stops_the_trims_until_an_idle_pass() {
     let before = h.heap.stats().trimmed_bytes;
     h.free(a);
     assert!(h.heap.stats().trimmed_bytes >= before + (3 << 20), "{:?}", h.heap.stats());
+    h.free(keep);
+}
+
+#[test]
+fn a_small_swing_taken_back_is_trimmed_again() {
+    let mut h = TestHeap::new(64 << 20);
+    let keep = h.alloc(64);
+    // 4 MiB is below dirty_slack / 8 (8 MiB): glibc's trim on free every time.
+    for _ in 0..3 {
+        let a = h.alloc(4 << 20);
+        let before = h.heap.stats().trimmed_bytes;
+        h.free(a);
+        assert!(h.heap.stats().trimmed_bytes >= before + (3 << 20), "{:?}", h.heap.stats());
+    }
     h.free(keep);
 }
 
