@@ -581,12 +581,13 @@ impl<E: Env> Front<E> {
                     return self.move_block(p, old_usable, n);
                 }
             }
-            // A larger heap block: kept as it is for a small shrink (no lock), else resized in
-            // place (one lock acquisition), else moved.
-            if block_size_for(n).is_some_and(|need| realloc_keeps(need, bs)) {
-                return Some(p);
-            }
-            let r = self.0.central().lock().resize_in_place(p, n);
+            // A larger heap block: validated and kept as it is for a small shrink, else resized
+            // in place (one lock acquisition either way), else moved.
+            let r = if block_size_for(n).is_some_and(|need| realloc_keeps(need, bs)) {
+                self.0.central().lock().usable_size(p).map(|_| true)
+            } else {
+                self.0.central().lock().resize_in_place(p, n)
+            };
             return match r {
                 Ok(true) => Some(p),
                 Ok(false) => self.move_block(p, old_usable, n),
