@@ -75,12 +75,19 @@ pub unsafe fn realloc(p: *mut c_void, n: usize) -> *mut c_void {
         unsafe { free(p) };
         return ptr::null_mut();
     }
-    let saved = errno();
+    // One `__errno_location` call for the save and the restore (it showed at 5 % of a
+    // realloc-heavy program's profile with two).
+    // SAFETY: `__errno_location` returns the calling thread's errno slot, valid as long as the
+    // thread lives.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *slot };
     // SAFETY: forwarded contract.
     let r = unsafe { FRONT.realloc(old, n) };
     match r {
         Some(p) => {
-            set_errno(saved);
+            // SAFETY: as above.
+            unsafe { *slot = saved };
             p.as_ptr().cast()
         }
         None => out_of_memory(),

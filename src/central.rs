@@ -19,7 +19,7 @@ mod tests;
 
 use bins::GROUPS;
 pub use bins::{NBINS, bin_index};
-use purge::PURGE_MIN;
+use purge::{PURGE_MIN, ReturnFeedback};
 
 use crate::block::{
     ALIGN, BlockPtr, FRESH, HEADER, INHERITED, MAPPED, MAX_BLOCK, MIN_BLOCK, PREV_USED, PURGED,
@@ -127,7 +127,8 @@ impl Segment {
 ///   them all.
 /// - C5: `stats` equals what a walk of the segments counts (checked by `check`).
 /// - C6: a purge pass runs when at least `purge_interval` bytes were freed since the last one
-///   and the dirty free memory exceeds four times the bytes in use plus `dirty_slack`; after it,
+///   and the dirty free memory exceeds four times the bytes in use plus `dirty_slack` (doubled
+///   per level of the return feedback, `central/purge.rs`); after it,
 ///   every free block of at least `purge_threshold` bytes is `PURGED` or `FRESH`: its whole
 ///   inner pages were purged or never touched, unless the source refused the purge (a
 ///   performance assumption: breaking it only costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
@@ -158,6 +159,8 @@ pub struct CentralHeap<S> {
     pub purge_interval: usize,
     /// Dirty free memory kept beyond four times the bytes in use before a pass purges.
     pub dirty_slack: usize,
+    /// Hysteresis of the free path's trims and purges (`central/purge.rs`).
+    returns: ReturnFeedback,
 }
 
 // SAFETY: the raw pointers all point into memory owned by this heap (C4); moving the heap to
@@ -196,6 +199,7 @@ impl<S: MemorySource> CentralHeap<S> {
             purge_threshold: DEFAULT_PURGE_THRESHOLD,
             purge_interval: DEFAULT_PURGE_INTERVAL,
             dirty_slack: DEFAULT_DIRTY_SLACK,
+            returns: ReturnFeedback::new(),
         }
     }
 
@@ -252,6 +256,8 @@ impl<S: MemorySource> CentralHeap<S> {
         let Some(g) = self.source.grow(want) else { return false };
         self.stats.grows += 1;
         self.stats.heap_bytes += g.len;
+        // SAFETY: no block given.
+        unsafe { self.note_reuse(None, g.len) };
         let base = g.base.as_ptr();
         if g.origin == Origin::Brk {
             if let Some(i) = self.segs[..self.nsegs]
@@ -375,6 +381,7 @@ impl<S: MemorySource> CentralHeap<S> {
         unsafe {
             let fsize = b.size();
             let fresh = b.flags() & FRESH != 0;
+            self.note_reuse(Some(b), size);
             self.split_and_use(b, size);
             if zero && fresh {
                 // B6: only the old links, and the old footer if no remainder was split off,
@@ -634,7 +641,7 @@ impl<S: MemorySource> CentralHeap<S> {
                 self.purge_large_runs();
             }
             if after.size() == 0 && size >= self.trim_threshold {
-                self.trim_segment(si, self.top_pad);
+                self.trim_freed_top(si);
             }
         }
         Ok(())

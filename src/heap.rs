@@ -23,7 +23,10 @@ use crate::central::{CentralHeap, HeapError};
 use crate::diag::{self, Misuse};
 use crate::os::MemorySource;
 use crate::quarantine::{self, Quarantine};
-use crate::size_class::{MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_request};
+use crate::size_class::{
+    MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_request, realloc_keeps,
+    realloc_move_size,
+};
 use crate::stats::{self, Counter};
 use crate::sync::Mutex;
 use crate::thread_cache::{State, ThreadCache};
@@ -591,10 +594,10 @@ impl<E: Env> Front<E> {
                     self.0.misuse("realloc", Misuse::DoubleFree, p);
                     return None;
                 }
-                // Same size class: nothing to do, no lock taken.
+                // Same size class, or a shrink by less than a quarter: nothing to do, no lock.
                 if let Some(need) = block_size_for(n)
                     && need <= bs
-                    && class_for_alloc(need) == Some(have)
+                    && (class_for_alloc(need) == Some(have) || realloc_keeps(need, bs))
                 {
                     return Some(p);
                 }
@@ -604,8 +607,13 @@ impl<E: Env> Front<E> {
                     return self.move_block(p, old_usable, n);
                 }
             }
-            // A larger heap block: try in place (one lock acquisition), else move.
-            let r = self.0.central().lock().resize_in_place(p, n);
+            // A larger heap block: validated and kept as it is for a small shrink, else resized
+            // in place (one lock acquisition either way), else moved.
+            let r = if block_size_for(n).is_some_and(|need| realloc_keeps(need, bs)) {
+                self.0.central().lock().usable_size(p).map(|_| true)
+            } else {
+                self.0.central().lock().resize_in_place(p, n)
+            };
             return match r {
                 Ok(true) => Some(p),
                 Ok(false) => self.move_block(p, old_usable, n),
@@ -649,10 +657,14 @@ impl<E: Env> Front<E> {
         self.0.cache().is_some_and(|tc| unsafe { (*tc).contains(u, c) })
     }
 
-    /// realloc by moving: a new block of `n` bytes, the contents copied, the old block freed.
-    /// `None` (memory exhausted) leaves `p` untouched.
+    /// realloc by moving: a new block of at least `n` bytes (with headroom for small growth,
+    /// `realloc_move_size`, unless that would cross the mmap threshold), the contents copied,
+    /// the old block freed. `None` (memory exhausted) leaves `p` untouched.
     fn move_block(&self, p: NonNull<u8>, old_usable: usize, n: usize) -> Option<NonNull<u8>> {
-        let new = self.alloc(n)?;
+        let want = realloc_move_size(old_usable, n);
+        let want =
+            if want >= self.0.mmap_threshold() && n < self.0.mmap_threshold() { n } else { want };
+        let new = self.alloc(want).or_else(|| self.alloc(n))?;
         // SAFETY: distinct live blocks; the old one has `old_usable` bytes, the new one >= n.
         unsafe { ptr::copy_nonoverlapping(p.as_ptr(), new.as_ptr(), old_usable.min(n)) };
         // SAFETY: `p` is a live block of ours (the caller's contract), given up here.

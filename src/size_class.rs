@@ -109,6 +109,28 @@ pub fn class_code(block_size: usize) -> usize {
     class_for_free(block_size).unwrap_or(NO_CLASS)
 }
 
+/// Most bytes of headroom a moving realloc adds (see [`realloc_move_size`]).
+pub const REALLOC_HEADROOM_MAX: usize = 128 << 10;
+
+/// How many bytes a realloc that must move a block of `old_usable` bytes asks for, to hold
+/// `n`: growth by less than a quarter gets a quarter (at most [`REALLOC_HEADROOM_MAX`]), so a
+/// buffer grown a few bytes at a time moves (and copies) once per 25 % of growth, not once
+/// per class (16 bytes apart up to 512 B) or on every call (above the classes, where the
+/// neighbour is rarely free). Shrinking, and growth by more, get `n`.
+#[inline]
+pub fn realloc_move_size(old_usable: usize, n: usize) -> usize {
+    let headroom = (old_usable / 4).min(REALLOC_HEADROOM_MAX);
+    if n > old_usable && n < old_usable + headroom { old_usable + headroom } else { n }
+}
+
+/// Whether a realloc to a block size of `need` bytes keeps a block of `block_size` bytes as it
+/// is: it fits, and shrinking would give back less than a quarter (the headroom of
+/// [`realloc_move_size`], which would otherwise go on the next call).
+#[inline]
+pub fn realloc_keeps(need: usize, block_size: usize) -> bool {
+    need <= block_size && need >= block_size - block_size / 4
+}
+
 /// The block size of class `c`.
 #[inline(always)]
 pub fn class_size(c: usize) -> usize {
@@ -163,6 +185,20 @@ mod tests {
             assert!(w[0] < w[1]);
             assert_eq!(w[1] % ALIGN as u32, 0);
         }
+    }
+
+    #[test]
+    fn a_moving_realloc_grows_by_a_quarter() {
+        assert_eq!(realloc_move_size(400, 401), 500);
+        assert_eq!(realloc_move_size(400, 499), 500);
+        assert_eq!(realloc_move_size(400, 500), 500);
+        assert_eq!(realloc_move_size(400, 900), 900, "growth by more: as asked");
+        assert_eq!(realloc_move_size(400, 100), 100, "shrink: as asked");
+        assert_eq!(realloc_move_size(400, 400), 400);
+        let big = 4 * REALLOC_HEADROOM_MAX;
+        assert_eq!(realloc_move_size(big * 2, big * 2 + 1), big * 2 + REALLOC_HEADROOM_MAX);
+        assert!(realloc_keeps(400, 400) && realloc_keeps(300, 400));
+        assert!(!realloc_keeps(299, 400) && !realloc_keeps(401, 400));
     }
 
     /// Every request size up to the limit maps to the smallest class that fits, with at most

@@ -214,6 +214,9 @@ misuse_tests! {
         "realloc-after-free-flushed", "realloc", "double free detected";
     realloc_of_a_freed_large_block:
         "realloc-after-free-large", "realloc", "invalid pointer or double free";
+    /// A small shrink, which realloc keeps in place, of a freed block is still detected.
+    realloc_of_a_freed_merged_block_kept_in_place:
+        "realloc-after-free-merged", "realloc", "corrupted boundary tags (heap overflow?)";
 }
 
 // ---- malloc_usable_size of a foreign pointer ------------------------------------------------
@@ -255,6 +258,7 @@ const MODES: &[&str] = &[
     "realloc-after-free-inplace",
     "realloc-after-free-flushed",
     "realloc-after-free-large",
+    "realloc-after-free-merged",
     "usable-size-static",
     "usable-size-stack",
     "usable-size-mmap-page",

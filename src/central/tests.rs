@@ -186,6 +186,93 @@ fn trim_returns_the_top_and_purge_the_middle() {
 }
 
 #[test]
+fn a_trim_taken_straight_back_stops_the_trims_until_an_idle_pass() {
+    let mut h = TestHeap::new(64 << 20);
+    // Swings of 2 MiB and more count.
+    h.heap.dirty_slack = 16 << 20;
+    let keep = h.alloc(64);
+    // Level 0: glibc's trim on free.
+    let a = h.alloc(4 << 20);
+    h.free(a);
+    let st = h.heap.stats();
+    assert!(st.trimmed_bytes >= 3 << 20, "the free top is trimmed: {st:?}");
+    // The heap grows straight back: the feedback keeps the top from now on.
+    let a = h.alloc(4 << 20);
+    h.free(a);
+    let kept = h.heap.stats();
+    assert_eq!(kept.trimmed_bytes, st.trimmed_bytes, "no trim after a regretted one: {kept:?}");
+    for i in 0..8 {
+        let a = h.alloc((4 << 20) - i * 4096);
+        fill(a, 4096, i as u64);
+        verify(a, 4096, i as u64);
+        h.free(a);
+    }
+    let st = h.heap.stats();
+    assert_eq!((st.grows, st.heap_bytes), (kept.grows, kept.heap_bytes), "top reused: {st:?}");
+    assert_eq!(st.trimmed_bytes, kept.trimmed_bytes);
+    // Each idle pass (after some frees) lowers the level by one; back at 0, free trims again.
+    for _ in 0..2 {
+        let a = h.alloc(64);
+        h.free(a);
+        h.heap.purge_idle();
+    }
+    let a = h.alloc(4 << 20);
+    let before = h.heap.stats().trimmed_bytes;
+    h.free(a);
+    assert!(h.heap.stats().trimmed_bytes >= before + (3 << 20), "{:?}", h.heap.stats());
+    h.free(keep);
+}
+
+#[test]
+fn a_small_swing_taken_back_is_trimmed_again() {
+    let mut h = TestHeap::new(64 << 20);
+    let keep = h.alloc(64);
+    // 4 MiB is below dirty_slack / 8 (8 MiB): glibc's trim on free every time.
+    for _ in 0..3 {
+        let a = h.alloc(4 << 20);
+        let before = h.heap.stats().trimmed_bytes;
+        h.free(a);
+        assert!(h.heap.stats().trimmed_bytes >= before + (3 << 20), "{:?}", h.heap.stats());
+    }
+    h.free(keep);
+}
+
+/// Eight 1 MiB blocks; `churn` replacement cycles (free one, allocate one); then seven of the
+/// eight freed at once, so the bytes in use dip. Returns the heap.
+fn dip_after_churn(churn: usize) -> TestHeap {
+    let mut h = TestHeap::new(32 << 20);
+    h.heap.dirty_slack = 2 << 20;
+    h.heap.purge_interval = 1 << 20;
+    let mut bs: Vec<_> = (0..8).map(|_| h.alloc(1 << 20)).collect();
+    // In use to the end: the freed runs are not the top.
+    h.alloc(64);
+    for i in 0..churn {
+        h.free(bs[i % 8]);
+        bs[i % 8] = h.alloc((1 << 20) - 4096 * (i % 3));
+        fill(bs[i % 8], 4096, i as u64);
+    }
+    for &b in &bs[1..] {
+        h.free(b);
+    }
+    h
+}
+
+#[test]
+fn a_dip_of_a_churning_heap_is_not_purged_and_an_idle_one_is() {
+    // Control: the same dip in a heap that only allocated, then freed, is purged at once.
+    let h = dip_after_churn(0);
+    assert!(h.heap.stats().purged_bytes >= 6 << 20, "{:?}", h.heap.stats());
+    // After eight replacements the dip is churn: kept for reuse.
+    let mut h = dip_after_churn(8);
+    assert_eq!(h.heap.stats().purged_bytes, 0, "{:?}", h.heap.stats());
+    // Until the heap stays idle: two idle passes (one to age the runs) return it.
+    h.heap.purge_idle();
+    h.heap.purge_idle();
+    assert!(h.heap.stats().purged_bytes >= 6 << 20, "{:?}", h.heap.stats());
+    h.check();
+}
+
+#[test]
 fn malloc_trim_purges_every_free_page() {
     let mut h = TestHeap::new(16 << 20);
     let ps: Vec<_> = (0..64).map(|_| h.alloc(8000)).collect();

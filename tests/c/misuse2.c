@@ -35,6 +35,9 @@
  *                             then realloc(p, 40000), then malloc(16000)
  *   realloc-after-free-flushed free(p); malloc_trim(0); realloc(p, 100)
  *   realloc-after-free-large  free(p), then realloc(p, 2 MiB) of a 1 MiB block
+ *   realloc-after-free-merged free(a), free(p) of two 40000-byte neighbours (p merges into a,
+ *                             its header word left behind), then realloc(p, 36000): a shrink
+ *                             that realloc keeps in place (it must still be detected)
  *   usable-size-static        malloc_usable_size() of a pointer into a static array
  *   usable-size-stack         malloc_usable_size() of a stack address
  *   usable-size-mmap-page     malloc_usable_size() of a page-aligned foreign pointer
@@ -277,6 +280,16 @@ int main(int argc, char **argv) {
         x_free(p);
         step("freed p");
         printf("step: realloc returned %p (p = %p)\n", x_realloc(p, 2 << 20), (void *)p);
+    } else if (strcmp(m, "realloc-after-free-merged") == 0) {
+        char *a = x_malloc(40000);
+        char *p = x_malloc(40000);
+        keep[0] = x_malloc(40000); /* p is not the top */
+        memset(a, 1, 40000);
+        memset(p, 1, 40000);
+        x_free(a);
+        x_free(p);
+        step("freed a and p");
+        printf("step: realloc returned %p (p = %p)\n", x_realloc(p, 36000), (void *)p);
     } else if (strcmp(m, "usable-size-static") == 0) {
         printf("step: usable size %zu\n", x_usable(static_area + 32));
     } else if (strcmp(m, "usable-size-stack") == 0) {
