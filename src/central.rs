@@ -167,6 +167,9 @@ pub struct CentralHeap<S> {
 // another thread moves that ownership. Shared access goes through a Mutex (`&mut self` only).
 unsafe impl<S: Send> Send for CentralHeap<S> {}
 
+/// Free runs a batch refill may carve from (`CentralHeap::alloc_batch`).
+pub const BATCH_RUNS: usize = 8;
+
 impl<S: MemorySource> CentralHeap<S> {
     /// An empty heap over `source`; no memory is taken until the first allocation.
     pub const fn new(source: S) -> Self {
@@ -433,10 +436,13 @@ impl<S: MemorySource> CentralHeap<S> {
         }
     }
 
-    /// Carves up to `max` blocks of exactly `size` bytes from one free run, for a thread cache.
-    /// Each is an in-use block as far as the heap knows; `link(block, next)` writes the cache's
-    /// list link into each, lowest address first, so the returned head is the lowest block.
-    /// Returns the first payload and the count; `(null, 0)` when out of memory. The last block
+    /// Carves up to `max` blocks of exactly `size` bytes, for a thread cache: from one free run
+    /// that holds them all if there is one, else from up to [`BATCH_RUNS`] smaller runs (a
+    /// fragmented heap still fills a whole batch under one lock acquisition), growing the heap
+    /// only when no run holds even one block. Each is an in-use block as far as the heap knows;
+    /// `link(block, next)` writes the cache's list link into each, lowest address first within
+    /// a run, so the returned head is the lowest block of the last run carved. Returns the
+    /// first payload and the count; `(null, 0)` when out of memory. The last block of a run
     /// absorbs a remainder too small to be a block.
     pub fn alloc_batch(
         &mut self,
@@ -445,19 +451,45 @@ impl<S: MemorySource> CentralHeap<S> {
         mut link: impl FnMut(NonNull<u8>, *mut u8),
     ) -> (*mut u8, usize) {
         debug_assert!(size >= MIN_BLOCK && size % ALIGN == 0 && max >= 1);
-        let want = size.saturating_mul(max);
-        let f = match self.take_free(want).or_else(|| self.take_free(size)) {
-            Some(f) => f,
-            None => {
-                if !self.grow_for(want) && !self.grow_for(size) {
-                    return (core::ptr::null_mut(), 0);
+        let (mut head, mut n) = (core::ptr::null_mut(), 0);
+        for _ in 0..BATCH_RUNS {
+            let want = size.saturating_mul(max - n);
+            let f = match self.take_free(want).or_else(|| self.take_free(size)) {
+                Some(f) => f,
+                None if n > 0 => break,
+                None => {
+                    if !self.grow_for(want) && !self.grow_for(size) {
+                        return (core::ptr::null_mut(), 0);
+                    }
+                    match self.take_free(want).or_else(|| self.take_free(size)) {
+                        Some(f) => f,
+                        None => return (core::ptr::null_mut(), 0),
+                    }
                 }
-                match self.take_free(want).or_else(|| self.take_free(size)) {
-                    Some(f) => f,
-                    None => return (core::ptr::null_mut(), 0),
-                }
+            };
+            // SAFETY: `take_free` claimed `f`, a free block of at least `size` bytes.
+            let k = unsafe { self.carve_run(f, size, max - n, &mut head, &mut link) };
+            n += k;
+            if n == max {
+                break;
             }
-        };
+        }
+        (head, n)
+    }
+
+    /// Carves up to `max` blocks of `size` bytes from the claimed free block `f`, linking them
+    /// in front of the list `*head`; returns how many.
+    ///
+    /// # Safety
+    /// `f` is a free block of at least `size` bytes just taken out of its bin.
+    unsafe fn carve_run(
+        &mut self,
+        f: BlockPtr,
+        size: usize,
+        max: usize,
+        head: &mut *mut u8,
+        link: &mut impl FnMut(NonNull<u8>, *mut u8),
+    ) -> usize {
         // SAFETY: `f` is a claimed free block of at least `size` bytes; every carved block lies
         // inside it, and the remainder (if split) too.
         unsafe {
@@ -475,7 +507,7 @@ impl<S: MemorySource> CentralHeap<S> {
                 let n = f.offset(fs);
                 n.set_flags(n.flags() | PREV_USED);
             }
-            let mut next: *mut u8 = core::ptr::null_mut();
+            let mut next = *head;
             for i in (0..k).rev() {
                 let b = f.offset(i * size);
                 let bsize = if i == k - 1 && !split { size + rem } else { size };
@@ -484,9 +516,10 @@ impl<S: MemorySource> CentralHeap<S> {
                 link(b.to_user(), next);
                 next = b.to_user().as_ptr();
             }
+            *head = next;
             self.stats.used_bytes += if split { k * size } else { fs };
             self.stats.used_blocks += k;
-            (next, k)
+            k
         }
     }
 

@@ -11,8 +11,8 @@
 //! # Bounds and idle return
 //!
 //! Each class holds at most [`SLOTS`] batches and [`CLASS_BYTES`] bytes of blocks (so the
-//! whole layer at most `NCLASSES * CLASS_BYTES`, 13.75 MiB, and in practice the few classes a
-//! program moves between threads). Batches that stay unused go back to the central heap (to
+//! whole layer at most `NCLASSES * CLASS_BYTES`, 27.5 MiB, and in practice the few classes a
+//! program moves between threads), and a draining class at most [`DRAINING_SLOTS`]. Batches that stay unused go back to the central heap (to
 //! merge and be purged): each idle pass ([`Transfer::release_idle`], from the idle purge every
 //! `purge_delay_ms` and from the background purge thread) returns the batches that were never
 //! taken since the previous pass, the class's low-water mark (jemalloc's and tcmalloc's
@@ -41,9 +41,9 @@ use crate::stats::{self, Counter};
 use crate::sync::{Mutex, RawLock};
 
 /// Batches one class can hold.
-pub const SLOTS: usize = 32;
+pub const SLOTS: usize = 64;
 /// Bytes of blocks one class can hold.
-pub const CLASS_BYTES: usize = 256 << 10;
+pub const CLASS_BYTES: usize = 512 << 10;
 /// Classes the layer serves: all of them; under loom the first four, so that the fork model's
 /// handlers take four class locks rather than 55 (the classes above go to the central heap,
 /// as a full class does).
@@ -56,16 +56,47 @@ pub const LAYER_CLASSES: usize = if cfg!(loom) { 4 } else { NCLASSES };
 ///   the layer; `blocks` is the sum of their counts and `blocks * class_size <= CLASS_BYTES`.
 /// - TR2: `low_water <= len`: no more than `low_water` of the oldest batches (the bottom of the
 ///   stack) were there at the previous idle pass and have not been taken since.
+/// - TR4: while `draining`, `len <= DRAINING_SLOTS`.
 #[derive(Debug)]
 struct Slots {
     batches: [Batch; SLOTS],
     len: u32,
     blocks: u32,
     low_water: u32,
+    /// Batches offered since the last take.
+    puts_since_take: u32,
+    /// The class overflowed after [`DRAIN_PUTS`] batches came in and none went out: a
+    /// program freeing what it no longer needs, so it holds at most [`DRAINING_SLOTS`] until
+    /// the next take.
+    draining: bool,
+}
+
+/// Batches a draining class holds (TR4).
+pub const DRAINING_SLOTS: usize = 2;
+/// Batches offered without a take before a full class counts as draining: twice what it
+/// holds, far more than a consumer thread hands over while the producers wait for a CPU.
+pub const DRAIN_PUTS: u32 = 2 * SLOTS as u32;
+
+/// A put the layer refused (the class is full): the batch, and the batches the class gave up
+/// as it started draining (`evicted[..n]`); the caller returns them all to the central heap.
+pub struct Refused {
+    /// The batch that did not fit.
+    pub batch: Batch,
+    /// Batches the class gave up.
+    pub evicted: [Batch; SLOTS],
+    /// How many of `evicted` are valid.
+    pub n: usize,
 }
 
 impl Slots {
-    const EMPTY: Self = Self { batches: [Batch::EMPTY; SLOTS], len: 0, blocks: 0, low_water: 0 };
+    const EMPTY: Self = Self {
+        batches: [Batch::EMPTY; SLOTS],
+        len: 0,
+        blocks: 0,
+        low_water: 0,
+        puts_since_take: 0,
+        draining: false,
+    };
 
     /// Removes the `n` oldest batches, shifting the rest down.
     fn remove_oldest(&mut self, n: usize, mut f: impl FnMut(Batch)) {
@@ -119,17 +150,33 @@ impl Transfer {
         Self { classes: core::array::from_fn(|_| CachePadded::new(Mutex::new(Slots::EMPTY))) }
     }
 
-    /// Hands `batch` of class `c` to the layer; `Err(batch)` when the class is full (or not
-    /// served): the caller returns it to the central heap.
-    pub fn put(&self, c: usize, batch: Batch) -> Result<(), Batch> {
+    /// Hands `batch` of class `c` to the layer; `Err` when the class is full (or not served):
+    /// the caller returns the refused batch to the central heap. A class that is full after
+    /// [`DRAIN_PUTS`] batches came in and none was taken is draining (the program frees what it
+    /// no longer needs): it gives up its batches too, and holds at most [`DRAINING_SLOTS`]
+    /// until one is taken, so that freed memory is not held away from the central heap's
+    /// merges and returns.
+    pub fn put(&self, c: usize, batch: Batch) -> Result<(), Refused> {
         debug_assert!(batch.count > 0);
-        let Some(slots) = self.classes.get(c) else { return Err(batch) };
+        let mut refused = Refused { batch, evicted: [Batch::EMPTY; SLOTS], n: 0 };
+        let Some(slots) = self.classes.get(c) else { return Err(refused) };
         let mut s = slots.lock();
+        s.puts_since_take = s.puts_since_take.saturating_add(1);
         let blocks = s.blocks + batch.count;
-        if s.len as usize == SLOTS || blocks as usize * class_size(c) > CLASS_BYTES {
+        let limit = if s.draining { DRAINING_SLOTS } else { SLOTS };
+        if s.len as usize >= limit || blocks as usize * class_size(c) > CLASS_BYTES {
+            if s.puts_since_take >= DRAIN_PUTS && !s.draining {
+                s.draining = true;
+                let n = s.len as usize;
+                s.remove_oldest(n, |b| {
+                    refused.evicted[refused.n] = b;
+                    refused.n += 1;
+                });
+            }
             drop(s);
             stats::add(c, Counter::LayerOverflows, 1);
-            return Err(batch);
+            stats::add(c, Counter::LayerReleased, refused.n);
+            return Err(refused);
         }
         let len = s.len as usize;
         s.batches[len] = batch;
@@ -161,6 +208,8 @@ impl Transfer {
             s.blocks -= b.count;
             s.low_water = s.low_water.min(top);
         }
+        s.puts_since_take = 0;
+        s.draining = false;
         drop(s);
         stats::add(c, Counter::LayerHits, 1);
         Some(b)
@@ -306,6 +355,9 @@ fn check_class<S: MemorySource>(
     if blocks != s.blocks || blocks as usize * class_size(c) > CLASS_BYTES || s.low_water > s.len {
         return Err(HeapError { what: "TR1/TR2: a class's counts disagree", addr: c });
     }
+    if s.draining && s.len as usize > DRAINING_SLOTS {
+        return Err(HeapError { what: "TR4: a draining class holds too many batches", addr: c });
+    }
     Ok(())
 }
 
@@ -343,10 +395,10 @@ impl<S: MemorySource> Backend<S> {
         if batch.count == 0 {
             return Ok(());
         }
-        match self.layer.put(c, batch) {
-            Ok(()) => Ok(()),
-            Err(b) => b.free_to(&mut self.central.lock()),
-        }
+        let Err(r) = self.layer.put(c, batch) else { return Ok(()) };
+        let mut heap = self.central.lock();
+        r.batch.free_to(&mut heap)?;
+        r.evicted[..r.n].iter().try_for_each(|b| b.free_to(&mut heap))
     }
 
     /// The fork handlers' `prepare` part: takes the central lock, then every class lock of the

@@ -96,6 +96,7 @@ struct Hits {
     pops: usize,
     refills: usize,
     layer_refills: usize,
+    layer_evictions: usize,
     full_flushes: usize,
     collected_blocks: usize,
     cross_frees: usize,
@@ -158,7 +159,14 @@ impl World {
         if now == before + 1 {
             self.layer[c].push(gone);
         } else {
-            assert_eq!(now, before, "class {c}: the layer's batches changed by more than one");
+            if now != before {
+                // The class started draining: it gave up every batch it held.
+                assert_eq!(now, 0, "class {c}: the layer's batches went from {before} to {now}");
+                for b in std::mem::take(&mut self.layer[c]).into_iter().flatten() {
+                    self.release(b.p);
+                }
+                self.hits.layer_evictions += 1;
+            }
             for b in gone {
                 self.release(b.p);
             }
@@ -327,28 +335,29 @@ impl World {
             }
             return Some(p);
         }
-        // A refill from the central heap: a batch carved from one free run, linked in address
-        // order.
+        // A refill from the central heap: a batch carved from one or more free runs, each run's
+        // blocks adjacent and linked in address order; every block of the class's size (the
+        // last of a run may absorb a remainder under 32 bytes).
         let size = class_size(c);
         let k = self.caches[i].count(c);
         assert!(k < max_count(c, self.limits[i]) as usize, "refill overfilled class {c}");
-        let pu = self.usable(p.addr().get());
-        assert!(pu + HEADER >= size);
-        if k > 0 {
-            assert_eq!(pu + HEADER, size, "first block of a batch is exactly the class size");
-        }
-        self.claim(p.addr().get(), pu);
+        let mut blocks = vec![p.addr().get()];
+        self.caches[i]
+            .for_each_cached(c, |u| blocks.push(u.addr()))
+            .expect("a refilled list does not decode");
+        assert_eq!(blocks.len(), k + 1, "refill: list length and count disagree");
         let mut batch = Vec::with_capacity(k);
-        for j in 1..=k {
-            let q = p.addr().get() + j * size;
+        for (j, &q) in blocks.iter().enumerate() {
             let u = self.usable(q);
-            if j < k {
-                assert_eq!(u + HEADER, size, "refill block {j} of {k} at {q:#x}: size");
-            } else {
-                assert!(u + HEADER >= size && u + HEADER < size + 32, "last refill block size");
+            assert!(u + HEADER >= size && u + HEADER < size + 32, "refill block {j} size");
+            let next_adjacent = blocks.get(j + 1).is_some_and(|&r| r == q + size);
+            if u + HEADER > size {
+                assert!(!next_adjacent, "a block that absorbed a remainder is not the run's last");
             }
             self.claim(q, u);
-            batch.push(Cached { p: q, content: None });
+            if j > 0 {
+                batch.push(Cached { p: q, content: None });
+            }
         }
         batch.reverse();
         self.model[i][c] = batch;
