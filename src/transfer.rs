@@ -77,15 +77,26 @@ pub const DRAINING_SLOTS: usize = 2;
 /// holds, far more than a consumer thread hands over while the producers wait for a CPU.
 pub const DRAIN_PUTS: u32 = 2 * SLOTS as u32;
 
-/// A put the layer refused (the class is full): the batch, and the batches the class gave up
-/// as it started draining (`evicted[..n]`); the caller returns them all to the central heap.
-pub struct Refused {
-    /// The batch that did not fit.
-    pub batch: Batch,
-    /// Batches the class gave up.
-    pub evicted: [Batch; SLOTS],
-    /// How many of `evicted` are valid.
+/// The batches a class gave up as it started draining (`batches[..n]`), which the caller of
+/// [`Transfer::put`] returns to the central heap.
+pub struct Evicted {
+    /// The batches.
+    pub batches: [Batch; SLOTS],
+    /// How many are valid.
     pub n: usize,
+}
+
+impl Evicted {
+    /// None yet.
+    pub const fn new() -> Self {
+        Self { batches: [Batch::EMPTY; SLOTS], n: 0 }
+    }
+}
+
+impl Default for Evicted {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Slots {
@@ -150,16 +161,16 @@ impl Transfer {
         Self { classes: core::array::from_fn(|_| CachePadded::new(Mutex::new(Slots::EMPTY))) }
     }
 
-    /// Hands `batch` of class `c` to the layer; `Err` when the class is full (or not served):
-    /// the caller returns the refused batch to the central heap. A class that is full after
+    /// Hands `batch` of class `c` to the layer; `Err(batch)` when the class is full (or not
+    /// served): the caller returns the refused batch, and any batches put in `evicted`, to the
+    /// central heap. A class that is full after
     /// [`DRAIN_PUTS`] batches came in and none was taken is draining (the program frees what it
     /// no longer needs): it gives up its batches too, and holds at most [`DRAINING_SLOTS`]
     /// until one is taken, so that freed memory is not held away from the central heap's
     /// merges and returns.
-    pub fn put(&self, c: usize, batch: Batch) -> Result<(), Refused> {
+    pub fn put(&self, c: usize, batch: Batch, evicted: &mut Evicted) -> Result<(), Batch> {
         debug_assert!(batch.count > 0);
-        let mut refused = Refused { batch, evicted: [Batch::EMPTY; SLOTS], n: 0 };
-        let Some(slots) = self.classes.get(c) else { return Err(refused) };
+        let Some(slots) = self.classes.get(c) else { return Err(batch) };
         let mut s = slots.lock();
         s.puts_since_take = s.puts_since_take.saturating_add(1);
         let blocks = s.blocks + batch.count;
@@ -169,14 +180,14 @@ impl Transfer {
                 s.draining = true;
                 let n = s.len as usize;
                 s.remove_oldest(n, |b| {
-                    refused.evicted[refused.n] = b;
-                    refused.n += 1;
+                    evicted.batches[evicted.n] = b;
+                    evicted.n += 1;
                 });
             }
             drop(s);
             stats::add(c, Counter::LayerOverflows, 1);
-            stats::add(c, Counter::LayerReleased, refused.n);
-            return Err(refused);
+            stats::add(c, Counter::LayerReleased, evicted.n);
+            return Err(batch);
         }
         let len = s.len as usize;
         s.batches[len] = batch;
@@ -395,10 +406,11 @@ impl<S: MemorySource> Backend<S> {
         if batch.count == 0 {
             return Ok(());
         }
-        let Err(r) = self.layer.put(c, batch) else { return Ok(()) };
+        let mut evicted = Evicted::new();
+        let Err(b) = self.layer.put(c, batch, &mut evicted) else { return Ok(()) };
         let mut heap = self.central.lock();
-        r.batch.free_to(&mut heap)?;
-        r.evicted[..r.n].iter().try_for_each(|b| b.free_to(&mut heap))
+        b.free_to(&mut heap)?;
+        evicted.batches[..evicted.n].iter().try_for_each(|b| b.free_to(&mut heap))
     }
 
     /// The fork handlers' `prepare` part: takes the central lock, then every class lock of the
