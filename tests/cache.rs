@@ -257,7 +257,7 @@ impl World {
             if let Some((seed, n)) = b.content {
                 verify(p, CACHE_WORDS, n, seed, "content of a cached block");
             }
-            if self.caches[i].gc_due() {
+            if self.caches[i].event_due() {
                 self.collect(i);
             }
             return Some(p);
@@ -289,7 +289,7 @@ impl World {
         }
         batch.reverse();
         self.model[i][c] = batch;
-        if self.caches[i].gc_due() {
+        if self.caches[i].event_due() {
             self.collect(i);
         }
         Some(p)
