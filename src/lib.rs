@@ -27,7 +27,7 @@
 //! launcher, `brkmalloc-run PROGRAM [ARGS]`; see the README.
 //!
 //! Modules in dependency order, lowest first: `sync` ← `diag` ← `os` ← `size_class` ← `block`
-//! ← `stats` ← `central` ← `thread_cache` ← `heap` (the front end) ← `config` ←
+//! ← `stats` ← `central` ← `thread_cache` ← `heap` (the front end) ← `config` ← `prof` ←
 //! `large_cache` ← `large` ← `purge` ← `tls` ← `process` ← `fork` ← `report` ← `api` ← `global_alloc`. A module never
 //! imports one to its right.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
@@ -68,6 +68,7 @@ macro_rules! process_modules {
 
 process_modules! {
     config
+    prof
     large_cache
     large
     purge

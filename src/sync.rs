@@ -21,8 +21,10 @@
 //!
 //! Outer to inner: `CENTRAL` (the [`Mutex`] around the central heap, `global.rs`), then `LARGE`
 //! (the registry of large blocks, `large.rs`), then `LARGE_CACHE` (the cache of freed large
-//! mappings, `large_cache.rs`). `large::realloc` takes `LARGE_CACHE` while it holds `LARGE`; no
-//! other code path holds one lock while taking another, except the fork handlers (`fork.rs`),
+//! mappings, `large_cache.rs`), then `PROF` (the heap profile table, `prof.rs`).
+//! `large::realloc` takes `LARGE_CACHE` while it holds `LARGE`, and the free of a sampled heap
+//! block takes `PROF` while it holds `CENTRAL`; no other code path holds one lock while taking
+//! another, except the fork handlers (`fork.rs`),
 //! which take every lock in this order in `prepare` and release them in reverse in `parent`
 //! and `child`. The thread-cache fast paths take none. A lock is never held across anything
 //! that can allocate, print, or touch a thread-local.
