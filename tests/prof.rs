@@ -392,7 +392,8 @@ fn stacks_in_sqlite3() {
 }
 
 /// The launcher's `--profile` and `--leaks` (symbolized with the programs' debug information),
-/// with its library build pointed at the preload tests' target directory.
+/// preloading the tests' build of the library.
+#[cfg(feature = "launcher")]
 #[test]
 fn launcher_profile_and_leaks() {
     let dir = scratch("prof-launcher");
