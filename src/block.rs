@@ -29,8 +29,9 @@
 //! - `tag`: bits 4–19 of the payload address (B5). A pointer we never handed out, an interior
 //!   pointer or a header overwritten by the program fails it with probability 1 − 2⁻¹⁶.
 //! - `class`: the thread-cache class code of an in-use heap block ([`class_code`]), or
-//!   [`NO_CLASS`] for free and mapped blocks and blocks above the classes (B8). The free fast
-//!   path reads class and tag with one load, one shift and one xor ([`UserPtr::cache_class`]).
+//!   [`NO_CLASS`] for free, mapped and sampled blocks and blocks above the classes (B8). The
+//!   free fast path reads class and tag with one load, one shift and one xor
+//!   ([`UserPtr::cache_class`]); a code without a list sends the block to the slow path.
 //!
 //! # Invariants (labels used by SAFETY comments and [`crate::central::CentralHeap::check`])
 //! - B1: `size()` is a multiple of [`ALIGN`] and at least [`MIN_BLOCK`], except the zero-size
@@ -47,8 +48,10 @@
 //!   `free` fast path); every header access is a relaxed atomic access, so such reads never
 //!   race with a neighbour's merge updating `PREV_USED` under the lock (plain `mov`s on
 //!   x86-64 and aarch64). Nothing writes a header without the central lock.
-//! - B8: the class bits equal [`class_code`]`(size)` when `USED` is set and `MAPPED` clear,
-//!   [`NO_CLASS`] otherwise ([`make_header`] is the only way a header is composed).
+//! - B8: the class bits equal [`class_code`]`(size)` when `USED` is set and `MAPPED` and
+//!   [`SAMPLED`] are clear, [`NO_CLASS`] otherwise ([`make_header`] is the only way a header
+//!   is composed). So a block the heap profiler sampled takes the slow free path, which drops
+//!   its record, at no cost to the fast path.
 
 use core::ptr::NonNull;
 
@@ -71,6 +74,11 @@ pub const FRESH: usize = 8;
 /// its bit with [`MAPPED`], which only in-use large blocks carry: the bit means PURGED on a
 /// free heap block and MAPPED on an in-use block.
 pub const PURGED: usize = 4;
+/// An in-use heap block recorded by the heap profiler (`prof:1`): its class code is
+/// [`NO_CLASS`] (B8), so `free` takes the central path, which drops the record. Shares its bit
+/// with [`FRESH`], which only free blocks carry. Set and cleared under the central lock, like
+/// every header write (B7).
+pub const SAMPLED: usize = 8;
 /// Flags a free block passes on to a free block carved from it (a split remainder, an aligned
 /// allocation's leader, a trimmed tail): its contents are a subset of the original's.
 pub const INHERITED: usize = FRESH | PURGED;
@@ -101,7 +109,7 @@ pub const fn tag_for(addr: usize) -> usize {
 #[inline(always)]
 pub fn make_header(addr: usize, size: usize, flags: usize) -> usize {
     debug_assert!(size & !SIZE_MASK == 0 && flags & !FLAGS == 0);
-    let class = if flags & (USED | MAPPED) == USED { class_code(size) } else { NO_CLASS };
+    let class = if flags & (USED | MAPPED | SAMPLED) == USED { class_code(size) } else { NO_CLASS };
     (tag_for(addr) << TAG_SHIFT) | (class << CLASS_SHIFT) | size | flags
 }
 

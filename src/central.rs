@@ -14,6 +14,7 @@ use core::ptr::NonNull;
 mod bins;
 mod check;
 mod purge;
+mod sampled;
 #[cfg(test)]
 mod tests;
 

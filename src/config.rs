@@ -85,6 +85,28 @@ static STATS_FILE: [AtomicU8; STATS_FILE_MAX] = [const { AtomicU8::new(0) }; STA
 /// Length of the `stats_file` path; 0 for none.
 static STATS_FILE_LEN: AtomicUsize = AtomicUsize::new(0);
 
+/// Default `prof_sample`: mean bytes between two heap profile samples (jemalloc's
+/// `lg_prof_sample:19`).
+pub const DEFAULT_PROF_SAMPLE: usize = 512 << 10;
+/// Longest `prof_prefix` kept (longer ones are rejected).
+pub const PROF_PREFIX_MAX: usize = 200;
+/// Sampled heap profiling on (`prof:1`; `prof_leak:1` turns it on too).
+pub static PROF: AtomicBool = AtomicBool::new(false);
+/// Mean bytes between two samples (`prof_sample`).
+pub static PROF_SAMPLE: AtomicUsize = AtomicUsize::new(DEFAULT_PROF_SAMPLE);
+/// Write a profile every this many bytes sampled allocations stand for (`prof_interval`; 0:
+/// only at exit and on request).
+pub static PROF_INTERVAL: AtomicUsize = AtomicUsize::new(0);
+/// Print the leak summary at exit (`prof_leak`).
+pub static PROF_LEAK: AtomicBool = AtomicBool::new(false);
+/// Write the profile at exit (`prof_final`, default on with `prof:1`).
+pub static PROF_FINAL: AtomicBool = AtomicBool::new(true);
+/// `prof_prefix`: profiles go to `<prefix>.<pid>.<seq>.heap` (default `brkmalloc`). Bytes
+/// copied out of the environment, as [`STATS_FILE`].
+static PROF_PREFIX: [AtomicU8; PROF_PREFIX_MAX] = [const { AtomicU8::new(0) }; PROF_PREFIX_MAX];
+/// Length of `PROF_PREFIX` (0: the default).
+static PROF_PREFIX_LEN: AtomicUsize = AtomicUsize::new(0);
+
 /// Load state: not yet, in progress, done.
 static LOAD_STATE: AtomicUsize = AtomicUsize::new(0);
 
@@ -192,6 +214,22 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
         b"quarantine" => return set_size(&QUARANTINE_BYTES, value, 0),
         b"check" => return set_size(&CHECK_EVERY, value, 0),
         b"abort_on_error" => return set_bool(&ABORT_ON_ERROR, value),
+        b"prof" => return set_bool(&PROF, value),
+        b"prof_sample" => return set_size(&PROF_SAMPLE, value, 1),
+        b"prof_interval" => return set_size(&PROF_INTERVAL, value, 0),
+        b"prof_final" => return set_bool(&PROF_FINAL, value),
+        b"prof_leak" => {
+            let ok = set_bool(&PROF_LEAK, value);
+            if ok && PROF_LEAK.load(Ordering::Relaxed) {
+                PROF.store(true, Ordering::Relaxed);
+            }
+            return ok;
+        }
+        // Printable, no `,` (the item separator) and no space.
+        b"prof_prefix" if value.iter().all(|c| (0x21..0x7f).contains(c)) => {
+            return store_bytes(&PROF_PREFIX, &PROF_PREFIX_LEN, value);
+        }
+        b"prof_prefix" => return false,
         _ => warn(b"unknown option ignored: ", key),
     }
     true
@@ -199,17 +237,40 @@ fn apply(key: &[u8], value: &[u8]) -> bool {
 
 /// `stats_file:PATH`: stores the path and turns the text report on if `stats` is off.
 fn set_stats_file(path: &[u8]) -> bool {
-    if path.is_empty() || path.len() > STATS_FILE_MAX || path.contains(&0) {
+    if !store_bytes(&STATS_FILE, &STATS_FILE_LEN, path) {
         return false;
     }
-    for (slot, &b) in STATS_FILE.iter().zip(path) {
-        slot.store(b, Ordering::Relaxed);
-    }
-    STATS_FILE_LEN.store(path.len(), Ordering::Release);
     if STATS.load(Ordering::Relaxed) == STATS_OFF {
         STATS.store(STATS_TEXT, Ordering::Relaxed);
     }
     true
+}
+
+/// Stores a non-empty string option without NUL bytes that fits `slots`, then its length
+/// (Release: publishes the bytes to the Acquire load of the length).
+fn store_bytes(slots: &[AtomicU8], len: &AtomicUsize, value: &[u8]) -> bool {
+    if value.is_empty() || value.len() > slots.len() || value.contains(&0) {
+        return false;
+    }
+    for (slot, &b) in slots.iter().zip(value) {
+        slot.store(b, Ordering::Relaxed);
+    }
+    len.store(value.len(), Ordering::Release);
+    true
+}
+
+/// Copies `prof_prefix` (or the default `brkmalloc`) into `out`; returns its length.
+pub fn prof_prefix(out: &mut [u8; PROF_PREFIX_MAX]) -> usize {
+    let n = PROF_PREFIX_LEN.load(Ordering::Acquire);
+    if n == 0 {
+        let d = b"brkmalloc";
+        out[..d.len()].copy_from_slice(d);
+        return d.len();
+    }
+    for (o, slot) in out.iter_mut().zip(&PROF_PREFIX[..n]) {
+        *o = slot.load(Ordering::Relaxed);
+    }
+    n
 }
 
 /// The `stats_file` path with `%p` replaced by `pid`, NUL-terminated in `out`; `None` when no
@@ -327,8 +388,19 @@ pub fn print_options() {
         LARGE_CACHE_AUTO => l.str("auto"),
         v => l.dec(v),
     };
-    l.str("\n");
+    // The profiler's options on the same line (one `Line` holds 256 bytes).
     l.write_stderr();
+    let mut l = Line::new();
+    let prof = [
+        ("prof:", PROF.load(r) as usize),
+        ("prof_sample:", PROF_SAMPLE.load(r)),
+        ("prof_interval:", PROF_INTERVAL.load(r)),
+        ("prof_leak:", PROF_LEAK.load(r) as usize),
+    ];
+    for (name, value) in prof {
+        l.str(" ").str(name).dec(value);
+    }
+    l.str("\n").write_stderr();
 }
 
 /// The byte written over freed memory while `junk` is on.

@@ -24,6 +24,7 @@
 use crate::large::REGISTRY;
 use crate::large_cache::CACHE;
 use crate::process::{BACKEND, QUARANTINE};
+use crate::prof::PROF;
 use crate::sync::{AtomicUsize, Claim, Ordering};
 
 #[cfg(target_env = "gnu")]
@@ -83,7 +84,9 @@ pub fn ensure_installed() {
 }
 
 /// Before `fork`: take glibc's stdio list lock, then every lock of ours in the documented
-/// order (`sync.rs`): QUARANTINE, CENTRAL, LARGE, then the large-mapping cache. Nested in a `fork` of the same thread (a signal
+/// order (DESIGN.md): QUARANTINE, CENTRAL, the middle layer's class locks, LARGE, the
+/// large-mapping cache, then the heap profile table (so that the child's copy is consistent
+/// and the child writes its own profile). Nested in a `fork` of the same thread (a signal
 /// handler): count the level only.
 extern "C" fn prepare() {
     let me = self_id();
@@ -111,6 +114,7 @@ extern "C" fn prepare() {
     BACKEND.lock_all();
     REGISTRY.raw().lock();
     CACHE.raw().lock();
+    PROF.raw().lock();
     DEPTH.store(1, Ordering::Relaxed);
     OWNER.store(me, Ordering::Relaxed);
     // SAFETY: restores the mask saved above.
@@ -128,8 +132,9 @@ unsafe fn release(stdio: unsafe extern "C" fn()) {
     }
     OWNER.store(0, Ordering::Relaxed);
     DEPTH.store(0, Ordering::Relaxed);
-    // SAFETY: `prepare` took both locks on this thread (forwarded contract).
+    // SAFETY: `prepare` took the locks on this thread (forwarded contract).
     unsafe {
+        PROF.raw().unlock();
         CACHE.raw().unlock();
         REGISTRY.raw().unlock();
         BACKEND.unlock_all();

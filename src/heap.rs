@@ -18,13 +18,13 @@
 
 use core::ptr::{self, NonNull};
 
-use crate::block::{ALIGN, BlockPtr, HARDENED, HEADER, UserPtr, block_size_for};
+use crate::block::{ALIGN, BlockPtr, HARDENED, HEADER, SAMPLED, UserPtr, block_size_for};
 use crate::central::{CentralHeap, HeapError};
 use crate::diag::{self, Misuse};
 use crate::os::MemorySource;
 use crate::quarantine::{self, Quarantine};
 use crate::size_class::{
-    MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_request, realloc_keeps,
+    MAX_CLASS_REQUEST, NCLASSES, class_for_alloc, class_for_request, class_size, realloc_keeps,
     realloc_move_size,
 };
 use crate::stats::{self, Counter};
@@ -148,6 +148,24 @@ pub trait Env {
     fn misuse(&self, func: &str, what: Misuse, p: NonNull<u8>) {
         diag::misuse(func, what, p.addr().get());
     }
+
+    /// Whether the heap profiler is on: sampled blocks may carry `SAMPLED` and the blocks
+    /// that bypass the caches count towards the next sample.
+    fn profiling(&self) -> bool {
+        false
+    }
+
+    /// Records the fresh block `p` (`n` bytes asked for, `counted` bytes counted towards the
+    /// sample) as a heap profile sample and draws this thread's next sampling interval into
+    /// `tc`'s countdown. Sampling stays disarmed meanwhile (allocations made while the stack is
+    /// unwound are not sampled).
+    ///
+    /// # Safety
+    /// `tc` is this thread's cache; `p` a block just allocated and not yet handed out.
+    unsafe fn sample(&self, _tc: *mut ThreadCache, _p: NonNull<u8>, _n: usize, _counted: usize) {}
+
+    /// Drops the profiler's record of `p` (a sampled block being freed or resized).
+    fn forget_sample(&self, _p: NonNull<u8>) {}
 }
 
 /// An environment over an explicit central heap and an explicit cache: the one the loom models,
@@ -237,8 +255,8 @@ impl<E: Env> Front<E> {
             // accesses).
             if let Some(p) = unsafe { (*tc).pop(c) } {
                 // SAFETY: as above.
-                if unsafe { (*tc).gc_due() } {
-                    return self.collect_and_return(tc, p);
+                if unsafe { (*tc).event_due() } {
+                    return self.thread_event(n, tc, p);
                 }
                 return Some(p.ptr());
             }
@@ -246,16 +264,31 @@ impl<E: Env> Front<E> {
         self.alloc_slow(n)
     }
 
-    /// A collection is due after a pop: run it, hand out `p`.
+    /// A thread event is due after a pop of `p` for `n` bytes: a collection and/or a heap
+    /// profile sample of `p`. Runs them, hands out `p`. (`n` comes first: `malloc`'s argument
+    /// register, so the fast path moves nothing to keep it.)
     #[cold]
     #[inline(never)]
-    fn collect_and_return(&self, tc: *mut ThreadCache, p: UserPtr) -> Option<NonNull<u8>> {
+    fn thread_event(&self, n: usize, tc: *mut ThreadCache, p: UserPtr) -> Option<NonNull<u8>> {
         // A program that only ever hits its cache still gets here every GC_INTERVAL
         // allocations: the idle purge must not depend on refills.
         self.0.on_slow_path();
         // SAFETY: this thread's cache (see `alloc`).
-        if let Err(e) = unsafe { (*tc).collect(self.0.backend()) } {
-            diag::fatal("malloc", e.message(), 0);
+        let ev = unsafe { (*tc).events.take_events(0) };
+        if ev.collect {
+            // SAFETY: as above.
+            if let Err(e) = unsafe { (*tc).collect(self.0.backend()) } {
+                diag::fatal("malloc", e.message(), 0);
+            }
+        }
+        if ev.sample {
+            // SAFETY: `n` was served from a cache list, so it is a class request; `tc` is this
+            // thread's cache and `p` not handed out yet. The countdown counted the class's
+            // usable size.
+            unsafe {
+                let counted = class_size(class_for_request(n)) - HEADER;
+                self.0.sample(tc, p.ptr(), n, counted);
+            }
         }
         // Opaque to the caller, which then tail-calls this function instead of keeping `p` in
         // a callee-saved register (a push and a pop on every malloc).
@@ -280,8 +313,8 @@ impl<E: Env> Front<E> {
                     self.0.activate(tc);
                 }
                 if let Some(p) = (*tc).alloc_slow(c, self.0.backend()) {
-                    if (*tc).gc_due() {
-                        return self.collect_and_return(tc, p);
+                    if (*tc).event_due() {
+                        return self.thread_event(n, tc, p);
                     }
                     return Some(p.ptr());
                 }
@@ -313,6 +346,27 @@ impl<E: Env> Front<E> {
             // SAFETY: a fresh block with at least `n` usable bytes.
             unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
         }
+        self.count_bypass(p, n)
+    }
+
+    /// Counts the block `p` of `n` bytes, which bypassed the caches, towards this thread's
+    /// next profile sample (profiling on), and samples it when due. Hands `p` back. A thread
+    /// whose cache was never used is activated first: that arms its sampling.
+    fn count_bypass(&self, p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
+        if self.0.profiling()
+            && let Some(tc) = self.0.cache()
+        {
+            // SAFETY: this thread's cache; no other reference to it is live, and `p` is not
+            // handed out yet.
+            unsafe {
+                if (*tc).state() == State::Uninit {
+                    self.0.activate(tc);
+                }
+                if (*tc).events.count_bypass(n) {
+                    self.0.sample(tc, p, n, n);
+                }
+            }
+        }
         Some(p)
     }
 
@@ -336,18 +390,19 @@ impl<E: Env> Front<E> {
         if n >= self.0.mmap_threshold()
             && let Some(p) = self.0.large_alloc_zeroed(n)
         {
-            return Some(p);
+            return self.count_bypass(p, n);
         }
-        match self.heap_alloc(n, true) {
+        let p = match self.heap_alloc(n, true) {
             Some((p, fresh)) => {
                 if !fresh {
                     // SAFETY: a block of ours with at least `n` payload bytes.
                     unsafe { ptr::write_bytes(p.as_ptr(), 0, n) };
                 }
-                Some(p)
+                p
             }
-            None => self.0.large_alloc_zeroed(n).or_else(|| self.oom()),
-        }
+            None => self.0.large_alloc_zeroed(n).or_else(|| self.oom())?,
+        };
+        self.count_bypass(p, n)
     }
 
     /// Allocates `n` bytes aligned to `align` (any power of two).
@@ -359,11 +414,13 @@ impl<E: Env> Front<E> {
         self.0.on_slow_path();
         self.0.on_central();
         let t = self.0.mmap_threshold();
-        if n >= t || align >= t {
-            return self.0.large_alloc(n, align).or_else(|| self.oom());
-        }
-        let r = self.0.central().lock().alloc_aligned(n, align);
-        r.or_else(|| self.0.large_alloc(n, align)).or_else(|| self.oom())
+        let p = if n >= t || align >= t {
+            self.0.large_alloc(n, align)
+        } else {
+            let r = self.0.central().lock().alloc_aligned(n, align);
+            r.or_else(|| self.0.large_alloc(n, align))
+        };
+        self.count_bypass(p.or_else(|| self.oom())?, n)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -519,6 +576,13 @@ impl<E: Env> Front<E> {
         this.0.on_central();
         // `quarantine:N`: heap blocks wait before they go back (the thread caches are off).
         let r = if let Some((q, limit)) = this.0.quarantine() {
+            if this.0.profiling() {
+                // The block stays in use while it waits: its record can go first.
+                let sampled = this.0.central().lock().take_sampled(p) == Ok(true);
+                if sampled {
+                    this.0.forget_sample(p);
+                }
+            }
             quarantine::free(q, this.0.central(), p, limit)
         } else {
             let mut heap = this.0.central().lock();
@@ -527,6 +591,12 @@ impl<E: Env> Front<E> {
             {
                 // SAFETY: a validated in-use block of ours with `n` usable bytes.
                 unsafe { ptr::write_bytes(p.as_ptr(), fill, n) };
+            }
+            // A sampled block's record goes before the block does, under the same lock (PROF
+            // nests inside CENTRAL), so no other thread can reuse the address and record a
+            // sample there in between. (Large blocks: the environment's `large_free`.)
+            if this.0.profiling() && heap.take_sampled(p) == Ok(true) {
+                this.0.forget_sample(p);
             }
             heap.free(p).map_err(|e| (e, p))
         };
@@ -607,6 +677,11 @@ impl<E: Env> Front<E> {
                     return self.move_block(p, old_usable, n);
                 }
             }
+            // A sampled block stops being one (a realloc counts as a free and an allocation,
+            // as in tcmalloc): otherwise every later realloc of it would take the lock.
+            if h & SAMPLED != 0 {
+                self.unsample(p);
+            }
             // A larger heap block: validated and kept as it is for a small shrink, else resized
             // in place (one lock acquisition either way), else moved.
             let r = if block_size_for(n).is_some_and(|need| realloc_keeps(need, bs)) {
@@ -624,6 +699,9 @@ impl<E: Env> Front<E> {
             };
         }
         self.0.on_slow_path();
+        if self.0.profiling() {
+            self.unsample(p);
+        }
         let r = self.0.central().lock().resize_in_place(p, n);
         let old_usable = match r {
             Ok(true) => return Some(p),
@@ -649,6 +727,17 @@ impl<E: Env> Front<E> {
             }
         };
         self.move_block(p, old_usable, n)
+    }
+
+    /// Drops the profile sample of the heap block `p`, if it is one (before a realloc).
+    /// Misuse is left to the caller's validation.
+    #[cold]
+    #[inline(never)]
+    fn unsample(&self, p: NonNull<u8>) {
+        let mut heap = self.0.central().lock();
+        if heap.take_sampled(p) == Ok(true) {
+            self.0.forget_sample(p);
+        }
     }
 
     /// Whether block `u` (class `c`) sits in this thread's cache (realloc of a freed block).

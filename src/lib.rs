@@ -28,7 +28,7 @@
 //!
 //! Modules in dependency order, lowest first: `sync` ← `diag` ← `os` ← `size_class` ← `block`
 //! ← `stats` ← `central` ← `batch` ← `transfer` (the middle layer) ← `thread_cache` ← `heap`
-//! (the front end) ← `config` ←
+//! (the front end) ← `config` ← `prof` ←
 //! `large_cache` ← `large` ← `purge` ← `tls` ← `process` ← `fork` ← `report` ← `api` ← `global_alloc`. A module never
 //! imports one to its right.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
@@ -77,6 +77,7 @@ macro_rules! process_modules {
 
 process_modules! {
     config
+    prof
     large_cache
     large
     purge

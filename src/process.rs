@@ -16,6 +16,7 @@ use crate::heap::{Env, Front};
 use crate::large;
 use crate::large_cache;
 use crate::os::{Grown, MemorySource, Sbrk};
+use crate::prof;
 use crate::quarantine::Quarantine;
 use crate::purge;
 use crate::size_class::{NCLASSES, class_size};
@@ -150,6 +151,11 @@ impl Env for Process {
     }
 
     fn large_free(&self, p: NonNull<u8>) -> Result<(), Misuse> {
+        // Large blocks carry no SAMPLED mark: the record is looked up, before the unmap (while
+        // no other thread can be handed the address).
+        if prof::active() {
+            prof::forget(p);
+        }
         large::free(p).map(raise_mmap_threshold)
     }
 
@@ -162,6 +168,10 @@ impl Env for Process {
     }
 
     fn large_realloc(&self, p: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Misuse> {
+        // The block may move: its record goes (a realloc counts as a free and an allocation).
+        if prof::active() {
+            prof::forget(p);
+        }
         large::realloc(p, n, config::MMAP_THRESHOLD.load(Ordering::Relaxed))
     }
 
@@ -171,6 +181,33 @@ impl Env for Process {
 
     fn out_of_memory(&self) {
         diag::set_errno(libc::ENOMEM);
+    }
+
+    #[inline]
+    fn profiling(&self) -> bool {
+        prof::active()
+    }
+
+    unsafe fn sample(&self, tc: *mut ThreadCache, p: NonNull<u8>, n: usize, counted: usize) {
+        prof::sample(&BACKEND.central, p, n, counted);
+        // SAFETY: this thread's cache (the caller's contract); no other reference is live.
+        unsafe { arm_sampling(tc) };
+    }
+
+    fn forget_sample(&self, p: NonNull<u8>) {
+        prof::forget(p);
+    }
+}
+
+/// Draws this thread's next sampling interval (`prof:1`) into its countdown.
+///
+/// # Safety
+/// `tc` is this thread's cache, with no other reference to it live.
+unsafe fn arm_sampling(tc: *mut ThreadCache) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let next = prof::next_interval((*tc).events.rng(), tc.addr());
+        (*tc).events.start_sampling(next);
     }
 }
 
@@ -240,6 +277,11 @@ fn activate(tc: *mut ThreadCache) {
     let Some(key) = key else {
         // SAFETY: this thread's cache.
         let _ = unsafe { (*tc).tear_down(&BACKEND) };
+        if prof::active() {
+            // Every allocation then bypasses the cache and counts towards the samples.
+            // SAFETY: as above.
+            unsafe { arm_sampling(tc) };
+        }
         return;
     };
     let max_bytes = config::TCACHE_MAX_BYTES.load(Ordering::Relaxed);
@@ -249,6 +291,9 @@ fn activate(tc: *mut ThreadCache) {
         (*tc).activate(max_bytes);
         for c in (0..NCLASSES).filter(|&c| class_size(c) > limit + crate::block::HEADER) {
             (*tc).disable_class(c);
+        }
+        if prof::active() {
+            arm_sampling(tc);
         }
     }
     // SAFETY: a valid key; the value is a round counter, never dereferenced.

@@ -20,10 +20,13 @@
 //! # Lock order
 //!
 //! Outer to inner: `QUARANTINE` (freed blocks waiting before reuse with `quarantine:N`,
-//! `quarantine.rs`), then `CENTRAL` (the [`Mutex`] around the central heap, `global.rs`), then
-//! `LARGE` (the registry of large blocks, `large.rs`), then `LARGE_CACHE` (the cache of freed
-//! large mappings, `large_cache.rs`). `quarantine::free` takes `CENTRAL` while it holds
-//! `QUARANTINE`; `large::realloc` takes `LARGE_CACHE` while it holds `LARGE`; no
+//! `quarantine.rs`), then `CENTRAL` (the [`Mutex`] around the central heap, `process.rs`), then
+//! `TRANSFER` (the middle layer's class locks, `transfer.rs`), then `LARGE` (the registry of
+//! large blocks, `large.rs`), then `LARGE_CACHE` (the cache of freed large mappings,
+//! `large_cache.rs`), then `PROF` (the heap profile table, `prof.rs`). `quarantine::free` takes
+//! `CENTRAL` while it holds `QUARANTINE`; the middle layer's idle pass, drain and check take
+//! `TRANSFER` locks while they hold `CENTRAL`; `large::realloc` takes `LARGE_CACHE` while it
+//! holds `LARGE`; the free of a sampled heap block takes `PROF` while it holds `CENTRAL`; no
 //! other code path holds one lock while taking another, except the fork handlers (`fork.rs`),
 //! which take every lock in this order in `prepare` and release them in reverse in `parent`
 //! and `child`. The thread-cache fast paths take none. A lock is never held across anything

@@ -15,10 +15,11 @@
 //! # The fast paths
 //!
 //! A pop reads the list head, decodes its link, clears the key, and counts one more free slot
-//! in the list and one allocation towards the next collection; a push checks for a free slot,
-//! links the block in and writes the key. Statistics are counted on the slow paths only: a
-//! refill or flush counts its blocks, and the allocations a cache served are the collection
-//! countdown's steps (merged by [`ThreadCache::merge_counters`]).
+//! in the list and its class's weight on the thread-event countdown ([`countdown`]: a
+//! collection, or a heap profile sample); a push checks for a free slot, links the block in
+//! and writes the key. Statistics are counted on the slow paths only: a refill or flush counts
+//! its blocks, and the allocations a cache served are the countdown's pops (merged by
+//! [`ThreadCache::merge_counters`]).
 //!
 //! # The thread-local state machine
 //!
@@ -27,7 +28,11 @@
 //! exit; no room again, so later frees from other destructors go to the central heap). A
 //! thread whose destructor cannot be registered goes straight to `TornDown`. See DESIGN.md.
 
+pub mod countdown;
+
 use core::ptr;
+
+pub use countdown::{Countdown, Events, GC_INTERVAL};
 
 use crate::batch::{Batch, corrupt_link, link_in, read_link};
 use crate::block::UserPtr;
@@ -41,8 +46,6 @@ use crate::transfer::Backend;
 
 /// Default byte limit of one thread's cache (`tcache_max_bytes`).
 pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
-/// Allocations between two collections of one class (round robin).
-pub const GC_INTERVAL: u32 = 1024;
 /// First refill batch of a class; doubles on each refill up to half the list limit
 /// (gperftools' slow start), halves when a collection finds the list idle.
 const FIRST_BATCH: u16 = 4;
@@ -95,7 +98,7 @@ pub fn max_count(c: usize, max_bytes: usize) -> u32 {
 ///   thread-local block is one (`tls.rs`).
 /// - T4: the cache holds at most `sum(max_count(c) * class_size(c)) <= max_bytes` bytes.
 /// - T5: in `Uninit` and `TornDown` every list is empty and has no room.
-/// - T6: `gc_countdown` is in `1..=GC_INTERVAL` while `Active`.
+/// - T6: `events` is armed (E3) while `Active`.
 #[derive(Debug)]
 #[repr(C)]
 pub struct ThreadCache {
@@ -105,10 +108,10 @@ pub struct ThreadCache {
     rooms: [u32; CLASS_CODES],
     /// Each list's limit and refill batch.
     limits: [Limit; CLASS_CODES],
-    /// Pops until the next collection (T6).
-    gc_countdown: u32,
+    /// The thread-event countdown (T6): collections, profile samples, `cache_allocs`.
+    pub events: Countdown,
     /// The class the next collection visits.
-    gc_next: u32,
+    gc_next: usize,
     /// Bit `c`: list `c` ran dry (needed a refill) since its last collection.
     dry: u64,
     /// Bit `c`: list `c` ran dry in the interval before that (a list in use every other
@@ -134,7 +137,7 @@ impl ThreadCache {
             heads: [ptr::null_mut(); CLASS_CODES],
             rooms: [0; CLASS_CODES],
             limits: [Limit { max: 0, batch: 0 }; CLASS_CODES],
-            gc_countdown: 0,
+            events: Countdown::new(),
             gc_next: 0,
             dry: 0,
             dry_before: 0,
@@ -161,8 +164,7 @@ impl ThreadCache {
     /// Adds the allocations this cache served since the last merge to the statistics.
     pub fn merge_counters(&mut self) {
         if self.state == State::Active {
-            stats::add_cache_allocs((GC_INTERVAL - self.gc_countdown) as usize);
-            self.gc_countdown = GC_INTERVAL;
+            self.events.settle();
         }
     }
 
@@ -174,7 +176,7 @@ impl ThreadCache {
             self.rooms[c] = u32::from(max);
             self.limits[c] = Limit { max, batch: FIRST_BATCH };
         }
-        self.gc_countdown = GC_INTERVAL;
+        self.events.start();
         self.max_kib = u32::try_from(max_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
         self.state = State::Active;
     }
@@ -205,14 +207,15 @@ impl ThreadCache {
             p.clear_cache_key();
             *self.rooms.get_unchecked_mut(c) += 1;
         }
-        self.gc_countdown = self.gc_countdown.wrapping_sub(1);
+        self.events.count(c);
         Some(p)
     }
 
-    /// Whether a collection is due (checked by the caller after a pop).
+    /// Whether a thread event (a collection, a profile sample) is due, checked by the caller
+    /// after a pop: then [`Countdown::take_events`] says which.
     #[inline(always)]
-    pub fn gc_due(&self) -> bool {
-        self.gc_countdown == 0
+    pub fn event_due(&self) -> bool {
+        self.events.due()
     }
 
     /// Whether `p`, which carries [`CACHE_KEY`], really is in this cache's list `c` (a double
@@ -402,11 +405,9 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     pub fn collect<S: MemorySource>(&mut self, back: &Backend<S>) -> CacheResult<()> {
-        // The pops since the countdown was last reset (all of GC_INTERVAL when it ran out).
-        stats::add_cache_allocs(GC_INTERVAL.saturating_sub(self.gc_countdown) as usize);
-        self.gc_countdown = GC_INTERVAL;
-        let c = self.gc_next as usize;
-        self.gc_next = (self.gc_next + 1) % NCLASSES as u32;
+        self.events.collected();
+        let c = self.gc_next;
+        self.gc_next = (c + 1) % NCLASSES;
         let bit = 1 << c;
         let was_dry = (self.dry | self.dry_before) & bit != 0;
         self.dry_before = (self.dry_before & !bit) | (self.dry & bit);

@@ -310,7 +310,7 @@ impl World {
             if let Some((seed, n)) = b.content {
                 verify(p, CACHE_WORDS, n, seed, "content of a cached block");
             }
-            if self.caches[i].gc_due() {
+            if self.caches[i].event_due() {
                 self.collect(i);
             }
             return Some(p);
@@ -330,7 +330,7 @@ impl World {
             }
             self.model[i][c] = list;
             assert_eq!(self.caches[i].count(c), self.model[i][c].len(), "layer refill count");
-            if self.caches[i].gc_due() {
+            if self.caches[i].event_due() {
                 self.collect(i);
             }
             return Some(p);
@@ -361,7 +361,7 @@ impl World {
         }
         batch.reverse();
         self.model[i][c] = batch;
-        if self.caches[i].gc_due() {
+        if self.caches[i].event_due() {
             self.collect(i);
         }
         Some(p)

@@ -16,6 +16,7 @@ use brkmalloc_core::api;
 extern "C" fn brkmalloc_init() {
     brkmalloc_core::fork::install();
     brkmalloc_core::process::ensure_config();
+    brkmalloc_core::prof::init();
     if brkmalloc_core::config::BACKGROUND_PURGE.load(core::sync::atomic::Ordering::Relaxed) {
         brkmalloc_core::process::start_background_purge();
     }
@@ -25,9 +26,11 @@ extern "C" fn brkmalloc_init() {
 #[unsafe(link_section = ".init_array")]
 static INIT: extern "C" fn() = brkmalloc_init;
 
-/// At exit, from `.fini_array`: the statistics of `stats:1` / `stats:json`.
+/// At exit, from `.fini_array`: the statistics of `stats:1` / `stats:json`, the heap profile
+/// and the leak summary of `prof:1` / `prof_leak:1`.
 extern "C" fn brkmalloc_fini() {
     brkmalloc_core::report::at_exit();
+    brkmalloc_core::prof::at_exit();
 }
 
 #[used]
@@ -67,6 +70,19 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
     let mut out = unsafe { brkmalloc_core::report::CFile::new(stream) };
     brkmalloc_core::report::malloc_info(&mut out);
     0
+}
+
+/// Writes the heap profile (`prof:1`) to `path`, or with NULL to the next
+/// `<prof_prefix>.<pid>.<seq>.heap`. Returns 0, `ENOENT` when profiling is off, or the errno of
+/// the failed open or write (jemalloc's `prof.dump`).
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn brkmalloc_prof_dump(path: *const core::ffi::c_char) -> c_int {
+    // SAFETY: forwarded contract.
+    let path = (!path.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(path) });
+    brkmalloc_core::prof::dump(path)
 }
 
 /// glibc's `mallopt`: 1 on success, 0 for what it does not support.

@@ -1,4 +1,4 @@
-//! The heap walker: checks every invariant of [`CentralHeap`] (C1–C5, and B1–B6 of each
+//! The heap walker: checks every invariant of [`CentralHeap`] (C1–C5, and B1–B6 and B8 of each
 //! block). Unit tests, the fuzz driver and `check_heap` run it after every step.
 
 use super::{ALIGN, BlockPtr, CentralHeap, FRESH, GROUPS, HEADER, HeapError, HeapStats, MAPPED};
@@ -66,6 +66,9 @@ impl<S: MemorySource> CentralHeap<S> {
                 }
                 if used && h & MAPPED != 0 {
                     return err("B1: MAPPED block inside a segment", b.addr());
+                }
+                if !b.class_ok(h) {
+                    return err("B8: class code disagrees with size and flags", b.addr());
                 }
                 if size == 0 {
                     if b != seg.sentinel() || !used {

@@ -7,7 +7,7 @@
 //! so two of them never build it at the same time; the first builds, the others find it up to
 //! date. The test crate's `hardening` feature is passed on: `cargo test --no-default-features`
 //! preloads the non-hardened build (from `target/preload-test-nohard`). C programs are
-//! compiled with gcc into `<dir>/cbin/` when a test first asks for them.
+//! compiled with gcc (g++ for `.cc`) into `<dir>/cbin/` when a test first asks for them.
 
 use std::collections::HashMap;
 use std::fs;
@@ -90,16 +90,22 @@ fn extra_cflags(name: &str) -> &'static [&'static str] {
 }
 
 fn compile(name: &str) -> Result<PathBuf, String> {
-    if let Some(msg) = missing("gcc", "gcc") {
+    // A C++ program when `<name>.cc` exists.
+    let cc_src = workspace().join("tests").join("c").join(format!("{name}.cc"));
+    let (cc, package, src) = if cc_src.is_file() {
+        ("g++", "g++", cc_src)
+    } else {
+        ("gcc", "gcc", workspace().join("tests").join("c").join(format!("{name}.c")))
+    };
+    if let Some(msg) = missing(cc, package) {
         return Err(msg);
     }
     let cbin = out_dir().join("cbin");
     fs::create_dir_all(&cbin).map_err(|e| format!("mkdir {}: {e}", cbin.display()))?;
-    let src = workspace().join("tests").join("c").join(format!("{name}.c"));
     let exe = cbin.join(name);
     // Written under a temporary name and renamed, so that no one runs a half-written file.
     let partial = cbin.join(format!("{name}.partial-{}", std::process::id()));
-    let res = tool("gcc")
+    let res = tool(cc)
         .args(["-O1", "-g", "-pthread", "-Wall"])
         .args(extra_cflags(name))
         .arg("-o")
@@ -107,10 +113,10 @@ fn compile(name: &str) -> Result<PathBuf, String> {
         .arg(&src)
         .arg("-ldl")
         .output()
-        .map_err(|e| format!("cannot run gcc: {e}"))?;
+        .map_err(|e| format!("cannot run {cc}: {e}"))?;
     if !res.status.success() {
         return Err(format!(
-            "gcc failed on {}:\n{}",
+            "{cc} failed on {}:\n{}",
             src.display(),
             String::from_utf8_lossy(&res.stderr)
         ));
@@ -119,7 +125,7 @@ fn compile(name: &str) -> Result<PathBuf, String> {
     Ok(exe)
 }
 
-/// The executable of `tests/c/<name>.c`, compiled on the first call for that name in this
+/// The executable of `tests/c/<name>.c` (or `.cc`, with g++), compiled on the first call for that name in this
 /// test binary (panics with gcc's messages if it does not compile).
 pub fn c_program(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, Result<PathBuf, String>>>> = OnceLock::new();

@@ -5,11 +5,16 @@
 //! rebuild through cargo when it runs from the source tree, next to itself, `../lib`, the
 //! system library directories, the copy embedded at build time); see the README's "Install".
 //!
-//! Exit status: the program's own (the launcher `exec`s it); 127 when the program is not found,
-//! 126 when it cannot be executed, 2 for a usage error, 1 when no library can be found.
+//! With `--profile` or `--leaks` it runs the program with the heap profiler on, waits for it,
+//! and reports on the profiles it wrote (`profile`: top sites, flame graph, leak summary).
+//!
+//! Exit status: the program's own (the launcher `exec`s it, or waits for it when profiling);
+//! 127 when the program is not found, 126 when it cannot be executed, 2 for a usage error, 1
+//! when no library can be found.
 
 mod embedded;
 mod locate;
+mod profile;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
@@ -28,6 +33,8 @@ use clap::Parser;
 Examples:
   brkmalloc-run --stats sqlite3 :memory: 'select 1'
   brkmalloc-run --stats=json --conf tcache_max_bytes:256k,junk:1 -- ./server --port 80
+  brkmalloc-run --profile sqlite3 test.db < queries.sql     (top sites, flame graph)
+  brkmalloc-run --leaks ./server                           (what is still held at exit)
 
 Environment:
   BRKMALLOC_CONF  options; --conf and --stats are added after it, so they win
@@ -60,6 +67,39 @@ struct Cli {
     /// Print the path of the library that would be preloaded, and exit
     #[arg(long)]
     print_lib: bool,
+
+    /// Profile the heap (BRKMALLOC_CONF=prof:1): at the end, print the top allocation sites by
+    /// bytes held, symbolized, and write a flame graph SVG of held bytes by stack, from the
+    /// profile that held the most (at exit, or one of the --interval ones)
+    #[arg(long, help_heading = "Heap profiling")]
+    profile: bool,
+
+    /// Print the leak summary at exit: the sites that still hold sampled memory, scaled to
+    /// estimated bytes and objects, symbolized (turns the profiler on)
+    #[arg(long, help_heading = "Heap profiling")]
+    leaks: bool,
+
+    /// Mean bytes between two samples (prof_sample)
+    #[arg(long, value_name = "BYTES", default_value = "512k", help_heading = "Heap profiling")]
+    prof_sample: String,
+
+    /// Also write a profile every BYTES allocated (prof_interval; 0: only at exit), so that a
+    /// program that frees everything before it exits still shows where its memory went
+    #[arg(long, value_name = "BYTES", default_value = "16m", help_heading = "Heap profiling")]
+    interval: String,
+
+    /// Where the profiles and the flame graph go
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "brkmalloc-profile",
+        help_heading = "Heap profiling"
+    )]
+    out: PathBuf,
+
+    /// Sites listed by --profile and --leaks
+    #[arg(long, value_name = "N", default_value_t = 20, help_heading = "Heap profiling")]
+    top: usize,
 
     /// The program to run, and its arguments
     #[arg(
@@ -94,11 +134,20 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (program, args) = cli.command.split_first().expect("clap requires PROGRAM");
-    let err = Command::new(program)
-        .args(args)
-        .env("LD_PRELOAD", preload_value(&lib))
-        .env("BRKMALLOC_CONF", conf_value(&cli))
-        .exec();
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("LD_PRELOAD", preload_value(&lib));
+    if cli.profile || cli.leaks {
+        let opts = profile::Options {
+            out: cli.out.clone(),
+            sample: cli.prof_sample.clone(),
+            interval: cli.interval.clone(),
+            top: cli.top,
+            leaks: cli.leaks,
+            profile: cli.profile,
+        };
+        return profile::run(cmd, &conf_value(&cli), &opts);
+    }
+    let err = cmd.env("BRKMALLOC_CONF", conf_value(&cli)).exec();
     let name = program.to_string_lossy();
     // As a shell reports it: 127 for a program that is not there, 126 for one that is there
     // but cannot be run.
