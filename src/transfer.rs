@@ -133,7 +133,7 @@ pub struct Held {
     pub batches: usize,
 }
 
-/// The middle layer: one [`Slots`] per class under its own lock.
+/// The middle layer: one stack of batches per class under its own lock.
 ///
 /// # Invariants
 /// - TR3: a block is in at most one place: a batch of the layer, a thread cache, the central
