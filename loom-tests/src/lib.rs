@@ -365,6 +365,24 @@ pub unsafe fn cache_free(tc: &mut ThreadCache, heap: &Heap, p: NonNull<u8>) {
     unsafe { heap.front(Some(tc)).dealloc(p) };
 }
 
+/// [`cache_malloc`] of `n` bytes, recorded in `ledger` and filled with `seed`'s pattern.
+pub fn cache_malloc_block(
+    tc: &mut ThreadCache,
+    heap: &Heap,
+    ledger: &Ledger,
+    n: usize,
+    seed: u8,
+) -> Block {
+    ledger.take(cache_malloc(tc, heap, n), n, seed)
+}
+
+/// [`cache_free`] of a recorded block, after checking its contents.
+pub fn cache_free_block(tc: &mut ThreadCache, heap: &Heap, ledger: &Ledger, b: Block) {
+    ledger.give_back(&b);
+    // SAFETY: a recorded block is live in `heap`; the ledger forgot it just above.
+    unsafe { cache_free(tc, heap, b.ptr()) };
+}
+
 /// A live block as the models track it: address, length the program may use, pattern seed.
 #[derive(Clone, Copy, Debug)]
 pub struct Block {

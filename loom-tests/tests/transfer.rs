@@ -14,34 +14,25 @@
 //! one), and `transfer` (a refill takes a batch without removing it from the layer).
 #![cfg(loom)]
 
+use brkmalloc::thread_cache::ThreadCache;
 use loom_tests::{
-    Block, Heap, Ledger, active_cache as cache, cache_free, cache_malloc, event, finish,
+    Block, Heap, Ledger, active_cache, cache_free_block as free, cache_malloc_block, event, finish,
     heap_models, spawn_with,
 };
 
-use brkmalloc::thread_cache::ThreadCache;
-
 /// Arena pages.
 const PAGES: usize = 2;
-/// Request size: class 0 (32-byte blocks), which the layer serves under loom too.
-const N: usize = 24;
 
-/// `malloc` through the cache, recorded and filled.
+/// `malloc` of 24 bytes (class 0, 32-byte blocks, which the layer serves under loom too)
+/// through `tc`, recorded.
 fn malloc(tc: &mut ThreadCache, heap: &Heap, ledger: &Ledger, seed: u8) -> Block {
-    ledger.take(cache_malloc(tc, heap, N), N, seed)
-}
-
-/// `free` through the cache of a recorded block.
-fn free(tc: &mut ThreadCache, heap: &Heap, ledger: &Ledger, b: Block) {
-    ledger.give_back(&b);
-    // SAFETY: a live block of `heap`, given up here.
-    unsafe { cache_free(tc, heap, b.ptr()) };
+    cache_malloc_block(tc, heap, ledger, 24, seed)
 }
 
 /// A cache whose class-0 list (2 blocks at most) is full, one more live block, and the address
 /// of the block that freeing it flushes to the layer (the list's older one, as a batch of one).
 fn full_cache(heap: &Heap, ledger: &Ledger, seed: u8) -> (ThreadCache, Block, usize) {
-    let mut tc = cache(2);
+    let mut tc = active_cache(2);
     let b: Vec<Block> = (0..3).map(|i| malloc(&mut tc, heap, ledger, seed + i)).collect();
     free(&mut tc, heap, ledger, b[0]);
     free(&mut tc, heap, ledger, b[1]);
@@ -66,7 +57,7 @@ heap_models! {
             free(&mut tc_c, heap, ledger, c);
             heap.exit(&mut tc_c);
         });
-        let mut tc_b = cache(2);
+        let mut tc_b = active_cache(2);
         let b = malloc(&mut tc_b, heap, ledger, 20); // refill
         if b.p == flushed_a || b.p == flushed_c {
             event("refill took a batch another thread flushed");
@@ -90,7 +81,7 @@ heap_models! {
                 event("the idle pass returned the batch");
             }
         });
-        let mut tc_b = cache(2);
+        let mut tc_b = active_cache(2);
         let b = malloc(&mut tc_b, heap, ledger, 20);
         if b.p == flushed {
             event("refill got the flushed block (from the batch, or carved again)");
