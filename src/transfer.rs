@@ -40,8 +40,9 @@ use crate::size_class::{NCLASSES, class_size};
 use crate::stats::{self, Counter};
 use crate::sync::{Mutex, RawLock};
 
-/// Batches one class can hold.
-pub const SLOTS: usize = 64;
+/// Batches one class can hold (under loom 4: the models hand over a few batches, and a loom
+/// thread's stack is small, so the class's array and the eviction buffer stay small).
+pub const SLOTS: usize = if cfg!(loom) { 4 } else { 64 };
 /// Bytes of blocks one class can hold.
 pub const CLASS_BYTES: usize = 512 << 10;
 /// Classes the layer serves: all of them; under loom the first four, so that the fork model's
