@@ -21,7 +21,7 @@ use crate::quarantine::Quarantine;
 use crate::purge;
 use crate::size_class::{NCLASSES, class_size};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Once, Ordering};
-use crate::thread_cache::ThreadCache;
+use crate::thread_cache::{State, ThreadCache};
 use crate::tls;
 use crate::transfer::Backend;
 
@@ -276,7 +276,7 @@ fn activate(tc: *mut ThreadCache) {
     let key = if enabled { exit_key() } else { None };
     let Some(key) = key else {
         // SAFETY: this thread's cache.
-        let _ = unsafe { (*tc).tear_down(&BACKEND) };
+        let _ = unsafe { tear_down(tc) };
         if prof::active() {
             // Every allocation then bypasses the cache and counts towards the samples.
             // SAFETY: as above.
@@ -296,13 +296,28 @@ fn activate(tc: *mut ThreadCache) {
             arm_sampling(tc);
         }
     }
+    BACKEND.layer.cache_joined();
     // SAFETY: a valid key; the value is a round counter, never dereferenced.
     if unsafe { libc::pthread_setspecific(key, ptr::without_provenance::<c_void>(1)) } != 0 {
         // SAFETY: this thread's cache.
-        if let Err(e) = unsafe { (*tc).tear_down(&BACKEND) } {
+        if let Err(e) = unsafe { tear_down(tc) } {
             diag::fatal("free", e.message(), 0);
         }
     }
+}
+
+/// Tears down this thread's cache `tc` (`ThreadCache::tear_down`), and counts it out of the
+/// middle layer's active caches if it was active (`activate` counted it in).
+///
+/// # Safety
+/// `tc` is this thread's cache, with no other reference live.
+unsafe fn tear_down(tc: *mut ThreadCache) -> Result<(), Misuse> {
+    // SAFETY: forwarded contract.
+    let (was_active, r) = unsafe { ((*tc).state() == State::Active, (*tc).tear_down(&BACKEND)) };
+    if was_active {
+        BACKEND.layer.cache_left();
+    }
+    r
 }
 
 /// Destructor round in which the cache tears down: the second last of glibc's
@@ -331,7 +346,7 @@ extern "C" fn cache_destructor(value: *mut c_void) {
         }
     } else {
         // SAFETY: this thread's cache.
-        if let Err(e) = unsafe { (*tc).tear_down(&BACKEND) } {
+        if let Err(e) = unsafe { tear_down(tc) } {
             diag::fatal("free", e.message(), 0);
         }
     }
@@ -421,7 +436,7 @@ pub fn flush_thread_cache() {
 pub fn tear_down_thread_cache() {
     if let Some(tc) = tls::cache() {
         // SAFETY: this thread's cache.
-        if let Err(e) = unsafe { (*tc).tear_down(&BACKEND) } {
+        if let Err(e) = unsafe { tear_down(tc) } {
             diag::fatal("mallopt", e.message(), 0);
         }
     }
