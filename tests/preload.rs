@@ -24,9 +24,12 @@ mod common;
 
 use std::fmt::Write as _;
 use std::fs;
+#[cfg(feature = "hardening")]
 use std::os::unix::process::ExitStatusExt;
 
-use common::child::{require, run};
+use common::child::require;
+#[cfg(feature = "hardening")]
+use common::child::run;
 use common::compare::{command, compare, program};
 use common::preload::{Alloc, c_pass, c_test, data, scratch};
 use common::rng::Rng;
