@@ -20,6 +20,7 @@
 //!   `<prof_prefix>.<pid>.<seq>.heap`; the leak summary at exit with `prof_leak:1`.
 
 pub mod leak;
+pub mod nolibm;
 pub mod sampling;
 pub mod stack;
 pub mod symtab;

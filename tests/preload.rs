@@ -93,6 +93,30 @@ fn c_memory_returned() {
     c_pass("trim", &[], Alloc::Brk(""));
 }
 
+/// The library links nothing a malloc does not need: every library it loads is mapped and
+/// partly resident in every process it is preloaded into (libm alone, pulled in by `f64::ln`
+/// in the profiler, was +328 KiB of RSS at start).
+#[test]
+fn links_only_libc() {
+    require("readelf", "binutils");
+    let out = std::process::Command::new("readelf")
+        .arg("-d")
+        .arg(common::preload::so())
+        .output()
+        .expect("readelf -d runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(!needed.is_empty(), "readelf -d printed no NEEDED entries:\n{text}");
+    let allowed = ["libc.so.6", "ld-linux-x86-64.so.2", "libgcc_s.so.1"];
+    for lib in &needed {
+        assert!(allowed.contains(lib), "libbrkmalloc.so needs {lib} (all: {needed:?})");
+    }
+}
+
 // ---- misuse: must abort with a brkmalloc message --------------------------
 
 // Every misuse case below needs `hardening` (the cache key or the tag check).

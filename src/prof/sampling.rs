@@ -36,7 +36,7 @@ pub fn seed(salt: usize) -> u64 {
 pub fn next_interval(state: &mut u64, mean: usize) -> usize {
     // 53 random bits as a uniform number in (0, 1].
     let u = ((next_random(state) >> 11) + 1) as f64 / (1u64 << 53) as f64;
-    let v = -u.ln() * mean as f64;
+    let v = -super::nolibm::ln(u) * mean as f64;
     if v >= MAX_INTERVAL { MAX_INTERVAL as usize } else { (v as usize).max(1) }
 }
 
@@ -62,7 +62,7 @@ pub fn weight(size: usize, counted: usize, mean: usize) -> Weight {
     let size = size.max(1);
     let ratio = counted.max(1) as f64 / mean.max(1) as f64;
     // 1 − e^(−x), accurate for small x too.
-    let p = -(-ratio).exp_m1();
+    let p = -super::nolibm::exp_m1_neg(-ratio);
     if p >= 1.0 || p <= 0.0 {
         return Weight { bytes: size as u64, objs_milli: 1000 };
     }
