@@ -404,9 +404,9 @@ pub fn heap_snapshot() -> (HeapStats, usize) {
 }
 
 /// Bytes and batches held in the middle layer.
-pub fn layer_held() -> (usize, usize) {
+pub fn layer_held() -> (usize, usize, usize) {
     let h = BACKEND.layer.held();
-    (h.bytes, h.batches)
+    (h.bytes, h.batches, BACKEND.layer.budget())
 }
 
 /// Free bytes at the top of the break (glibc's `keepcost`).

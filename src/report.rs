@@ -39,6 +39,8 @@ pub struct Stats {
     pub layer_bytes: usize,
     /// Batches held in the middle layer.
     pub layer_batches: usize,
+    /// The middle layer's byte budget now (TR5: per active thread cache, raised by demand).
+    pub layer_budget: usize,
     /// Acquisitions of the central lock.
     pub lock_acquisitions: usize,
     /// Acquisitions of the central lock that found it taken.
@@ -79,10 +81,11 @@ impl Stats {
 pub fn stats() -> Stats {
     process::merge_thread_counters();
     let (heap, segments) = process::heap_snapshot();
-    let (layer_bytes, layer_batches) = process::layer_held();
+    let (layer_bytes, layer_batches, layer_budget) = process::layer_held();
     Stats {
         layer_bytes,
         layer_batches,
+        layer_budget,
         cache_allocs: stats::cache_allocs(),
         classes: stats::classes(),
         heap,
@@ -230,11 +233,12 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
     let sum = |f: fn(&ClassStats) -> usize| s.classes.iter().map(f).sum::<usize>();
     put(
         out,
-        "middle layer: %b free in %d batch(es); batches in %d (refused %d), out %d, returned to \
-         the heap %d\n",
+        "middle layer: %b free in %d batch(es), budget %b; batches in %d (refused %d), out %d, \
+         returned to the heap %d\n",
         &[
             s.layer_bytes,
             s.layer_batches,
+            s.layer_budget,
             sum(|c| c.layer_puts),
             sum(|c| c.layer_overflows),
             sum(|c| c.layer_hits),
@@ -341,12 +345,13 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
     );
     put(
         out,
-        "\"layer\":{\"bytes\":%d,\"batches\":%d},\"peak_rss\":%d,\
+        "\"layer\":{\"bytes\":%d,\"batches\":%d,\"budget\":%d},\"peak_rss\":%d,\
          \"fragmentation_permille\":%d,\"lock\":{\"acquisitions\":%d,\"contended\":%d,\
          \"per_1000_calls_x10\":%d}}}\n",
         &[
             s.layer_bytes,
             s.layer_batches,
+            s.layer_budget,
             s.peak_rss,
             s.fragmentation_permille(),
             s.lock_acquisitions,

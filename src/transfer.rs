@@ -50,6 +50,17 @@ pub const CLASS_BYTES: usize = 512 << 10;
 /// few of its own (measured: a realloc-heavy single-threaded program held 3.1 MiB in the
 /// layer at 512 KiB per class, and its peak RSS was 1.7× what it was without the layer).
 pub const CLASS_BYTES_PER_CACHE: usize = 64 << 10;
+/// Bytes the whole layer holds per active thread cache, summed over its classes, before any
+/// demand raised the budget ([`BOOST_STEP`]): the classes share one budget, so the blocks of
+/// a class that only receives (a realloc-heavy program's outgrown sizes) go back to the
+/// central heap to merge instead of waiting in the layer for the idle pass.
+pub const LAYER_BYTES_PER_CACHE: usize = 32 << 10;
+/// The whole layer's byte budget, at most.
+pub const LAYER_BYTES: usize = 4 << 20;
+/// How much the budget grows when a refill misses on a class that refused a batch since its
+/// last miss: the class went from full to empty, too small for the traffic between a consumer
+/// and a producer (both went to the central lock). Each idle pass halves what demand added.
+pub const BOOST_STEP: usize = 64 << 10;
 /// Classes the layer serves: all of them; under loom the first four, so that the fork model's
 /// handlers take four class locks rather than 55 (the classes above go to the central heap,
 /// as a full class does).
@@ -71,6 +82,9 @@ struct Slots {
     low_water: u32,
     /// Batches offered since the last take.
     puts_since_take: u32,
+    /// A batch was refused since the last miss or idle pass: the class went from full to
+    /// empty within one period, so a miss now raises the budget (its traffic needs more room).
+    refused: bool,
     /// The class overflowed after [`DRAIN_PUTS`] batches came in and none went out: a
     /// program freeing what it no longer needs, so it holds at most [`DRAINING_SLOTS`] until
     /// the next take.
@@ -112,6 +126,7 @@ impl Slots {
         blocks: 0,
         low_water: 0,
         puts_since_take: 0,
+        refused: false,
         draining: false,
     };
 
@@ -144,8 +159,18 @@ pub struct Held {
 /// # Invariants
 /// - TR3: a block is in at most one place: a batch of the layer, a thread cache, the central
 ///   heap's free lists, or the program's hands.
+/// - TR5: outside the models, `bytes` is the sum over the classes of `blocks * class_size`
+///   whenever no class lock is held (each class adds and subtracts its own under its lock), and
+///   a put that would take it above the budget ([`Self::budget`]) is refused (two racing puts
+///   may each pass it by a batch; a budget that shrinks as caches leave keeps what is held).
 pub struct Transfer {
     classes: [CachePadded<Mutex<Slots>>; LAYER_CLASSES],
+    /// Bytes of blocks held over all classes (TR5). Relaxed: a budget, ordered with nothing;
+    /// under loom not kept (a tuning input the models would only multiply interleavings with).
+    bytes: AtomicUsize,
+    /// What demand added to the budget ([`BOOST_STEP`]), at most [`LAYER_BYTES`]. Relaxed and
+    /// not kept under loom, as `bytes`.
+    boost: AtomicUsize,
     /// Active thread caches, as the process counts them ([`Self::cache_joined`]); 0 where
     /// nobody counts (the models, the fuzz driver), which bounds each class by one cache's
     /// share. Relaxed: a tuning input.
@@ -164,6 +189,8 @@ impl Transfer {
     pub const fn new() -> Self {
         Self {
             classes: [const { CachePadded::new(Mutex::new(Slots::EMPTY)) }; LAYER_CLASSES],
+            bytes: AtomicUsize::new(0),
+            boost: AtomicUsize::new(0),
             caches: AtomicUsize::new(0),
         }
     }
@@ -173,6 +200,8 @@ impl Transfer {
     pub fn new() -> Self {
         Self {
             classes: core::array::from_fn(|_| CachePadded::new(Mutex::new(Slots::EMPTY))),
+            bytes: AtomicUsize::new(0),
+            boost: AtomicUsize::new(0),
             caches: AtomicUsize::new(0),
         }
     }
@@ -190,15 +219,71 @@ impl Transfer {
         self.caches.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The byte bound of each class now.
-    fn class_bytes(&self) -> usize {
+    /// The byte bounds now: of each class, and of the whole layer.
+    fn bounds(&self) -> (usize, usize) {
         if cfg!(loom) {
             // The models count no caches; a load would only add interleavings.
-            return CLASS_BYTES_PER_CACHE;
+            return (CLASS_BYTES_PER_CACHE, LAYER_BYTES);
         }
-        // Relaxed: as above; a stale count only moves the bound by one cache's share.
+        // Relaxed: as above; a stale count only moves the bounds by one cache's share.
         let n = self.caches.load(Ordering::Relaxed).max(1);
-        CLASS_BYTES.min(n.saturating_mul(CLASS_BYTES_PER_CACHE))
+        let base = n.saturating_mul(LAYER_BYTES_PER_CACHE);
+        (
+            CLASS_BYTES.min(n.saturating_mul(CLASS_BYTES_PER_CACHE)),
+            LAYER_BYTES.min(base.saturating_add(self.boost.load(Ordering::Relaxed))),
+        )
+    }
+
+    /// The whole layer's byte budget now (TR5): [`LAYER_BYTES_PER_CACHE`] per active cache plus
+    /// what demand added, at most [`LAYER_BYTES`].
+    pub fn budget(&self) -> usize {
+        self.bounds().1
+    }
+
+    /// A refill missed on a class that refused a batch since its last miss: demand raises the
+    /// budget by [`BOOST_STEP`] while two or more thread caches are active (not under loom).
+    fn raise_budget(&self) {
+        if cfg!(loom) {
+            return;
+        }
+        // Relaxed: tuning inputs; a lost race only loses one step. A lone thread's miss is its
+        // own earlier flush coming back, which the (uncontended) central lock serves.
+        if self.caches.load(Ordering::Relaxed) < 2 {
+            return;
+        }
+        let b = self.boost.load(Ordering::Relaxed);
+        if b < LAYER_BYTES {
+            self.boost.store((b + BOOST_STEP).min(LAYER_BYTES), Ordering::Relaxed);
+        }
+    }
+
+    /// The idle pass halves what demand added (not under loom).
+    fn decay_budget(&self) {
+        if cfg!(loom) {
+            return;
+        }
+        // Relaxed: as above.
+        let b = self.boost.load(Ordering::Relaxed);
+        self.boost.store(b / 2, Ordering::Relaxed);
+    }
+
+    /// Whether `bytes` more fit under the whole layer's budget `bound` (TR5; always under loom).
+    fn budget_allows(&self, bytes: usize, bound: usize) -> bool {
+        // Relaxed: TR5's budget is a tuning input; two racing puts may pass it by a batch each.
+        cfg!(loom) || self.bytes.load(Ordering::Relaxed).saturating_add(bytes) <= bound
+    }
+
+    /// Counts `bytes` into (`add`) or out of the layer's total (TR5; not kept under loom).
+    fn account(&self, bytes: usize, add: bool) {
+        if cfg!(loom) {
+            return;
+        }
+        // Relaxed: as in `budget_allows`.
+        if add {
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Hands `batch` of class `c` to the layer; `Err(batch)` when the class is full (or not
@@ -215,15 +300,23 @@ impl Transfer {
         s.puts_since_take = s.puts_since_take.saturating_add(1);
         let blocks = s.blocks + batch.count;
         let limit = if s.draining { DRAINING_SLOTS } else { SLOTS };
-        if s.len as usize >= limit || blocks as usize * class_size(c) > self.class_bytes() {
+        let (class_bound, layer_bound) = self.bounds();
+        let bytes = batch.count as usize * class_size(c);
+        if s.len as usize >= limit
+            || blocks as usize * class_size(c) > class_bound
+            || !self.budget_allows(bytes, layer_bound)
+        {
             if s.puts_since_take >= DRAIN_PUTS && !s.draining {
                 s.draining = true;
                 let n = s.len as usize;
+                let before = s.blocks;
                 s.remove_oldest(n, |b| {
                     evicted.batches[evicted.n] = b;
                     evicted.n += 1;
                 });
+                self.account((before - s.blocks) as usize * class_size(c), false);
             }
+            s.refused = true;
             drop(s);
             stats::add(c, Counter::LayerOverflows, 1);
             stats::add(c, Counter::LayerReleased, evicted.n);
@@ -233,6 +326,7 @@ impl Transfer {
         s.batches[len] = batch;
         s.len += 1;
         s.blocks = blocks;
+        self.account(bytes, true);
         drop(s);
         stats::add(c, Counter::LayerPuts, 1);
         Ok(())
@@ -244,7 +338,11 @@ impl Transfer {
         let slots = self.classes.get(c)?;
         let mut s = slots.lock();
         let Some(top) = s.len.checked_sub(1) else {
+            let refused = core::mem::take(&mut s.refused);
             drop(s);
+            if refused {
+                self.raise_budget();
+            }
             stats::add(c, Counter::LayerMisses, 1);
             return None;
         };
@@ -258,6 +356,7 @@ impl Transfer {
             s.len = top;
             s.blocks -= b.count;
             s.low_water = s.low_water.min(top);
+            self.account(b.count as usize * class_size(c), false);
         }
         s.puts_since_take = 0;
         s.draining = false;
@@ -291,17 +390,21 @@ impl Transfer {
         heap: &mut CentralHeap<S>,
         all: bool,
     ) -> Result<usize, Misuse> {
+        self.decay_budget();
         let mut r = Ok(());
         let mut released = 0;
         for (c, slots) in self.classes.iter().enumerate() {
             let mut s = slots.lock();
             let n = if all { s.len } else { s.low_water } as usize;
+            let before = s.blocks;
             s.remove_oldest(n, |b| {
                 if r.is_ok() {
                     r = b.free_to(heap);
                 }
             });
+            self.account((before - s.blocks) as usize * class_size(c), false);
             s.low_water = s.len;
+            s.refused = false;
             drop(s);
             stats::add(c, Counter::LayerReleased, n);
             released += n;
@@ -340,17 +443,24 @@ impl Transfer {
         h
     }
 
-    /// Checks TR1 and TR2 against `heap` (held locked by the caller: CENTRAL → TRANSFER):
-    /// every block of every batch is an in-use block of the heap of its class, with the key,
-    /// and the counts agree.
+    /// Checks TR1, TR2, TR4 and TR5 against `heap` (held locked by the caller: CENTRAL →
+    /// TRANSFER): every block of every batch is an in-use block of the heap of its class, with
+    /// the key, and the counts and the byte total agree.
     ///
     /// # Errors
     /// The first broken invariant.
     pub fn check<S: MemorySource>(&self, heap: &CentralHeap<S>) -> Result<(), HeapError> {
-        for (c, slots) in self.classes.iter().enumerate() {
-            check_class(c, &slots.lock(), heap)?;
+        // Every class lock at once (in the lock order), so that TR5's total is a snapshot.
+        for l in self.locks() {
+            l.lock();
         }
-        Ok(())
+        // SAFETY: this thread took every class lock just above, and made no guard of them.
+        let r = unsafe { self.check_locked(heap) };
+        for l in self.locks().rev() {
+            // SAFETY: taken above by this thread, no guard exists.
+            unsafe { l.unlock() };
+        }
+        r
     }
 
     /// [`Self::check`] while the calling thread holds every class lock without guards (between
@@ -365,9 +475,18 @@ impl Transfer {
         &self,
         heap: &CentralHeap<S>,
     ) -> Result<(), HeapError> {
+        let mut bytes = 0;
         for (c, slots) in self.classes.iter().enumerate() {
             // SAFETY: forwarded contract.
-            unsafe { slots.with_raw_locked(|s| check_class(c, s, heap)) }?;
+            bytes += unsafe {
+                slots.with_raw_locked(|s| {
+                    check_class(c, s, heap).map(|()| s.blocks as usize * class_size(c))
+                })
+            }?;
+        }
+        // Relaxed: every class lock is held, so every update of `bytes` happened before (TR5).
+        if !cfg!(loom) && bytes != self.bytes.load(Ordering::Relaxed) {
+            return Err(HeapError { what: "TR5: the layer's byte total disagrees", addr: bytes });
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use brkmalloc::size_class::{
 use brkmalloc::thread_cache::{
     CACHE_KEY, DEFAULT_MAX_BYTES, HARDENING, State, ThreadCache, max_count,
 };
-use brkmalloc::transfer::Backend;
+use brkmalloc::transfer::{BOOST_STEP, Backend, LAYER_BYTES_PER_CACHE};
 
 /// Bytes before the user pointer (the block header).
 const HEADER: usize = 8;
@@ -894,4 +894,44 @@ fn random_churn_keeps_every_block_accounted_for() {
             "seed {seed}: a path was not exercised: {h:?}"
         );
     }
+}
+
+#[test]
+fn layer_budget_is_shared_and_raised_by_demand() {
+    // Two caches (a consumer, 1, and a producer, 0), counted in as the process counts them.
+    let limit = 256 << 10;
+    let mut w = World::new(ARENA, &[limit, limit]);
+    w.heap.layer.cache_joined();
+    w.heap.layer.cache_joined();
+    let base = w.heap.layer.budget();
+    assert_eq!(base, 2 * LAYER_BYTES_PER_CACHE);
+    let n = 480;
+    let c = class_for_alloc(block_size_for(n).unwrap()).unwrap();
+    // The consumer frees far more than the budget and its own list hold: full lists flush,
+    // and the layer refuses what would take it over the budget (those go to the central heap).
+    let count = (4 * base + limit) / class_size(c);
+    let ps: Vec<usize> = (0..count).map(|_| w.central_alloc(n).addr().get()).collect();
+    for &p in &ps {
+        w.live.insert(p, Live { n: 0, seed: 0, key: false, owner: 1 });
+    }
+    for &p in &ps {
+        w.free(1, p);
+        let held = w.heap.layer.held().bytes;
+        assert!(held <= base, "the layer holds {held} B over its budget {base} B");
+    }
+    w.check();
+    assert!(w.heap.layer.held().bytes > 0, "the layer took nothing");
+    assert_eq!(w.heap.layer.budget(), base, "no demand yet, no raise");
+    // The producer allocates until its refills have emptied the layer and one more misses on
+    // the class that refused batches: demand raises the budget by one step.
+    while w.heap.layer.held().blocks > 0 || w.caches[0].count(c) > 0 {
+        let p = w.alloc(0, n, false).addr().get();
+        assert_eq!(class_for_free(w.blocks[&p] + HEADER), Some(c));
+    }
+    w.alloc(0, n, false);
+    assert_eq!(w.heap.layer.budget(), base + BOOST_STEP, "a miss after a refusal raises it");
+    w.check();
+    // An idle pass (here the drain) halves what demand added.
+    w.drain();
+    assert_eq!(w.heap.layer.budget(), base + BOOST_STEP / 2);
 }
