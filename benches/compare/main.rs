@@ -29,7 +29,7 @@ usage: cargo bench --bench compare [-- OPTIONS]
   --rounds N         rounds (default 5; --scaling and --locks 3)
   --alloc LIST       allocators, comma separated (default glibc,jemalloc,tcmalloc,mimalloc,brkmalloc)
   --only LIST        workloads, comma separated (churn,server,prodcons,falseshare,mixed,strings,
-                     large,threadchurn,python,sqlite,redis,memcached)
+                     large,malloclarge,threadchurn,python,sqlite,redis,memcached)
   --threads LIST     thread counts for the threaded workloads (default 1,2,4,8;
                      --scaling 1,2,4,8,16,32,64)
   --scaling          only the scaling benchmark: prodcons, server and threadchurn at

@@ -136,6 +136,14 @@ pub fn all() -> Vec<Workload> {
             (&["16"], &["16"]),
         ),
         synth(
+            "malloclarge",
+            "mimalloc-bench's malloc-large: 20 slots replaced at random by 5-25 MiB buffers, each zeroed whole (malloc + memset, as make_unique<char[]>)",
+            false,
+            (200, 2_000),
+            "iterations",
+            (&["20"], &["20"]),
+        ),
+        synth(
             "threadchurn",
             "thread churn: short-lived threads, T alive at a time, each 64 live blocks + 200 churn ops, 8 blocks freed by main after the thread exits",
             true,
@@ -242,6 +250,7 @@ pub fn compile_c(root: &Path, bin_dir: &Path) -> Result<(), String> {
         "mixed",
         "strings",
         "large",
+        "malloclarge",
         "threadchurn",
         "mcclient",
     ];
