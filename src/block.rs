@@ -563,6 +563,25 @@ impl UserPtr {
         (h & (USED | MAPPED) == USED && (!HARDENED || b.tag_ok(h))).then_some(h)
     }
 
+    /// Whether the block after this one, by the size in `h` (this block's header, as
+    /// [`Self::checked_header`] returned it), has a valid tag and `PREV_USED` set: a live
+    /// block's successor always does (the bit changes only when this block is freed, B7 makes
+    /// the read atomic), and a stale header left inside a merged free run does not. The realloc
+    /// path that keeps a block without the central lock relies on it instead of the lock's
+    /// full validation.
+    ///
+    /// # Safety
+    /// As [`Self::cache_class`], and `h` passed [`Self::checked_header`] (so its size is that of
+    /// a block of ours, whose successor's header lies in the same segment, B1/B4).
+    #[inline(always)]
+    pub unsafe fn successor_confirms_used(self, h: usize) -> bool {
+        // SAFETY: forwarded contract.
+        let next = unsafe { self.block().offset(BlockPtr::size_of(h)) };
+        // SAFETY: forwarded contract: the successor's header is inside the segment.
+        let nh = unsafe { next.header() };
+        next.tag_ok(nh) && nh & PREV_USED != 0
+    }
+
     /// The cache link word (first payload word) of a cached block, as stored.
     ///
     /// # Safety

@@ -677,13 +677,26 @@ impl<E: Env> Front<E> {
                     return self.move_block(p, old_usable, n);
                 }
             }
+            // A larger block that still holds `n` (growth into the headroom a moving realloc
+            // gave it, or a shrink by less than a quarter): nothing to do, no lock (a
+            // realloc-heavy program grows its buffers this way dozens of times per move), on the
+            // header's check and its successor's tags (a freed block merged into its neighbour
+            // leaves a header that passes the first but not the second).
+            if h & SAMPLED == 0
+                && block_size_for(n).is_some_and(|need| realloc_keeps(need, bs))
+                // SAFETY: `h` passed `checked_header` above.
+                && unsafe { u.successor_confirms_used(h) }
+            {
+                return Some(p);
+            }
             // A sampled block stops being one (a realloc counts as a free and an allocation,
             // as in tcmalloc): otherwise every later realloc of it would take the lock.
             if h & SAMPLED != 0 {
                 self.unsample(p);
             }
-            // A larger heap block: validated and kept as it is for a small shrink, else resized
-            // in place (one lock acquisition either way), else moved.
+            // A larger heap block (a sampled one here, if it still fits): validated and kept as
+            // it is for a small shrink, else resized in place (one lock acquisition either way),
+            // else moved.
             let r = if block_size_for(n).is_some_and(|need| realloc_keeps(need, bs)) {
                 self.0.central().lock().usable_size(p).map(|_| true)
             } else {
