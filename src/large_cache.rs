@@ -42,7 +42,7 @@ pub const AUTO_LIVE_FACTOR: usize = 4;
 /// A cached page range.
 ///
 /// # Invariants
-/// - S1: `[base, base + len)` is page-aligned, `len > 0`, lies inside one mapping of ours, and
+/// - SP1: `[base, base + len)` is page-aligned, `len > 0`, lies inside one mapping of ours, and
 ///   no live block or other span overlaps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -55,7 +55,7 @@ pub struct Span {
 }
 
 // SAFETY: a span is an address range owned by the cache; moving it between threads moves the
-// ownership (S1), and the cache lives in a Mutex.
+// ownership (SP1), and the cache lives in a Mutex.
 unsafe impl Send for Span {}
 
 const NO_SPAN: Span = Span { base: NonNull::dangling(), len: 0, since_ms: 0 };
@@ -63,19 +63,56 @@ const NO_SPAN: Span = Span { base: NonNull::dangling(), len: 0, since_ms: 0 };
 /// The spans themselves, without syscalls (the functions below do those).
 ///
 /// # Invariants
-/// - C1: `spans[..n]` are the cached spans (each S1, pairwise disjoint); `n <= SLOTS`.
-/// - C2: `bytes` is the sum of `spans[..n].len`.
+/// - LC1: `spans[..n]` are the cached spans (each SP1, pairwise disjoint); `n <= SLOTS`.
+/// - LC2: `bytes` is the sum of `spans[..n].len`.
+/// - LC3: under the automatic bound, a freed span is admitted only while `churn` is set: a
+///   large request missed after a span had been refused (the program maps again what it
+///   freed), until an idle pass finds no hit since the previous one. A burst freed for good is
+///   unmapped at once, as glibc does, instead of staying resident until the next call.
 #[derive(Debug)]
 pub struct LargeCache {
     spans: [Span; SLOTS],
     n: usize,
     bytes: usize,
+    churn: bool,
+    refused: bool,
+    hit: bool,
 }
 
 impl LargeCache {
-    /// An empty cache.
+    /// An empty cache, admitting nothing yet under the automatic bound (LC3).
     pub const fn new() -> Self {
-        Self { spans: [NO_SPAN; SLOTS], n: 0, bytes: 0 }
+        Self { spans: [NO_SPAN; SLOTS], n: 0, bytes: 0, churn: false, refused: false, hit: false }
+    }
+
+    /// Whether a freed span may enter (LC3): always under a fixed bound (`auto` false), else
+    /// while the program churns; a refusal is remembered.
+    pub fn admits(&mut self, auto: bool) -> bool {
+        if !auto || self.churn {
+            return true;
+        }
+        self.refused = true;
+        false
+    }
+
+    /// A large request found nothing cached: if a span was refused before, the program maps
+    /// again what it freed, and freed spans are admitted from now on (LC3).
+    pub fn note_miss(&mut self) {
+        self.churn |= self.refused;
+    }
+
+    /// A large request was served from the cache.
+    pub fn note_hit(&mut self) {
+        self.hit = true;
+    }
+
+    /// An idle pass: without a hit since the previous one, the cache stops admitting (LC3).
+    pub fn note_idle_pass(&mut self) {
+        if !self.hit {
+            self.churn = false;
+            self.refused = false;
+        }
+        self.hit = false;
     }
 
     /// Bytes cached.
@@ -98,7 +135,7 @@ impl LargeCache {
         self.n < SLOTS && self.bytes.saturating_add(len) <= bound
     }
 
-    /// Adds `s`; the caller checked [`Self::fits`] (C1: a slot is free).
+    /// Adds `s`; the caller checked [`Self::fits`] (LC1: a slot is free).
     pub fn push(&mut self, s: Span) {
         debug_assert!(self.n < SLOTS);
         self.spans[self.n] = s;
@@ -155,7 +192,7 @@ impl Default for LargeCache {
 /// The process-wide cache (lock `LARGE_CACHE`, after `LARGE` in the lock order).
 pub(crate) static CACHE: Mutex<LargeCache> = Mutex::new(LargeCache::new());
 
-/// Bytes cached (statistics, Relaxed; a copy of C2 written under the lock).
+/// Bytes cached (statistics, Relaxed; a copy of LC2 written under the lock).
 static BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Spans cached (statistics, Relaxed).
 static SPANS: AtomicUsize = AtomicUsize::new(0);
@@ -224,7 +261,7 @@ pub fn now_ms() -> usize {
 
 /// Unmaps `s` (it left the cache, or never entered it).
 fn unmap(s: Span) {
-    // SAFETY: S1 — a range of one mapping of ours that nothing uses.
+    // SAFETY: SP1 — a range of one mapping of ours that nothing uses.
     unsafe { os::unmap(s.base, s.len) };
 }
 
@@ -245,6 +282,11 @@ fn give_span(s: Span, bound: usize) {
     // Relaxed: a tuning value (config.rs).
     let useful = MIN_SPAN.max(config::MMAP_THRESHOLD.load(Ordering::Relaxed));
     if s.len < useful || s.len > bound {
+        return unmap(s);
+    }
+    // Relaxed: a tuning value (config.rs).
+    let auto = config::LARGE_CACHE_BYTES.load(Ordering::Relaxed) == config::LARGE_CACHE_AUTO;
+    if !with_cache(|c| c.admits(auto)) {
         return unmap(s);
     }
     loop {
@@ -289,9 +331,13 @@ pub fn obtain(len: usize, room: usize) -> Option<(NonNull<u8>, usize, usize)> {
     debug_assert!(len % PAGE == 0);
     let bound = bound(room);
     if bound != 0 {
-        let (fit, largest) = with_cache(|c| match c.take_fit(len) {
-            Some(s) => (Some(s), None),
-            None => (None, c.take_largest()),
+        let (fit, largest) = with_cache(|c| {
+            let r = match c.take_fit(len) {
+                Some(s) => (Some(s), None),
+                None => (None, c.take_largest()),
+            };
+            if r == (None, None) { c.note_miss() } else { c.note_hit() }
+            r
         });
         if let Some(s) = fit {
             // Relaxed: statistics.
@@ -300,7 +346,7 @@ pub fn obtain(len: usize, room: usize) -> Option<(NonNull<u8>, usize, usize)> {
             return Some((base, got, got));
         }
         if let Some(s) = largest {
-            // SAFETY: S1 — a whole range of one mapping, which `remap` grows or moves.
+            // SAFETY: SP1 — a whole range of one mapping, which `remap` grows or moves.
             if let Some(base) = unsafe { os::remap(s.base, s.len, len) } {
                 HITS.fetch_add(1, Ordering::Relaxed);
                 return Some((base, len, s.len));
@@ -316,7 +362,13 @@ pub fn obtain(len: usize, room: usize) -> Option<(NonNull<u8>, usize, usize)> {
 /// without a syscall when one fits; `None` otherwise (nothing is mapped then).
 pub fn take_warm(len: usize, room: usize) -> Option<(NonNull<u8>, usize)> {
     let bound = bound(room);
-    let s = with_cache(|c| c.take_fit(len))?;
+    let s = with_cache(|c| {
+        let s = c.take_fit(len);
+        if s.is_some() {
+            c.note_hit();
+        }
+        s
+    })?;
     HITS.fetch_add(1, Ordering::Relaxed);
     Some(split(s, len, bound))
 }
@@ -324,6 +376,7 @@ pub fn take_warm(len: usize, room: usize) -> Option<(NonNull<u8>, usize)> {
 /// Unmaps every span idle for `purge_delay_ms` (the idle purge and the background thread);
 /// returns whether anything went back.
 pub fn decay() -> bool {
+    with_cache(LargeCache::note_idle_pass);
     let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
     release_while(|c| c.take_idle(now_ms(), delay))
 }
@@ -388,6 +441,24 @@ mod tests {
         c.push(span(0x10_0000, PAGE, 0));
         c.push(span(0x20_0000, 3 * PAGE, 0));
         assert_eq!(c.take_largest().unwrap().len, 3 * PAGE);
+    }
+
+    #[test]
+    fn admission_follows_churn() {
+        let mut c = LargeCache::new();
+        assert!(c.admits(false), "a fixed bound admits always");
+        c.note_miss();
+        assert!(!c.admits(true), "a fresh cache admits nothing under the automatic bound");
+        c.note_miss();
+        assert!(c.admits(true), "a miss after a refusal: the program maps again what it freed");
+        c.note_hit();
+        c.note_idle_pass();
+        assert!(c.admits(true), "a hit since the last pass keeps it admitting");
+        c.note_idle_pass();
+        assert!(!c.admits(true), "a pass without a hit stops it");
+        c.note_idle_pass();
+        c.note_miss();
+        assert!(!c.admits(true), "the pass forgot the refusal: a miss alone does not admit");
     }
 
     #[test]

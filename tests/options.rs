@@ -581,6 +581,19 @@ fn large_cache_kept_then_trimmed() {
 }
 
 #[test]
+fn large_burst_freed_for_good_is_unmapped_at_once() {
+    // No churn before the burst: the automatic bound admits nothing (C3), so RSS falls with
+    // the frees, as with glibc, and no idle pass is needed.
+    let r = large_cache("cold", NO_IDLE_PURGE);
+    let after = r.value("rss_final_kib");
+    assert!(after < LARGE_RSS_BOUND_KIB, "RSS {after} KiB after a cold burst; {}", r.report());
+    // The control: the same burst after one churn cycle stays cached.
+    let r = large_cache("none", NO_IDLE_PURGE);
+    let kept = r.value("rss_final_kib");
+    assert!(kept >= LARGE_RSS_KEPT_KIB, "control: the cache kept only {kept} KiB; {}", r.report());
+}
+
+#[test]
 fn large_cache_decays_background() {
     let r = large_cache("sleep", "purge_delay_ms:100");
     let kept = r.value("rss_final_kib");

@@ -28,7 +28,7 @@ const FIRST_LIVE_SLOTS: usize = 1 << 12;
 /// One distinct stack and what was sampled there.
 ///
 /// # Invariants
-/// - S1: `live_*` are the sums of the weights of the live samples that point here; `alloc_*`
+/// - PT1: `live_*` are the sums of the weights of the live samples that point here; `alloc_*`
 ///   the sums over every sample ever taken here.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]

@@ -3,14 +3,19 @@
  *
  *   large_cache MODE
  *
+ *   Every mode but "cold" first runs one churn cycle (warm_up): under the
+ *   automatic bound the cache admits freed mappings only once the program maps
+ *   again what it freed (large_cache.rs, C3).
+ *
  *   reuse    malloc/touch/free an 8 MiB block, then malloc it again: prints
  *            the minor page faults of touching the second block
  *            ("refault_pages"), the mappings in /proc/self/maps before and
  *            after ("maps_freed", "maps_again"), and checks that calloc of a
  *            reused mapping reads as zero (exits 1 if not);
- *   none / trim / sleep / spin
+ *   none / cold / trim / sleep / spin
  *            allocate 12 blocks of 8 MiB, touch them, free them, then:
- *            none: measure at once; trim: malloc_trim(0) then measure
+ *            none: measure at once; cold: the same without the churn cycle
+ *            first (a burst freed for good); trim: malloc_trim(0) then measure
  *            ("trim_ret"); sleep: sleep 0.6 s without calling the allocator
  *            (the background purge thread must decay the cache); spin:
  *            malloc/free a 40 KiB block for 0.6 s (the idle purge of the
@@ -107,8 +112,18 @@ static void touch(unsigned char *p, size_t n, unsigned char v) {
         ((volatile unsigned char *)p)[i] = v;
 }
 
+/* One churn cycle: an 8 MiB block mapped, freed, mapped again and freed. */
+static void warm_up(void) {
+    for (int i = 0; i < 2; i++) {
+        unsigned char *w = xmalloc(8 * MIB);
+        touch(w, 8 * MIB, 0x5a);
+        free(w);
+    }
+}
+
 static int mode_reuse(void) {
     size_t n = 8 * MIB;
+    warm_up();
     unsigned char *a = xmalloc(n);
     touch(a, n, 0xab);
     free(a);
@@ -137,6 +152,8 @@ static int mode_reuse(void) {
 
 static int mode_rss(const char *mode) {
     void *blk[NBLOCKS];
+    if (strcmp(mode, "cold") != 0)
+        warm_up();
     for (int i = 0; i < NBLOCKS; i++) {
         blk[i] = xmalloc(8 * MIB);
         touch(blk[i], 8 * MIB, (unsigned char)(i + 1));
