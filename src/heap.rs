@@ -341,6 +341,8 @@ impl<E: Env> Front<E> {
         if n <= MAX_CLASS_REQUEST {
             // SAFETY: `n <= MAX_CLASS_REQUEST`.
             stats::add(unsafe { class_for_request(n) }, Counter::DirectAllocs, 1);
+        } else {
+            stats::add_big_alloc();
         }
         if let Some((fill, _)) = self.0.junk() {
             // SAFETY: a fresh block with at least `n` usable bytes.

@@ -48,6 +48,8 @@ pub struct Stats {
     /// Allocations served from thread caches (merged so far: each thread's at its exit, the
     /// calling thread's now, the others' in whole collection intervals).
     pub cache_allocs: usize,
+    /// `malloc` calls above the size classes (central heap or mapping).
+    pub big_allocs: usize,
 }
 
 impl Stats {
@@ -67,7 +69,7 @@ impl Stats {
     /// Central lock acquisitions per 1000 malloc+free calls, in tenths (each allocation is
     /// counted with its free: the free fast path counts nothing).
     pub fn locks_per_1000_calls_x10(&self) -> usize {
-        let calls = 2 * (self.cache_allocs + self.direct_allocs());
+        let calls = 2 * (self.cache_allocs + self.direct_allocs() + self.big_allocs);
         (self.lock_acquisitions * 10_000).checked_div(calls).unwrap_or(0)
     }
 
@@ -87,6 +89,7 @@ pub fn stats() -> Stats {
         layer_batches,
         layer_budget,
         cache_allocs: stats::cache_allocs(),
+        big_allocs: stats::big_allocs(),
         classes: stats::classes(),
         heap,
         segments,
@@ -185,11 +188,12 @@ fn put(out: &mut impl Sink, template: &str, values: &[usize]) {
 /// The human table of `stats:1`.
 pub fn write_text(s: &Stats, out: &mut impl Sink) {
     put(out, "brkmalloc statistics (pid %d)\n", &[std_pid()]);
-    let (cache, direct) = (s.cache_allocs, s.direct_allocs());
+    let (cache, direct, big) = (s.cache_allocs, s.direct_allocs(), s.big_allocs);
     put(
         out,
-        "allocations: %d (thread caches %d, of which cache hits %d; central heap directly %d)\n",
-        &[cache + direct, cache, s.cache_hits(), direct],
+        "allocations: %d (thread caches %d, of which cache hits %d; central heap directly %d; \
+         above the classes %d)\n",
+        &[cache + direct + big, cache, s.cache_hits(), direct, big],
     );
     put(
         out,
@@ -273,12 +277,12 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
 
 /// The same as one JSON object (`stats:json`).
 pub fn write_json(s: &Stats, out: &mut impl Sink) {
-    let (cache, direct) = (s.cache_allocs, s.direct_allocs());
+    let (cache, direct, big) = (s.cache_allocs, s.direct_allocs(), s.big_allocs);
     put(
         out,
         "{\"brkmalloc\":{\"pid\":%d,\"allocs\":%d,\"cache_allocs\":%d,\"cache_hits\":%d,\
-         \"classes\":[",
-        &[std_pid(), cache + direct, cache, s.cache_hits()],
+         \"big_allocs\":%d,\"classes\":[",
+        &[std_pid(), cache + direct + big, cache, s.cache_hits(), big],
     );
     // Every class object but the first follows a comma.
     // One class object in two lines' worth (a `Line` holds 256 bytes).

@@ -76,6 +76,7 @@ mod imp {
     static COUNTERS: [[AtomicUsize; NCOUNTERS]; NCLASSES] =
         [const { [const { AtomicUsize::new(0) }; NCOUNTERS] }; NCLASSES];
     static CACHE_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+    static BIG_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
     /// Adds `n` to counter `k` of class `c`.
     #[inline]
@@ -96,6 +97,18 @@ mod imp {
     /// Allocations served from thread caches (merged so far).
     pub fn cache_allocs() -> usize {
         CACHE_ALLOCS.load(Ordering::Relaxed)
+    }
+
+    /// Counts an allocation above the size classes (central heap or mapping).
+    #[inline]
+    pub fn add_big_alloc() {
+        // Relaxed: a statistic.
+        BIG_ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Allocations above the size classes.
+    pub fn big_allocs() -> usize {
+        BIG_ALLOCS.load(Ordering::Relaxed)
     }
 
     /// The counters of class `c`.
@@ -134,13 +147,22 @@ mod imp {
         0
     }
 
+    /// No-op under loom.
+    #[inline]
+    pub fn add_big_alloc() {}
+
+    /// Zero under loom.
+    pub fn big_allocs() -> usize {
+        0
+    }
+
     /// Zero under loom.
     pub fn class(_c: usize) -> ClassStats {
         ClassStats::default()
     }
 }
 
-pub use imp::{add, add_cache_allocs, cache_allocs, class};
+pub use imp::{add, add_big_alloc, add_cache_allocs, big_allocs, cache_allocs, class};
 
 /// The counters of every class.
 pub fn classes() -> [ClassStats; NCLASSES] {
