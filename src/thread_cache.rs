@@ -289,7 +289,7 @@ impl ThreadCache {
         }
         self.dry |= 1 << c;
         stats::add(c, Counter::Refills, 1);
-        if let Some(b) = back.layer.take(c, self.rooms[c]) {
+        if let Some(b) = back.layer.take(c, self.rooms[c], self.id()) {
             // A batch another cache flushed: its blocks are linked and keyed already (BT1).
             self.heads[c] = b.head;
             self.rooms[c] -= b.count;
@@ -335,9 +335,14 @@ impl ThreadCache {
         if self.state != State::Active || c >= NCLASSES || self.limits[c].max == 0 {
             return Ok(false);
         }
-        back.give_back(c, self.cut(c, self.flush_keep(c))?)?;
+        back.give_back(c, self.cut(c, self.flush_keep(c))?, self.id())?;
         // SAFETY: forwarded contract.
         Ok(unsafe { self.push(p, c) })
+    }
+
+    /// This cache's identity for the middle layer's demand rule (its address).
+    fn id(&self) -> usize {
+        ptr::from_ref(self).addr()
     }
 
     /// How many blocks a full list of class `c` keeps when it flushes: half of them, or a
@@ -390,7 +395,7 @@ impl ThreadCache {
         keep: usize,
         back: &Backend<S>,
     ) -> CacheResult<()> {
-        back.give_back(c, self.cut(c, keep)?)
+        back.give_back(c, self.cut(c, keep)?, self.id())
     }
 
     /// Collection of one class (round robin), every [`GC_INTERVAL`] allocations: a list that

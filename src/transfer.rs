@@ -57,9 +57,10 @@ pub const CLASS_BYTES_PER_CACHE: usize = 64 << 10;
 pub const LAYER_BYTES_PER_CACHE: usize = 32 << 10;
 /// The whole layer's byte budget, at most.
 pub const LAYER_BYTES: usize = 4 << 20;
-/// How much the budget grows when a refill misses on a class that refused a batch since its
-/// last miss: the class went from full to empty, too small for the traffic between a consumer
-/// and a producer (both went to the central lock). Each idle pass halves what demand added.
+/// How much the budget grows when a refill misses on a class that refused another thread
+/// cache's batch since: the class went from full to empty between a consumer and a producer,
+/// too small for their traffic (both went to the central lock). Each idle pass halves what
+/// demand added.
 pub const BOOST_STEP: usize = 64 << 10;
 /// Classes the layer serves: all of them; under loom the first four, so that the fork model's
 /// handlers take four class locks rather than 55 (the classes above go to the central heap,
@@ -82,9 +83,11 @@ struct Slots {
     low_water: u32,
     /// Batches offered since the last take.
     puts_since_take: u32,
-    /// A batch was refused since the last miss or idle pass: the class went from full to
-    /// empty within one period, so a miss now raises the budget (its traffic needs more room).
-    refused: bool,
+    /// The thread cache (its address; 0: none) whose batch was refused last, since the last
+    /// raise or idle pass: a miss by another cache raises the budget (the class went from full
+    /// to empty between two threads); a miss by the same cache is its own flush coming back,
+    /// which its central lock acquisition serves as well.
+    refused_by: usize,
     /// The class overflowed after [`DRAIN_PUTS`] batches came in and none went out: a
     /// program freeing what it no longer needs, so it holds at most [`DRAINING_SLOTS`] until
     /// the next take.
@@ -121,7 +124,7 @@ impl Slots {
         blocks: 0,
         low_water: 0,
         puts_since_take: 0,
-        refused: false,
+        refused_by: 0,
         draining: false,
     };
 
@@ -235,17 +238,13 @@ impl Transfer {
         self.bounds().1
     }
 
-    /// A refill missed on a class that refused a batch since its last miss: demand raises the
-    /// budget by [`BOOST_STEP`] while two or more thread caches are active (not under loom).
+    /// A refill missed on a class that refused another cache's batch since: demand raises the
+    /// budget by [`BOOST_STEP`] (not under loom).
     fn raise_budget(&self) {
         if cfg!(loom) {
             return;
         }
-        // Relaxed: tuning inputs; a lost race only loses one step. A lone thread's miss is its
-        // own earlier flush coming back, which the (uncontended) central lock serves.
-        if self.caches.load(Ordering::Relaxed) < 2 {
-            return;
-        }
+        // Relaxed: a tuning input; a lost race only loses one step.
         let b = self.boost.load(Ordering::Relaxed);
         if b < LAYER_BYTES {
             self.boost.store((b + BOOST_STEP).min(LAYER_BYTES), Ordering::Relaxed);
@@ -288,7 +287,9 @@ impl Transfer {
     /// needs), so it gives up its batches too, and holds at most [`DRAINING_SLOTS`] until one
     /// is taken, so that freed memory is not held away from the central heap's merges and
     /// returns.
-    pub fn put(&self, c: usize, batch: Batch) -> Result<(), (Batch, bool)> {
+    ///
+    /// `from` identifies the flushing thread cache (its address) for the budget's demand rule.
+    pub fn put(&self, c: usize, batch: Batch, from: usize) -> Result<(), (Batch, bool)> {
         debug_assert!(batch.count > 0);
         let Some(slots) = self.classes.get(c) else { return Err((batch, false)) };
         let mut s = slots.lock();
@@ -302,7 +303,7 @@ impl Transfer {
             || !self.budget_allows(bytes, layer_bound)
         {
             let drain = s.puts_since_take >= DRAIN_PUTS && !s.draining;
-            s.refused = true;
+            s.refused_by = from;
             drop(s);
             stats::add(c, Counter::LayerOverflows, 1);
             return Err((batch, drain));
@@ -338,14 +339,18 @@ impl Transfer {
     }
 
     /// Takes the newest batch of class `c` if it holds at most `room` blocks; `None` when the
-    /// class has none (a miss: the caller refills from the central heap).
-    pub fn take(&self, c: usize, room: u32) -> Option<Batch> {
+    /// class has none (a miss: the caller refills from the central heap). `by` identifies the
+    /// refilling thread cache (its address), as `from` in [`Self::put`].
+    pub fn take(&self, c: usize, room: u32, by: usize) -> Option<Batch> {
         let slots = self.classes.get(c)?;
         let mut s = slots.lock();
         let Some(top) = s.len.checked_sub(1) else {
-            let refused = core::mem::take(&mut s.refused);
+            let raise = s.refused_by != 0 && s.refused_by != by;
+            if raise {
+                s.refused_by = 0;
+            }
             drop(s);
-            if refused {
+            if raise {
                 self.raise_budget();
             }
             stats::add(c, Counter::LayerMisses, 1);
@@ -409,7 +414,7 @@ impl Transfer {
             });
             self.account((before - s.blocks) as usize * class_size(c), false);
             s.low_water = s.len;
-            s.refused = false;
+            s.refused_by = 0;
             drop(s);
             stats::add(c, Counter::LayerReleased, n);
             released += n;
@@ -566,11 +571,11 @@ impl<S: MemorySource> Backend<S> {
     ///
     /// # Errors
     /// As [`Batch::free_to`].
-    pub fn give_back(&self, c: usize, batch: Batch) -> Result<(), Misuse> {
+    pub fn give_back(&self, c: usize, batch: Batch, from: usize) -> Result<(), Misuse> {
         if batch.count == 0 {
             return Ok(());
         }
-        let Err((b, drain)) = self.layer.put(c, batch) else { return Ok(()) };
+        let Err((b, drain)) = self.layer.put(c, batch, from) else { return Ok(()) };
         if drain {
             return self.drain_class(c, b);
         }

@@ -922,13 +922,20 @@ fn layer_budget_is_shared_and_raised_by_demand() {
     w.check();
     assert!(w.heap.layer.held().bytes > 0, "the layer took nothing");
     assert_eq!(w.heap.layer.budget(), base, "no demand yet, no raise");
-    // The producer allocates until its refills have emptied the layer and one more misses on
-    // the class that refused batches: demand raises the budget by one step.
-    while w.heap.layer.held().blocks > 0 || w.caches[0].count(c) > 0 {
-        let p = w.alloc(0, n, false).addr().get();
-        assert_eq!(class_for_free(w.blocks[&p] + HEADER), Some(c));
-    }
-    w.alloc(0, n, false);
+    // The consumer itself allocates until its refills have emptied the layer and one more
+    // misses: its own flushes coming back are no demand between threads.
+    let drain_layer = |w: &mut World, i: usize| {
+        while w.heap.layer.held().blocks > 0 || w.caches[i].count(c) > 0 {
+            let p = w.alloc(i, n, false).addr().get();
+            assert_eq!(class_for_free(w.blocks[&p] + HEADER), Some(c));
+        }
+        w.alloc(i, n, false);
+    };
+    drain_layer(&mut w, 1);
+    assert_eq!(w.heap.layer.budget(), base, "a cache's miss after its own refusal raises nothing");
+    // The producer's refills miss on the class that refused the consumer's batches: demand
+    // between two threads raises the budget by one step.
+    drain_layer(&mut w, 0);
     assert_eq!(w.heap.layer.budget(), base + BOOST_STEP, "a miss after a refusal raises it");
     w.check();
     // An idle pass (here the drain) halves what demand added.
