@@ -282,7 +282,7 @@ impl Transfer {
 
     /// Hands `batch` of class `c` to the layer; `Err((batch, drain))` when the class is full
     /// (or not served): the caller returns the refused batch to the central heap and, when
-    /// `drain` is set, starts the class draining ([`Self::start_draining`]): it was full after
+    /// `drain` is set, starts the class draining (`Backend::give_back` does): it was full after
     /// [`DRAIN_PUTS`] batches came in and none was taken (the program frees what it no longer
     /// needs), so it gives up its batches too, and holds at most [`DRAINING_SLOTS`] until one
     /// is taken, so that freed memory is not held away from the central heap's merges and
