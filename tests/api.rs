@@ -92,8 +92,10 @@ fn realloc_growth_in_small_steps_moves_geometrically() {
             len = n;
         }
         // 256 B to 60 KB is 5.5 doublings: 31 moves at a quarter each, in some 5000 calls (60
-        // when each 16-byte class below 512 B and each class above cost a move).
-        assert!(moves <= 40, "{moves} moves");
+        // when each 16-byte class below 512 B and each class above cost a move). Run alone this
+        // test counts 31; beside this file's other tests, whose threads share the heap, 40-43
+        // (measured 2026-11-30), hence the slack.
+        assert!(moves <= 45, "{moves} moves");
         let usable = api::malloc_usable_size(p.cast());
         let q = api::realloc(p.cast(), usable - usable / 8).cast::<u8>();
         assert_eq!(q, p, "a shrink by an eighth keeps the block");
