@@ -128,9 +128,9 @@ impl Slots {
         draining: false,
     };
 
-    /// Removes the `n` oldest batches, shifting the rest down.
-    fn remove_oldest(&mut self, n: usize, mut f: impl FnMut(Batch)) {
-        let len = self.len as usize;
+    /// Removes the `n` oldest batches, shifting the rest down; returns their blocks.
+    fn remove_oldest(&mut self, n: usize, mut f: impl FnMut(Batch)) -> usize {
+        let (len, before) = (self.len as usize, self.blocks);
         for b in &self.batches[..n] {
             self.blocks -= b.count;
             f(*b);
@@ -138,6 +138,7 @@ impl Slots {
         self.batches.copy_within(n..len, 0);
         self.len = (len - n) as u32;
         self.low_water = self.low_water.min(self.len);
+        (before - self.blocks) as usize
     }
 }
 
@@ -328,12 +329,11 @@ impl Transfer {
         }
         s.draining = true;
         let n = s.len as usize;
-        let before = s.blocks;
-        s.remove_oldest(n, |b| {
+        let blocks = s.remove_oldest(n, |b| {
             evicted.batches[evicted.n] = b;
             evicted.n += 1;
         });
-        self.account((before - s.blocks) as usize * class_size(c), false);
+        self.account(blocks * class_size(c), false);
         drop(s);
         stats::add(c, Counter::LayerReleased, evicted.n);
     }
@@ -406,13 +406,12 @@ impl Transfer {
         for (c, slots) in self.classes.iter().enumerate() {
             let mut s = slots.lock();
             let n = if all { s.len } else { s.low_water } as usize;
-            let before = s.blocks;
-            s.remove_oldest(n, |b| {
+            let blocks = s.remove_oldest(n, |b| {
                 if r.is_ok() {
                     r = b.free_to(heap);
                 }
             });
-            self.account((before - s.blocks) as usize * class_size(c), false);
+            self.account(blocks * class_size(c), false);
             s.low_water = s.len;
             s.refused_by = 0;
             drop(s);
