@@ -315,6 +315,20 @@ impl BlockPtr {
         }
     }
 
+    /// Whether the block `size` bytes after this one (its successor, when `size` is this
+    /// block's size) has a valid tag and `PREV_USED` set, as it must while this block is in use.
+    ///
+    /// # Safety
+    /// The successor's header word lies inside the same segment (B1, B4).
+    #[inline(always)]
+    pub unsafe fn successor_sees_used(self, size: usize) -> bool {
+        // SAFETY: forwarded contract.
+        let next = unsafe { self.offset(size) };
+        // SAFETY: forwarded contract.
+        let nh = unsafe { next.header() };
+        next.tag_ok(nh) && nh & PREV_USED != 0
+    }
+
     /// The block `bytes` after this one.
     ///
     /// # Safety
@@ -575,11 +589,8 @@ impl UserPtr {
     /// a block of ours, whose successor's header lies in the same segment, B1/B4).
     #[inline(always)]
     pub unsafe fn successor_confirms_used(self, h: usize) -> bool {
-        // SAFETY: forwarded contract.
-        let next = unsafe { self.block().offset(BlockPtr::size_of(h)) };
         // SAFETY: forwarded contract: the successor's header is inside the segment.
-        let nh = unsafe { next.header() };
-        next.tag_ok(nh) && nh & PREV_USED != 0
+        unsafe { self.block().successor_sees_used(BlockPtr::size_of(h)) }
     }
 
     /// The cache link word (first payload word) of a cached block, as stored.

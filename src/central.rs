@@ -576,10 +576,7 @@ impl<S: MemorySource> CentralHeap<S> {
             return Err(Misuse::BadHeader);
         }
         // SAFETY: `b + size` is at most the sentinel (checked), inside the segment.
-        let next = unsafe { b.offset(size) };
-        // SAFETY: as above.
-        let nh = unsafe { next.header() };
-        if !next.tag_ok(nh) || nh & PREV_USED == 0 {
+        if !unsafe { b.successor_sees_used(size) } {
             return Err(Misuse::CorruptTags);
         }
         Ok((b, si))
