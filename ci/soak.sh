@@ -48,8 +48,23 @@ libc=$(gcc -print-file-name=libc.so.6)
 [ -f "$libc" ] || libc=/lib/x86_64-linux-gnu/libc.so.6
 declare -A preload=([glibc]=$libc [brkmalloc]=$work/libbrkmalloc.so)
 allocs=(glibc brkmalloc)
-base=$((20000 + $$ % 20000))
 declare -A rport mport rpid mpid
+# A free port below the kernel's ephemeral range (32768 and up here), so that no client socket
+# of this or another run holds it; the caller adds it to $taken (this runs in a subshell).
+taken=" "
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 12000))
+        [[ $taken == *" $p "* ]] && continue
+        python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' \
+            "$p" 2>/dev/null || continue
+        echo "$p"
+        return 0
+    done
+    echo "soak: no free port found" >&2
+    return 1
+}
 pids=()
 
 cleanup() {
@@ -63,9 +78,9 @@ trap cleanup EXIT
 
 fail() { echo "FAIL $*" | tee -a "$work/failures" >&2; }
 
-i=0
 for a in "${allocs[@]}"; do
-    rport[$a]=$((base + i)); mport[$a]=$((base + 10 + i)); i=$((i + 1))
+    rport[$a]=$(free_port); taken+="${rport[$a]} "
+    mport[$a]=$(free_port); taken+="${mport[$a]} "
     mkdir -p "$work/redis-$a"
     LD_PRELOAD=${preload[$a]} redis-server --port "${rport[$a]}" --bind 127.0.0.1 --save '' \
         --appendonly no --protected-mode no --dir "$work/redis-$a" \
