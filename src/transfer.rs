@@ -10,9 +10,9 @@
 //!
 //! # Bounds and idle return
 //!
-//! Each class holds at most [`SLOTS`] batches and [`CLASS_BYTES`] bytes of blocks (so the
-//! whole layer at most `NCLASSES * CLASS_BYTES`, 27.5 MiB, and in practice the few classes a
-//! program moves between threads), and a draining class at most [`DRAINING_SLOTS`]. Batches that stay unused go back to the central heap (to
+//! Each class holds at most [`SLOTS`] batches and [`CLASS_BYTES`] bytes of blocks, the whole
+//! layer at most its byte budget (TR5, at most [`LAYER_BYTES`]), and a draining class at most
+//! [`DRAINING_SLOTS`] batches. Batches that stay unused go back to the central heap (to
 //! merge and be purged): each idle pass ([`Transfer::release_idle`], from the idle purge every
 //! `purge_delay_ms` and from the background purge thread) returns the batches that were never
 //! taken since the previous pass, the class's low-water mark (jemalloc's and tcmalloc's
@@ -63,7 +63,7 @@ pub const LAYER_BYTES: usize = 4 << 20;
 /// demand added.
 pub const BOOST_STEP: usize = 64 << 10;
 /// Classes the layer serves: all of them; under loom the first four, so that the fork model's
-/// handlers take four class locks rather than 55 (the classes above go to the central heap,
+/// handlers take four class locks rather than 61 (the classes above go to the central heap,
 /// as a full class does).
 pub const LAYER_CLASSES: usize = if cfg!(loom) { 4 } else { NCLASSES };
 
