@@ -134,6 +134,8 @@ impl Segment {
 ///   inner pages were purged or never touched, unless the source refused the purge (a
 ///   performance assumption: breaking it only costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
 ///   takes every run.
+/// - C7: while its size is held ([`CentralHeap::hold_size`]), the heap takes nothing from its
+///   source and gives nothing back (no growth, no trim, no purge).
 pub struct CentralHeap<S> {
     source: S,
     group_map: u64,
@@ -162,6 +164,8 @@ pub struct CentralHeap<S> {
     pub dirty_slack: usize,
     /// Hysteresis of the free path's trims and purges (`central/purge.rs`).
     returns: ReturnFeedback,
+    /// C7: while set, the heap neither grows nor gives memory back ([`Self::hold_size`]).
+    size_held: bool,
 }
 
 // SAFETY: the raw pointers all point into memory owned by this heap (C4); moving the heap to
@@ -204,7 +208,16 @@ impl<S: MemorySource> CentralHeap<S> {
             purge_interval: DEFAULT_PURGE_INTERVAL,
             dirty_slack: DEFAULT_DIRTY_SLACK,
             returns: ReturnFeedback::new(),
+            size_held: false,
         }
+    }
+
+    /// While `hold` (C7), an allocation that would grow the heap fails instead, and a free
+    /// neither trims nor purges: the backend tries once so, and returns the middle layer's
+    /// free blocks to merge before it lets the heap grow (`Backend::central_alloc`, TR6);
+    /// the runs they merge into stay for the allocation that needed them.
+    pub fn hold_size(&mut self, hold: bool) {
+        self.size_held = hold;
     }
 
     /// The memory source.
@@ -256,6 +269,9 @@ impl<S: MemorySource> CentralHeap<S> {
     /// source refuses.
     #[cold]
     fn grow_for(&mut self, size: usize) -> bool {
+        if self.size_held {
+            return false;
+        }
         let Some(want) = size.checked_add(2 * ALIGN + self.top_pad) else { return false };
         let Some(g) = self.source.grow(want) else { return false };
         self.stats.grows += 1;
@@ -666,12 +682,13 @@ impl<S: MemorySource> CentralHeap<S> {
             }
             self.freed_since_purge += bs;
             if self.freed_since_purge >= self.purge_interval
+                && !self.size_held
                 && size >= self.purge_threshold
                 && self.too_dirty()
             {
                 self.purge_large_runs();
             }
-            if after.size() == 0 && size >= self.trim_threshold {
+            if after.size() == 0 && size >= self.trim_threshold && !self.size_held {
                 self.trim_freed_top(si);
             }
         }
