@@ -136,6 +136,8 @@ impl Segment {
 ///   takes every run.
 /// - C7: while its size is held ([`CentralHeap::hold_size`]), the heap takes nothing from its
 ///   source and gives nothing back (no growth, no trim, no purge).
+/// - C8: a heap whose options were never set ([`CentralHeap::unconfigured`]) has no segment:
+///   its options take their defaults before its first growth ([`CentralHeap::configure`]).
 pub struct CentralHeap<S> {
     source: S,
     group_map: u64,
@@ -166,6 +168,8 @@ pub struct CentralHeap<S> {
     returns: ReturnFeedback,
     /// C7: while set, the heap neither grows nor gives memory back ([`Self::hold_size`]).
     size_held: bool,
+    /// C8: the options hold their defaults or what was set.
+    configured: bool,
 }
 
 // SAFETY: the raw pointers all point into memory owned by this heap (C4); moving the heap to
@@ -178,6 +182,26 @@ pub const BATCH_RUNS: usize = 8;
 impl<S: MemorySource> CentralHeap<S> {
     /// An empty heap over `source`; no memory is taken until the first allocation.
     pub const fn new(source: S) -> Self {
+        let mut h = Self::unconfigured(source);
+        h.set_defaults();
+        h
+    }
+
+    const fn set_defaults(&mut self) {
+        self.trim_threshold = DEFAULT_TRIM_THRESHOLD;
+        self.top_pad = DEFAULT_TOP_PAD;
+        self.purge_threshold = DEFAULT_PURGE_THRESHOLD;
+        self.purge_interval = DEFAULT_PURGE_INTERVAL;
+        self.dirty_slack = DEFAULT_DIRTY_SLACK;
+        self.configured = true;
+    }
+
+    /// An empty heap whose options are zero until [`Self::configure`] or its first growth
+    /// gives them their defaults (C8). Over a zero-byte source it is all zero bytes, so the
+    /// process's heap (and the middle layer beside it, 80 KiB) lives in `.bss`: only the pages
+    /// it writes become resident, where `.data` brought in the whole 64 KiB window of the file
+    /// around the first page read (fault-around).
+    pub const fn unconfigured(source: S) -> Self {
         Self {
             source,
             group_map: 0,
@@ -185,7 +209,7 @@ impl<S: MemorySource> CentralHeap<S> {
             bins: [core::ptr::null_mut(); NBINS],
             segs: [Segment::EMPTY; MAX_SEGMENTS],
             nsegs: 0,
-            lo: usize::MAX,
+            lo: 0,
             hi: 0,
             stats: HeapStats {
                 heap_bytes: 0,
@@ -202,13 +226,22 @@ impl<S: MemorySource> CentralHeap<S> {
             freed_since_purge: 0,
             purge_gen: 0,
             purge_pending: false,
-            trim_threshold: DEFAULT_TRIM_THRESHOLD,
-            top_pad: DEFAULT_TOP_PAD,
-            purge_threshold: DEFAULT_PURGE_THRESHOLD,
-            purge_interval: DEFAULT_PURGE_INTERVAL,
-            dirty_slack: DEFAULT_DIRTY_SLACK,
+            trim_threshold: 0,
+            top_pad: 0,
+            purge_threshold: 0,
+            purge_interval: 0,
+            dirty_slack: 0,
             returns: ReturnFeedback::new(),
             size_held: false,
+            configured: false,
+        }
+    }
+
+    /// Gives the options their defaults if nothing did yet (C8): before the options are set
+    /// from outside, and before the first growth.
+    pub fn configure(&mut self) {
+        if !self.configured {
+            self.set_defaults();
         }
     }
 
@@ -258,6 +291,9 @@ impl<S: MemorySource> CentralHeap<S> {
             self.lo = self.lo.min(s.start());
             self.hi = self.hi.max(s.end());
         }
+        if self.nsegs == 0 {
+            self.lo = 0; // [0, 0): empty, as a new heap's (all zero bytes, C8)
+        }
     }
 
     /// Whether `p` points into one of this heap's segments.
@@ -272,6 +308,7 @@ impl<S: MemorySource> CentralHeap<S> {
         if self.size_held {
             return false;
         }
+        self.configure();
         let Some(want) = size.checked_add(2 * ALIGN + self.top_pad) else { return false };
         let Some(g) = self.source.grow(want) else { return false };
         self.stats.grows += 1;

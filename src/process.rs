@@ -70,9 +70,9 @@ impl MemorySource for ProcessSource {
 }
 
 /// The middle layer and the central heap of the process (locks `CENTRAL` and `TRANSFER` in
-/// the lock order, DESIGN.md).
+/// the lock order, DESIGN.md). All zero bytes (C8), so in `.bss`.
 pub static BACKEND: Backend<ProcessSource> =
-    Backend::new(CentralHeap::new(ProcessSource::new()));
+    Backend::new(CentralHeap::unconfigured(ProcessSource::new()));
 
 /// The process's quarantine (`quarantine:N`; lock `QUARANTINE`, taken before `CENTRAL`).
 pub static QUARANTINE: Mutex<Quarantine> = Mutex::new(Quarantine::new());
@@ -376,6 +376,7 @@ pub fn ensure_config() {
 pub fn apply_config() {
     let r = Ordering::Relaxed;
     let mut h = BACKEND.central.lock();
+    h.configure();
     h.trim_threshold = config::TRIM_THRESHOLD.load(r);
     h.top_pad = config::TOP_PAD.load(r);
 }

@@ -117,6 +117,26 @@ fn links_only_libc() {
     }
 }
 
+/// C8: the process's heap and middle layer (80 KiB) are all zero bytes, so the linker puts
+/// them in `.bss`: only the pages written become resident. In `.data`, the first read of any
+/// of it mapped the whole 64 KiB window of the file around it (fault-around), in every process.
+#[test]
+fn backend_is_in_bss() {
+    require("nm", "binutils");
+    let out = std::process::Command::new("nm")
+        .args(["-C", "--defined-only"])
+        .arg(common::preload::so())
+        .output()
+        .expect("nm runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.ends_with(" brkmalloc::process::BACKEND"))
+        .unwrap_or_else(|| panic!("nm lists no brkmalloc::process::BACKEND"));
+    let kind = line.split_whitespace().nth(1);
+    assert!(matches!(kind, Some("b" | "B")), "BACKEND is not in .bss: {line}");
+}
+
 // ---- misuse: must abort with a brkmalloc message --------------------------
 
 // Every misuse case below needs `hardening` (the cache key or the tag check).

@@ -18,11 +18,16 @@ struct TestHeap {
 
 impl TestHeap {
     fn new(cap: usize) -> Self {
+        Self::over(cap, CentralHeap::new)
+    }
+
+    /// A heap made by `make` over a fresh arena of `cap` bytes.
+    fn over(cap: usize, make: fn(Faulty<FixedArena>) -> CentralHeap<Faulty<FixedArena>>) -> Self {
         let mut buf = vec![0u128; cap / 16];
         let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
         // SAFETY: the buffer is zeroed, 16-aligned, owned by `TestHeap` and outlives the heap.
         let arena = unsafe { FixedArena::new(base, cap) };
-        Self { heap: CentralHeap::new(Faulty::new(arena)), _buf: buf }
+        Self { heap: make(Faulty::new(arena)), _buf: buf }
     }
 
     fn check(&self) {
@@ -676,4 +681,25 @@ impl Rng {
             _ => self.below(300 << 10),
         }
     }
+}
+
+/// C8: a heap takes its options' defaults at its first growth, and options set before that
+/// stay. (That the process's heap is all zero bytes, in `.bss`, is checked on the built
+/// library: `tests/preload.rs::backend_is_in_bss`.)
+#[test]
+fn an_unconfigured_heap_takes_its_defaults_when_it_grows() {
+    let mut t = TestHeap::over(1 << 20, CentralHeap::unconfigured);
+    assert_eq!((t.heap.trim_threshold, t.heap.purge_interval, t.heap.bounds()), (0, 0, (0, 0)));
+    let p = t.alloc(100);
+    assert_eq!(t.heap.trim_threshold, DEFAULT_TRIM_THRESHOLD);
+    assert_eq!(t.heap.purge_interval, DEFAULT_PURGE_INTERVAL);
+    t.free(p);
+
+    let mut t = TestHeap::over(1 << 20, CentralHeap::unconfigured);
+    t.heap.configure();
+    t.heap.top_pad = 4096;
+    let p = t.alloc(100);
+    assert_eq!(t.heap.top_pad, 4096, "an option set before the first growth stays");
+    assert_eq!(t.heap.dirty_slack, DEFAULT_DIRTY_SLACK);
+    t.free(p);
 }
