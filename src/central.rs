@@ -134,8 +134,6 @@ impl Segment {
 ///   inner pages were purged or never touched, unless the source refused the purge (a
 ///   performance assumption: breaking it only costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
 ///   takes every run.
-/// - C7: while its size is held ([`CentralHeap::hold_size`]), the heap takes nothing from its
-///   source and gives nothing back (no growth, no trim, no purge).
 /// - C8: a heap whose options were never set ([`CentralHeap::unconfigured`]) has no segment:
 ///   its options take their defaults before its first growth ([`CentralHeap::configure`]).
 pub struct CentralHeap<S> {
@@ -166,8 +164,6 @@ pub struct CentralHeap<S> {
     pub dirty_slack: usize,
     /// Hysteresis of the free path's trims and purges (`central/purge.rs`).
     returns: ReturnFeedback,
-    /// C7: while set, the heap neither grows nor gives memory back ([`Self::hold_size`]).
-    size_held: bool,
     /// C8: the options hold their defaults or what was set.
     configured: bool,
 }
@@ -232,7 +228,6 @@ impl<S: MemorySource> CentralHeap<S> {
             purge_interval: 0,
             dirty_slack: 0,
             returns: ReturnFeedback::new(),
-            size_held: false,
             configured: false,
         }
     }
@@ -243,14 +238,6 @@ impl<S: MemorySource> CentralHeap<S> {
         if !self.configured {
             self.set_defaults();
         }
-    }
-
-    /// While `hold` (C7), an allocation that would grow the heap fails instead, and a free
-    /// neither trims nor purges: the backend tries once so, and returns the middle layer's
-    /// free blocks to merge before it lets the heap grow (`Backend::central_alloc`, TR6);
-    /// the runs they merge into stay for the allocation that needed them.
-    pub fn hold_size(&mut self, hold: bool) {
-        self.size_held = hold;
     }
 
     /// The memory source.
@@ -305,9 +292,6 @@ impl<S: MemorySource> CentralHeap<S> {
     /// source refuses.
     #[cold]
     fn grow_for(&mut self, size: usize) -> bool {
-        if self.size_held {
-            return false;
-        }
         self.configure();
         let Some(want) = size.checked_add(2 * ALIGN + self.top_pad) else { return false };
         let Some(g) = self.source.grow(want) else { return false };
@@ -719,13 +703,12 @@ impl<S: MemorySource> CentralHeap<S> {
             }
             self.freed_since_purge += bs;
             if self.freed_since_purge >= self.purge_interval
-                && !self.size_held
                 && size >= self.purge_threshold
                 && self.too_dirty()
             {
                 self.purge_large_runs();
             }
-            if after.size() == 0 && size >= self.trim_threshold && !self.size_held {
+            if after.size() == 0 && size >= self.trim_threshold {
                 self.trim_freed_top(si);
             }
         }

@@ -372,9 +372,9 @@ impl<E: Env> Front<E> {
         Some(p)
     }
 
-    /// `CentralHeap::alloc` under the lock, the layer returned first if the heap must grow (TR6).
+    /// `CentralHeap::alloc` under the lock.
     fn heap_alloc(&self, n: usize, zero: bool) -> Option<(NonNull<u8>, bool)> {
-        self.0.backend().central_alloc(|heap| heap.alloc(n, zero))
+        self.0.central().lock().alloc(n, zero)
     }
 
     /// Allocates `n` zeroed bytes, skipping the memset on memory known to be fresh.
@@ -419,7 +419,7 @@ impl<E: Env> Front<E> {
         let p = if n >= t || align >= t {
             self.0.large_alloc(n, align)
         } else {
-            let r = self.0.backend().central_alloc(|heap| heap.alloc_aligned(n, align));
+            let r = self.0.central().lock().alloc_aligned(n, align);
             r.or_else(|| self.0.large_alloc(n, align))
         };
         self.count_bypass(p.or_else(|| self.oom())?, n)

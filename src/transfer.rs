@@ -548,11 +548,6 @@ impl Default for Transfer {
 
 /// What the thread caches refill from and flush to: the middle layer and, behind it, the
 /// central heap.
-///
-/// # Invariants
-/// - TR6: the layer's free blocks never make the heap grow: an allocation from the central
-///   heap ([`Backend::central_alloc`]) that would grow it first returns the layer's batches to
-///   the heap, where they merge with their free neighbours, and tries again.
 pub struct Backend<S> {
     /// The middle layer.
     pub layer: Transfer,
@@ -584,33 +579,6 @@ impl<S: MemorySource> Backend<S> {
             return self.drain_class(c, b);
         }
         b.free_to(&mut self.central.lock())
-    }
-
-    /// Runs the allocation `f` on the central heap under its lock, first with the heap's size
-    /// held (C7); when that finds no room, the middle layer's batches go back to the heap to
-    /// merge (still held: the runs they merge into are not trimmed away), and `f` runs again
-    /// with growth allowed (TR6). Growth is rare (the heap grows by `top_pad` at least), so the
-    /// second try costs one pass over the class locks per growth.
-    ///
-    /// Measured (`prodcons` 4+4 threads, `mixed` ×2): the heap at the peak held the layer's
-    /// budget in blocks that no other class could use, 0.3–5 MiB; see DESIGN.md.
-    pub fn central_alloc<T>(
-        &self,
-        mut f: impl FnMut(&mut CentralHeap<S>) -> Option<T>,
-    ) -> Option<T> {
-        let mut heap = self.central.lock();
-        heap.hold_size(true);
-        let r = f(&mut heap);
-        if r.is_some() {
-            heap.hold_size(false);
-            return r;
-        }
-        let drained = self.layer.drain(&mut heap);
-        heap.hold_size(false);
-        if let Err(e) = drained {
-            crate::diag::fatal("malloc", e.message(), 0);
-        }
-        f(&mut heap)
     }
 
     /// [`Self::give_back`] of a refused batch whose class starts draining: its batches go back

@@ -24,7 +24,7 @@ use brkmalloc::size_class::{
 use brkmalloc::thread_cache::{
     CACHE_KEY, DEFAULT_MAX_BYTES, HARDENING, State, ThreadCache, max_count,
 };
-use brkmalloc::transfer::{BOOST_STEP, Backend, Held, LAYER_BYTES_PER_CACHE};
+use brkmalloc::transfer::{BOOST_STEP, Backend, LAYER_BYTES_PER_CACHE};
 
 /// Bytes before the user pointer (the block header).
 const HEADER: usize = 8;
@@ -101,8 +101,6 @@ struct Hits {
     collected_blocks: usize,
     cross_frees: usize,
     central: usize,
-    /// The layer returned its batches before the heap grew (TR6).
-    layer_returns: usize,
 }
 
 impl World {
@@ -281,26 +279,9 @@ impl World {
         self.next_seed
     }
 
-    /// After an allocation from the central heap: if it had to grow the heap, the middle layer
-    /// returned every batch first (TR6), and the model's batches go back with them.
-    /// `before`: the layer's batches per class before the allocation.
-    fn sync_growth(&mut self, before: &[usize]) {
-        let now = self.layer_batches();
-        if now.iter().all(|&n| n == 0) && before.iter().any(|&n| n > 0) {
-            self.hits.layer_returns += 1;
-            for c in 0..NCLASSES {
-                for b in std::mem::take(&mut self.layer[c]).into_iter().flatten() {
-                    self.release(b.p);
-                }
-            }
-        }
-    }
-
     fn central_alloc(&mut self, n: usize) -> NonNull<u8> {
         self.hits.central += 1;
-        let before = self.layer_batches();
-        let (p, _) = self.heap.central_alloc(|heap| heap.alloc(n, false)).expect("arena exhausted");
-        self.sync_growth(&before);
+        let (p, _) = self.heap.central.lock().alloc(n, false).expect("arena exhausted");
         let u = self.usable(p.addr().get());
         self.claim(p.addr().get(), u);
         p
@@ -335,14 +316,10 @@ impl World {
             return Some(p);
         }
         assert!(self.model[i][c].is_empty(), "pop found nothing in a non-empty list");
-        let all = self.layer_batches();
-        // The layer serves the refill when its newest batch of the class fits the empty list.
-        let room = max_count(c, self.limits[i]) as usize;
-        let from_layer = self.layer[c].last().is_some_and(|l| l.len() <= room);
+        let batches = self.heap.layer.batches(c);
         let p = self.caches[i].alloc_slow(c, &self.heap)?.ptr();
         self.hits.refills += 1;
-        if from_layer {
-            assert_eq!(self.heap.layer.batches(c) + 1, all[c], "class {c}: a layer refill");
+        if self.heap.layer.batches(c) + 1 == batches {
             // A refill from the middle layer: its newest batch became the list.
             self.hits.layer_refills += 1;
             let mut list = self.layer[c].pop().expect("the model's layer is empty");
@@ -361,7 +338,6 @@ impl World {
         // A refill from the central heap: a batch carved from one or more free runs, each run's
         // blocks adjacent and linked in address order; every block of the class's size (the
         // last of a run may absorb a remainder under 32 bytes).
-        self.sync_growth(&all);
         let size = class_size(c);
         let k = self.caches[i].count(c);
         assert!(k < max_count(c, self.limits[i]) as usize, "refill overfilled class {c}");
@@ -914,40 +890,10 @@ fn random_churn_keeps_every_block_accounted_for() {
                 && h.full_flushes > 10
                 && h.collected_blocks > 100
                 && h.cross_frees > 200
-                && h.central > 100
-                && h.layer_returns > 0,
+                && h.central > 100,
             "seed {seed}: a path was not exercised: {h:?}"
         );
     }
-}
-
-/// TR6: the layer's free blocks do not make the heap grow. With every block free, in the
-/// layer or in the heap, a request larger than the heap's free bytes but smaller than those
-/// and the layer's together is served without growth: the layer's batches went back and
-/// merged first.
-#[test]
-fn the_layer_returns_its_blocks_before_the_heap_grows() {
-    let mut w = World::new(4 << 20, &[DEFAULT_MAX_BYTES, DEFAULT_MAX_BYTES]);
-    // Cache 0 allocates, cache 1 frees: its flushes fill the layer.
-    let ps: Vec<usize> = (0..2000).map(|_| w.alloc(0, 232, false).addr().get()).collect();
-    for p in ps {
-        w.free(1, p);
-    }
-    w.flush_all(0);
-    w.flush_all(1);
-    w.check();
-    let held = w.heap.layer.held();
-    assert!(held.bytes >= 8 << 10, "the layer holds too little to tell: {held:?}");
-    let st = w.heap.central.lock().stats();
-    let n = st.free_bytes + held.bytes / 2;
-    assert!(n > MAX_CLASS_SIZE, "a request for the central heap");
-    let p = w.alloc(0, n, false).addr().get();
-    assert_eq!(w.heap.central.lock().stats().grows, st.grows, "the heap grew");
-    assert_eq!(w.heap.layer.held(), Held::default(), "the layer kept blocks");
-    assert!(w.layer.iter().all(Vec::is_empty));
-    w.check();
-    w.free(0, p);
-    w.drain();
 }
 
 #[test]
