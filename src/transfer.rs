@@ -174,7 +174,16 @@ pub struct Transfer {
     /// nobody counts (the models, the fuzz driver), which bounds each class by one cache's
     /// share. Relaxed: a tuning input.
     caches: AtomicUsize,
+    /// Bit `c`: class `c` holds batches or remembers a refusal (set and cleared under the
+    /// class's lock). The idle pass and the drains lock only these classes, so a class the
+    /// program never moves blocks through is never written: the layer lives in `.bss` (C8),
+    /// where a page becomes resident when first written, and the idle pass had written every
+    /// class lock, all 21 pages of it, in every process. Relaxed: a put racing a pass is left
+    /// for the next one. Not kept under loom (every class is visited).
+    occupied: AtomicUsize,
 }
+
+const _: () = assert!(LAYER_CLASSES <= usize::BITS as usize);
 
 // SAFETY: the batches' raw pointers are blocks the layer owns (TR1); every access is under
 // the class's lock.
@@ -191,6 +200,7 @@ impl Transfer {
             bytes: AtomicUsize::new(0),
             boost: AtomicUsize::new(0),
             caches: AtomicUsize::new(0),
+            occupied: AtomicUsize::new(0),
         }
     }
 
@@ -202,6 +212,7 @@ impl Transfer {
             bytes: AtomicUsize::new(0),
             boost: AtomicUsize::new(0),
             caches: AtomicUsize::new(0),
+            occupied: AtomicUsize::new(0),
         }
     }
 
@@ -249,6 +260,20 @@ impl Transfer {
         let b = self.boost.load(Ordering::Relaxed);
         if b < LAYER_BYTES {
             self.boost.store((b + BOOST_STEP).min(LAYER_BYTES), Ordering::Relaxed);
+        }
+    }
+
+    /// Records whether class `c` has state for the idle pass (`occupied`; not under loom).
+    /// Called under the class's lock.
+    fn mark(&self, c: usize, occupied: bool) {
+        if cfg!(loom) {
+            return;
+        }
+        // Relaxed: a hint (see `occupied`).
+        if occupied {
+            self.occupied.fetch_or(1 << c, Ordering::Relaxed);
+        } else {
+            self.occupied.fetch_and(!(1 << c), Ordering::Relaxed);
         }
     }
 
@@ -304,12 +329,18 @@ impl Transfer {
             || !self.budget_allows(bytes, layer_bound)
         {
             let drain = s.puts_since_take >= DRAIN_PUTS && !s.draining;
+            if s.refused_by == 0 && s.len == 0 {
+                self.mark(c, true);
+            }
             s.refused_by = from;
             drop(s);
             stats::add(c, Counter::LayerOverflows, 1);
             return Err((batch, drain));
         }
         let len = s.len as usize;
+        if len == 0 {
+            self.mark(c, true);
+        }
         s.batches[len] = batch;
         s.len += 1;
         s.blocks = blocks;
@@ -364,6 +395,9 @@ impl Transfer {
         // own its blocks (the models' ledger must catch it).
         if !crate::sync::sabotage::armed(crate::sync::sabotage::Defect::Transfer) {
             s.len = top;
+            if top == 0 && s.refused_by == 0 {
+                self.mark(c, false);
+            }
             s.blocks -= b.count;
             s.low_water = s.low_water.min(top);
             self.account(b.count as usize * class_size(c), false);
@@ -384,6 +418,7 @@ impl Transfer {
         &self,
         heap: &mut CentralHeap<S>,
     ) -> Result<usize, Misuse> {
+        self.decay_budget();
         self.release(heap, false)
     }
 
@@ -392,6 +427,7 @@ impl Transfer {
     /// # Errors
     /// As [`Self::release_idle`].
     pub fn drain<S: MemorySource>(&self, heap: &mut CentralHeap<S>) -> Result<usize, Misuse> {
+        self.decay_budget();
         self.release(heap, true)
     }
 
@@ -400,10 +436,14 @@ impl Transfer {
         heap: &mut CentralHeap<S>,
         all: bool,
     ) -> Result<usize, Misuse> {
-        self.decay_budget();
         let mut r = Ok(());
         let mut released = 0;
+        // Relaxed: a hint (see `occupied`); under loom every class.
+        let occupied = if cfg!(loom) { usize::MAX } else { self.occupied.load(Ordering::Relaxed) };
         for (c, slots) in self.classes.iter().enumerate() {
+            if occupied & (1 << c) == 0 {
+                continue;
+            }
             let mut s = slots.lock();
             let n = if all { s.len } else { s.low_water } as usize;
             let blocks = s.remove_oldest(n, |b| {
@@ -414,6 +454,9 @@ impl Transfer {
             self.account(blocks * class_size(c), false);
             s.low_water = s.len;
             s.refused_by = 0;
+            if s.len == 0 {
+                self.mark(c, false);
+            }
             drop(s);
             stats::add(c, Counter::LayerReleased, n);
             released += n;

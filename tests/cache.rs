@@ -942,3 +942,32 @@ fn layer_budget_is_shared_and_raised_by_demand() {
     w.drain();
     assert_eq!(w.heap.layer.budget(), base + BOOST_STEP / 2);
 }
+
+/// The idle pass returns what stayed in the layer for a whole period (TR2), whichever classes
+/// hold it (it skips only the classes that hold nothing: `Transfer::occupied`).
+#[test]
+fn idle_passes_return_the_batches_that_stayed() {
+    let mut w = World::new(4 << 20, &[DEFAULT_MAX_BYTES, DEFAULT_MAX_BYTES]);
+    let mut ps = Vec::new();
+    for n in [24, 100, 1000] {
+        ps.extend((0..300).map(|_| w.alloc(0, n, false).addr().get()));
+    }
+    for p in ps {
+        w.free(1, p);
+    }
+    w.check();
+    let held = w.layer_batches();
+    let classes = held.iter().filter(|&&n| n > 0).count();
+    assert!(classes >= 2, "the frees left batches in too few classes: {held:?}");
+    assert_eq!(w.heap.purge_idle(true).expect("first pass"), 0, "nothing stayed a period yet");
+    assert_eq!(w.layer_batches(), held);
+    let returned = w.heap.purge_idle(true).expect("second pass");
+    assert_eq!(returned, held.iter().sum::<usize>());
+    assert!(w.layer_batches().iter().all(|&n| n == 0));
+    for b in std::mem::take(&mut w.layer).into_iter().flatten().flatten() {
+        w.release(b.p);
+    }
+    w.layer = vec![Vec::new(); NCLASSES];
+    w.check();
+    w.drain();
+}
