@@ -24,7 +24,8 @@ const URC_NORMAL_STOP: c_int = 4;
 type _Unwind_Trace_Fn = extern "C" fn(ctx: *mut c_void, arg: *mut c_void) -> c_int;
 
 unsafe extern "C" {
-    /// libgcc_s (linked by Rust's std): calls `trace` once per frame, innermost first.
+    /// gcc's unwinder (static in `libbrkmalloc.so`, `preload/build.rs`; libgcc_s in a Rust
+    /// program): calls `trace` once per frame, innermost first.
     fn _Unwind_Backtrace(trace: _Unwind_Trace_Fn, arg: *mut c_void) -> c_int;
     /// The return address of the frame `ctx` (the call's next instruction).
     fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
