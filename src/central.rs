@@ -184,11 +184,9 @@ impl<S: MemorySource> CentralHeap<S> {
     }
 
     const fn set_defaults(&mut self) {
-        self.trim_threshold = DEFAULT_TRIM_THRESHOLD;
-        self.top_pad = DEFAULT_TOP_PAD;
-        self.purge_threshold = DEFAULT_PURGE_THRESHOLD;
-        self.purge_interval = DEFAULT_PURGE_INTERVAL;
-        self.dirty_slack = DEFAULT_DIRTY_SLACK;
+        (self.trim_threshold, self.top_pad) = (DEFAULT_TRIM_THRESHOLD, DEFAULT_TOP_PAD);
+        (self.purge_threshold, self.purge_interval, self.dirty_slack) =
+            (DEFAULT_PURGE_THRESHOLD, DEFAULT_PURGE_INTERVAL, DEFAULT_DIRTY_SLACK);
         self.configured = true;
     }
 
