@@ -58,6 +58,12 @@ impl Stats {
         self.classes.iter().map(|c| c.direct_allocs).sum()
     }
 
+    /// Every allocation: from the thread caches, from the central heap directly, and above the
+    /// classes.
+    pub fn allocs(&self) -> usize {
+        self.cache_allocs + self.direct_allocs() + self.big_allocs
+    }
+
     /// Cache allocations that needed no refill.
     pub fn cache_hits(&self) -> usize {
         let refills: usize = self.classes.iter().map(|c| c.refills).sum();
@@ -69,7 +75,7 @@ impl Stats {
     /// Central lock acquisitions per 1000 malloc+free calls, in tenths (each allocation is
     /// counted with its free: the free fast path counts nothing).
     pub fn locks_per_1000_calls_x10(&self) -> usize {
-        let calls = 2 * (self.cache_allocs + self.direct_allocs() + self.big_allocs);
+        let calls = 2 * self.allocs();
         (self.lock_acquisitions * 10_000).checked_div(calls).unwrap_or(0)
     }
 
@@ -188,12 +194,11 @@ fn put(out: &mut impl Sink, template: &str, values: &[usize]) {
 /// The human table of `stats:1`.
 pub fn write_text(s: &Stats, out: &mut impl Sink) {
     put(out, "brkmalloc statistics (pid %d)\n", &[std_pid()]);
-    let (cache, direct, big) = (s.cache_allocs, s.direct_allocs(), s.big_allocs);
     put(
         out,
         "allocations: %d (thread caches %d, of which cache hits %d; central heap directly %d; \
          above the classes %d)\n",
-        &[cache + direct + big, cache, s.cache_hits(), direct, big],
+        &[s.allocs(), s.cache_allocs, s.cache_hits(), s.direct_allocs(), s.big_allocs],
     );
     put(
         out,
@@ -277,12 +282,11 @@ pub fn write_text(s: &Stats, out: &mut impl Sink) {
 
 /// The same as one JSON object (`stats:json`).
 pub fn write_json(s: &Stats, out: &mut impl Sink) {
-    let (cache, direct, big) = (s.cache_allocs, s.direct_allocs(), s.big_allocs);
     put(
         out,
         "{\"brkmalloc\":{\"pid\":%d,\"allocs\":%d,\"cache_allocs\":%d,\"cache_hits\":%d,\
          \"big_allocs\":%d,\"classes\":[",
-        &[std_pid(), cache + direct + big, cache, s.cache_hits(), big],
+        &[std_pid(), s.allocs(), s.cache_allocs, s.cache_hits(), s.big_allocs],
     );
     // Every class object but the first follows a comma.
     // One class object in two lines' worth (a `Line` holds 256 bytes).
