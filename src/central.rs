@@ -269,16 +269,11 @@ impl<S: MemorySource> CentralHeap<S> {
         self.segs[..self.nsegs].iter().position(|s| s.start() <= addr && addr < s.end())
     }
 
+    /// `[lo, hi)` over the segments (C4); `[0, 0)` without any, as in a new heap (C8).
     fn recompute_bounds(&mut self) {
-        self.lo = usize::MAX;
-        self.hi = 0;
-        for s in &self.segs[..self.nsegs] {
-            self.lo = self.lo.min(s.start());
-            self.hi = self.hi.max(s.end());
-        }
-        if self.nsegs == 0 {
-            self.lo = 0; // [0, 0): empty, as a new heap's (all zero bytes, C8)
-        }
+        let segs = &self.segs[..self.nsegs];
+        self.lo = segs.iter().map(Segment::start).min().unwrap_or(0);
+        self.hi = segs.iter().map(Segment::end).max().unwrap_or(0);
     }
 
     /// Whether `p` points into one of this heap's segments.
