@@ -128,6 +128,11 @@ impl Slots {
         draining: false,
     };
 
+    /// Whether the idle pass has work here: batches, or a refusal to forget (`occupied`).
+    fn needs_pass(&self) -> bool {
+        self.len > 0 || self.refused_by != 0
+    }
+
     /// Removes the `n` oldest batches, shifting the rest down; returns their blocks.
     fn remove_oldest(&mut self, n: usize, mut f: impl FnMut(Batch)) -> usize {
         let (len, before) = (self.len as usize, self.blocks);
@@ -162,6 +167,8 @@ pub struct Held {
 ///   whenever no class lock is held (each class adds and subtracts its own under its lock), and
 ///   a put that would take it above the budget ([`Self::budget`]) is refused (two racing puts
 ///   may each pass it by a batch; a budget that shrinks as caches leave keeps what is held).
+/// - TR6: outside the models, bit `c` of `occupied` is set iff class `c` holds batches or
+///   remembers a refusal, whenever its lock is not held.
 pub struct Transfer {
     classes: [CachePadded<Mutex<Slots>>; LAYER_CLASSES],
     /// Bytes of blocks held over all classes (TR5). Relaxed: a budget, ordered with nothing;
@@ -174,8 +181,8 @@ pub struct Transfer {
     /// nobody counts (the models, the fuzz driver), which bounds each class by one cache's
     /// share. Relaxed: a tuning input.
     caches: AtomicUsize,
-    /// Bit `c`: class `c` holds batches or remembers a refusal (set and cleared under the
-    /// class's lock). The idle pass and the drains lock only these classes, so a class the
+    /// TR6: bit `c` is set iff class `c` needs the idle pass (`Slots::needs_pass`: it holds
+    /// batches or remembers a refusal), kept so under the class's lock at each change. The idle pass and the drains lock only these classes, so a class the
     /// program never moves blocks through is never written: the layer lives in `.bss` (C8),
     /// where a page becomes resident when first written, and the idle pass had written every
     /// class lock, all 21 pages of it, in every process. Relaxed: a put racing a pass is left
@@ -329,7 +336,7 @@ impl Transfer {
             || !self.budget_allows(bytes, layer_bound)
         {
             let drain = s.puts_since_take >= DRAIN_PUTS && !s.draining;
-            if s.refused_by == 0 && s.len == 0 {
+            if !s.needs_pass() {
                 self.mark(c, true);
             }
             s.refused_by = from;
@@ -337,10 +344,10 @@ impl Transfer {
             stats::add(c, Counter::LayerOverflows, 1);
             return Err((batch, drain));
         }
-        let len = s.len as usize;
-        if len == 0 {
+        if !s.needs_pass() {
             self.mark(c, true);
         }
+        let len = s.len as usize;
         s.batches[len] = batch;
         s.len += 1;
         s.blocks = blocks;
@@ -379,6 +386,7 @@ impl Transfer {
             let raise = s.refused_by != 0 && s.refused_by != by;
             if raise {
                 s.refused_by = 0;
+                self.mark(c, false);
             }
             drop(s);
             if raise {
@@ -395,7 +403,7 @@ impl Transfer {
         // own its blocks (the models' ledger must catch it).
         if !crate::sync::sabotage::armed(crate::sync::sabotage::Defect::Transfer) {
             s.len = top;
-            if top == 0 && s.refused_by == 0 {
+            if !s.needs_pass() {
                 self.mark(c, false);
             }
             s.blocks -= b.count;
@@ -454,7 +462,7 @@ impl Transfer {
             self.account(blocks * class_size(c), false);
             s.low_water = s.len;
             s.refused_by = 0;
-            if s.len == 0 {
+            if !s.needs_pass() {
                 self.mark(c, false);
             }
             drop(s);
@@ -527,11 +535,12 @@ impl Transfer {
         &self,
         heap: &CentralHeap<S>,
     ) -> Result<(), HeapError> {
-        let mut bytes = 0;
+        let (mut bytes, mut needs) = (0, 0);
         for (c, slots) in self.classes.iter().enumerate() {
             // SAFETY: forwarded contract.
             bytes += unsafe {
                 slots.with_raw_locked(|s| {
+                    needs |= usize::from(s.needs_pass()) << c;
                     check_class(c, s, heap).map(|()| s.blocks as usize * class_size(c))
                 })
             }?;
@@ -539,6 +548,10 @@ impl Transfer {
         // Relaxed: every class lock is held, so every update of `bytes` happened before (TR5).
         if !cfg!(loom) && bytes != self.bytes.load(Ordering::Relaxed) {
             return Err(HeapError { what: "TR5: the layer's byte total disagrees", addr: bytes });
+        }
+        // Relaxed: as above, for `occupied` (TR6).
+        if !cfg!(loom) && needs != self.occupied.load(Ordering::Relaxed) {
+            return Err(HeapError { what: "TR6: the occupied classes disagree", addr: needs });
         }
         Ok(())
     }
