@@ -485,6 +485,14 @@ impl World {
         self.caches[i].activate(self.limits[i]);
     }
 
+    /// The layer gave every batch back to the heap: the model's go with them.
+    fn layer_returned(&mut self) {
+        for b in std::mem::take(&mut self.layer).into_iter().flatten().flatten() {
+            self.release(b.p);
+        }
+        self.layer = vec![Vec::new(); NCLASSES];
+    }
+
     /// Frees everything the program holds, flushes every cache, and checks the heap is empty.
     fn drain(&mut self) {
         let ps: Vec<usize> = self.live.keys().copied().collect();
@@ -498,10 +506,7 @@ impl World {
         self.check();
         let r = self.heap.layer.drain(&mut self.heap.central.lock());
         r.expect("drain found a damaged block");
-        for b in std::mem::take(&mut self.layer).into_iter().flatten().flatten() {
-            self.release(b.p);
-        }
-        self.layer = vec![Vec::new(); NCLASSES];
+        self.layer_returned();
         assert!(self.blocks.is_empty());
         let st = self.heap.central.lock().stats();
         assert_eq!(st.used_blocks, 0);
@@ -964,10 +969,7 @@ fn idle_passes_return_the_batches_that_stayed() {
     let returned = w.heap.purge_idle(true).expect("second pass");
     assert_eq!(returned, held.iter().sum::<usize>());
     assert!(w.layer_batches().iter().all(|&n| n == 0));
-    for b in std::mem::take(&mut w.layer).into_iter().flatten().flatten() {
-        w.release(b.p);
-    }
-    w.layer = vec![Vec::new(); NCLASSES];
+    w.layer_returned();
     w.check();
     w.drain();
 }
