@@ -10,6 +10,9 @@
 //! (`/proc/<pid>/smaps`), for code that never runs. The static copy is not exported (the
 //! cdylib exports only the C malloc family), and nothing unwinds across the C boundary
 //! (`panic = "abort"`), so it never meets the program's own unwinder.
+//!
+//! And it hands the linker `hot.ld`, which gathers the code every process runs at the start
+//! of the executable segment (why, and what: the script's own comment).
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -17,4 +20,7 @@ fn main() {
     // Listed before std's `-lgcc_s`: the unwinder's symbols resolve here, and the linker's
     // `--as-needed` (rustc's default) then drops libgcc_s.
     println!("cargo:rustc-link-lib=static=gcc_eh");
+    println!("cargo:rerun-if-changed=hot.ld");
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{dir}/hot.ld");
 }

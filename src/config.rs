@@ -163,6 +163,8 @@ fn load() {
 }
 
 /// Applies every `key:value` of `conf`; warns about what it cannot use.
+#[cold]
+#[inline(never)]
 pub fn parse(conf: &[u8]) {
     for item in conf.split(|&b| b == b',') {
         if item.is_empty() {

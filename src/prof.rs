@@ -165,9 +165,16 @@ pub fn init() {
 /// At exit (`.fini_array`): the final profile (`prof_final`, on by default) and the leak
 /// summary (`prof_leak:1`). A forked child that exits writes its own file (its pid differs).
 pub fn at_exit() {
-    if !active() {
-        return;
+    if active() {
+        finish();
     }
+}
+
+/// [`at_exit`]'s work, out of line: the check above runs in every process and lies with the
+/// hot code (`preload/hot.ld`); this runs only with `prof` on.
+#[cold]
+#[inline(never)]
+fn finish() {
     let mut t = PROF.lock();
     if config::PROF_FINAL.load(Ordering::Relaxed) {
         let r = dump_numbered(&mut t);

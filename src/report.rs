@@ -375,9 +375,16 @@ pub fn write_json(s: &Stats, out: &mut impl Sink) {
 /// (`diag::report_fd`), which survives a program closing its stderr.
 pub fn at_exit() {
     let mode = config::STATS.load(Ordering::Relaxed);
-    if mode == config::STATS_OFF {
-        return;
+    if mode != config::STATS_OFF {
+        write_at_exit(mode);
     }
+}
+
+/// [`at_exit`]'s report, out of line: the check above runs in every process and lies with
+/// the hot code (`preload/hot.ld`); this runs only with `stats` on.
+#[cold]
+#[inline(never)]
+fn write_at_exit(mode: usize) {
     let mut path = [0u8; 2 * config::STATS_FILE_MAX];
     let mut file = -1;
     if let Some(p) = config::stats_file_path(std_pid(), &mut path) {

@@ -137,6 +137,96 @@ fn backend_is_in_bss() {
     assert!(matches!(kind, Some("b" | "B")), "BACKEND is not in .bss: {line}");
 }
 
+/// Modules of the core that no malloc, free, start-up or exit path runs (misuse reports,
+/// the heap profiler, the statistics reports): they stay out of `.text.hot`.
+const COLD_MODULES: [&str; 3] = ["diag", "prof", "report"];
+
+/// The code every process runs lies together in `.text.hot`, followed by the PLT
+/// (`preload/hot.ld`, whose comment says why): every function of the modules the script
+/// lists, the C entry points it lists, std's start-up hook and `pthread_atfork`, and nothing
+/// of [`COLD_MODULES`]; a module of the core in neither list fails (classify it), and so
+/// does a `.text.hot` larger than one 64 KiB window.
+#[test]
+fn hot_code_is_grouped() {
+    require("nm", "binutils");
+    require("readelf", "binutils");
+    let script = include_str!("../preload/hot.ld");
+    // `_ZN9brkmalloc<len><module>` patterns, and the `.text.<name>` of the C entry points.
+    let hot: Vec<&str> = script
+        .split("_ZN9brkmalloc")
+        .skip(1)
+        .filter_map(|t| {
+            let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+            let len: usize = t[..digits].parse().ok()?;
+            t.get(digits..digits + len)
+        })
+        .collect();
+    assert!(hot.contains(&"heap"), "no module list parsed from hot.ld: {hot:?}");
+    let exports: Vec<&str> = script
+        .split_whitespace()
+        .filter_map(|w| w.trim_start_matches("*(").trim_end_matches(')').strip_prefix(".text."))
+        .filter(|n| *n != "hot" && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .collect();
+    assert!(exports.contains(&"malloc"), "no entry points parsed from hot.ld: {exports:?}");
+
+    let so = common::preload::so();
+    let out = std::process::Command::new("readelf").arg("-SW").arg(so).output();
+    let sections = String::from_utf8_lossy(&out.expect("readelf runs").stdout).into_owned();
+    let section = |name: &str| -> (u64, u64) {
+        let line = sections
+            .lines()
+            .find(|l| l.split_whitespace().any(|w| w == name))
+            .unwrap_or_else(|| panic!("no {name} section:\n{sections}"));
+        let f: Vec<&str> =
+            line.split(']').nth(1).expect("a section line").split_whitespace().collect();
+        let hex = |s: &str| u64::from_str_radix(s, 16).expect("a hex field");
+        (hex(f[2]), hex(f[4]))
+    };
+    let (hot_at, hot_len) = section(".text.hot");
+    let (plt_at, _) = section(".plt");
+    assert!(hot_len <= 64 << 10, ".text.hot is {hot_len} bytes, over one 64 KiB window");
+    assert!(
+        (hot_at + hot_len..hot_at + hot_len + 16).contains(&plt_at),
+        "the PLT ({plt_at:#x}) does not follow .text.hot ({hot_at:#x} + {hot_len:#x})"
+    );
+
+    let out = std::process::Command::new("nm").args(["--defined-only"]).arg(so).output();
+    let symbols = String::from_utf8_lossy(&out.expect("nm runs").stdout).into_owned();
+    let mut checked = 0;
+    let mut wrong = String::new();
+    for line in symbols.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [addr, "t" | "T", name] = f[..] else { continue };
+        let inside = (hot_at..hot_at + hot_len).contains(&u64::from_str_radix(addr, 16).unwrap());
+        let want = if let Some(rest) = name.strip_prefix("_ZN9brkmalloc") {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let len: usize = rest[..digits].parse().expect("a mangled length");
+            let module = &rest[digits..digits + len];
+            if hot.contains(&module) {
+                true
+            } else if COLD_MODULES.contains(&module) {
+                false
+            } else {
+                panic!("module brkmalloc::{module} is in neither hot.ld nor COLD_MODULES");
+            }
+        } else if exports.contains(&name)
+            || name == "pthread_atfork"
+            || name.contains("ARGV_INIT_ARRAY")
+        {
+            true
+        } else {
+            continue;
+        };
+        checked += 1;
+        if inside != want {
+            let _ =
+                writeln!(wrong, "{name} at {addr}: expected {}", if want { "in" } else { "out" });
+        }
+    }
+    assert!(checked > 50, "only {checked} symbols classified:\n{symbols}");
+    assert!(wrong.is_empty(), ".text.hot is {hot_at:#x} + {hot_len:#x}:\n{wrong}");
+}
+
 // ---- misuse: must abort with a brkmalloc message --------------------------
 
 // Every misuse case below needs `hardening` (the cache key or the tag check).
