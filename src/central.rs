@@ -134,6 +134,8 @@ impl Segment {
 ///   inner pages were purged or never touched, unless the source refused the purge (a
 ///   performance assumption: breaking it only costs RSS). The idle purge takes the runs unchanged for one `purge_delay_ms`; `trim`
 ///   takes every run.
+/// - C7: while its size is held ([`CentralHeap::hold_size`]), the heap takes nothing from its
+///   source and gives nothing back (no growth, no trim, no purge).
 /// - C8: a heap whose options were never set ([`CentralHeap::unconfigured`]) has no segment:
 ///   its options take their defaults before its first growth ([`CentralHeap::configure`]).
 pub struct CentralHeap<S> {
@@ -166,6 +168,8 @@ pub struct CentralHeap<S> {
     returns: ReturnFeedback,
     /// C8: the options hold their defaults or what was set.
     configured: bool,
+    /// C7: while set, the heap neither grows nor gives memory back ([`Self::hold_size`]).
+    size_held: bool,
 }
 
 // SAFETY: the raw pointers all point into memory owned by this heap (C4); moving the heap to
@@ -227,6 +231,7 @@ impl<S: MemorySource> CentralHeap<S> {
             dirty_slack: 0,
             returns: ReturnFeedback::new(),
             configured: false,
+            size_held: false,
         }
     }
 
@@ -236,6 +241,14 @@ impl<S: MemorySource> CentralHeap<S> {
         if !self.configured {
             self.set_defaults();
         }
+    }
+
+    /// While `hold` (C7), an allocation that would grow the heap fails instead, and a free
+    /// neither trims nor purges: a thread cache's refill tries so first, and the middle layer
+    /// returns batches to merge before the heap may grow (`Backend::central_alloc`, TR7); the
+    /// runs they merge into stay for the refill that needed them.
+    pub fn hold_size(&mut self, hold: bool) {
+        self.size_held = hold;
     }
 
     /// The memory source.
@@ -286,6 +299,9 @@ impl<S: MemorySource> CentralHeap<S> {
     #[cold]
     fn grow_for(&mut self, size: usize) -> bool {
         self.configure();
+        if self.size_held {
+            return false;
+        }
         let Some(want) = size.checked_add(2 * ALIGN + self.top_pad) else { return false };
         let Some(g) = self.source.grow(want) else { return false };
         self.stats.grows += 1;
@@ -696,12 +712,13 @@ impl<S: MemorySource> CentralHeap<S> {
             }
             self.freed_since_purge += bs;
             if self.freed_since_purge >= self.purge_interval
+                && !self.size_held
                 && size >= self.purge_threshold
                 && self.too_dirty()
             {
                 self.purge_large_runs();
             }
-            if after.size() == 0 && size >= self.trim_threshold {
+            if after.size() == 0 && size >= self.trim_threshold && !self.size_held {
                 self.trim_freed_top(si);
             }
         }

@@ -308,11 +308,13 @@ impl ThreadCache {
         let cap = lim.max / 2;
         let want = lim.batch.min(cap).max(1) as usize;
         lim.batch = (lim.batch * 2).min(cap).max(1);
-        let (head, n) = back.central.lock().alloc_batch(class_size(c), want, |b, next| {
-            // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
-            unsafe { link_in(UserPtr::new(b), next) }
-        });
-        let head = ptr::NonNull::new(head)?;
+        let (head, n) = back.central_alloc(|heap| {
+            let (head, n) = heap.alloc_batch(class_size(c), want, |b, next| {
+                // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
+                unsafe { link_in(UserPtr::new(b), next) }
+            });
+            Some((ptr::NonNull::new(head)?, n))
+        })?;
         self.heads[c] = head.as_ptr();
         self.rooms[c] -= n as u32;
         stats::add(c, Counter::RefilledBlocks, n);

@@ -101,6 +101,8 @@ struct Hits {
     collected_blocks: usize,
     cross_frees: usize,
     central: usize,
+    /// Batches the layer returned to the heap for a refill that found no room (TR7).
+    layer_returns: usize,
 }
 
 impl World {
@@ -316,10 +318,15 @@ impl World {
             return Some(p);
         }
         assert!(self.model[i][c].is_empty(), "pop found nothing in a non-empty list");
-        let batches = self.heap.layer.batches(c);
+        let before = self.layer_batches();
+        // The layer serves the refill when its newest batch of the class fits the empty list.
+        let room = max_count(c, self.limits[i]) as usize;
+        let from_layer = self.layer[c].last().is_some_and(|b| b.len() <= room);
+        let grows = self.heap.central.lock().stats().grows;
         let p = self.caches[i].alloc_slow(c, &self.heap)?.ptr();
         self.hits.refills += 1;
-        if self.heap.layer.batches(c) + 1 == batches {
+        if from_layer {
+            assert_eq!(self.heap.layer.batches(c) + 1, before[c], "class {c}: a layer refill");
             // A refill from the middle layer: its newest batch became the list.
             self.hits.layer_refills += 1;
             let mut list = self.layer[c].pop().expect("the model's layer is empty");
@@ -337,7 +344,16 @@ impl World {
         }
         // A refill from the central heap: a batch carved from one or more free runs, each run's
         // blocks adjacent and linked in address order; every block of the class's size (the
-        // last of a run may absorb a remainder under 32 bytes).
+        // last of a run may absorb a remainder under 32 bytes). The layer may have returned
+        // batches first (TR7): the heap grew only if that left it empty.
+        self.sync_layer_returns(&before);
+        if self.heap.central.lock().stats().grows > grows {
+            let held = self.heap.layer.held();
+            assert_eq!(
+                held.batches, 0,
+                "TR7: the heap grew for a refill while the layer held {held:?}"
+            );
+        }
         let size = class_size(c);
         let k = self.caches[i].count(c);
         assert!(k < max_count(c, self.limits[i]) as usize, "refill overfilled class {c}");
@@ -483,6 +499,20 @@ impl World {
         self.sync_flushed(i, &batches);
         self.caches[i] = ThreadCache::new();
         self.caches[i].activate(self.limits[i]);
+    }
+
+    /// After a refill from the central heap: the batches the layer returned to make room
+    /// (TR7), the oldest of their classes, go back in the model too. `before`: the layer's
+    /// batches per class before the refill.
+    fn sync_layer_returns(&mut self, before: &[usize]) {
+        for (c, &before) in before.iter().enumerate() {
+            let now = self.heap.layer.batches(c);
+            assert!(now <= before, "class {c}: a refill added batches to the layer");
+            for b in self.layer[c].drain(..before - now).flatten().collect::<Vec<_>>() {
+                self.release(b.p);
+            }
+            self.hits.layer_returns += before - now;
+        }
     }
 
     /// The layer gave every batch back to the heap: the model's go with them.
@@ -840,6 +870,7 @@ fn double_free_probe_finds_exactly_the_cached_blocks() {
 /// collections, flushes and thread exits; every step fully checked.
 #[test]
 fn random_churn_keeps_every_block_accounted_for() {
+    let mut layer_returns = 0;
     for seed in 1..=6u64 {
         let mut rng = Rng::new(seed);
         let mut w = World::new(ARENA, &[DEFAULT_MAX_BYTES, 64 << 10, 256 << 10]);
@@ -898,7 +929,66 @@ fn random_churn_keeps_every_block_accounted_for() {
                 && h.central > 100,
             "seed {seed}: a path was not exercised: {h:?}"
         );
+        layer_returns += h.layer_returns;
     }
+    assert!(layer_returns > 0, "no refill took its room from the layer (TR7)");
+}
+
+/// TR7: a refill that finds no room in the heap takes it from the layer, largest class first,
+/// before the heap may grow. Here the heap cannot grow at all: without the rule the refills
+/// below would fail while the layer holds free blocks.
+#[test]
+fn the_layer_gives_way_before_a_refill_grows_the_heap() {
+    let mut w = World::new(4 << 20, &[DEFAULT_MAX_BYTES, DEFAULT_MAX_BYTES]);
+    // Two caches, counted in as the process counts them: a layer budget of 64 KiB.
+    w.heap.layer.cache_joined();
+    w.heap.layer.cache_joined();
+    // Cache 0 allocates blocks of two classes, cache 1 frees them: its flushes fill the layer
+    // (about 20 KiB of each class).
+    let (small, large) = (200, 1000);
+    let cs = class_for_alloc(block_size_for(small).unwrap()).unwrap();
+    let cl = class_for_alloc(block_size_for(large).unwrap()).unwrap();
+    let mut ps: Vec<usize> = (0..100).map(|_| w.alloc(0, small, false).addr().get()).collect();
+    ps.extend((0..30).map(|_| w.alloc(0, large, false).addr().get()));
+    for p in ps {
+        w.free(1, p);
+    }
+    w.flush_all(1);
+    w.check();
+    let (bs, bl) = (w.heap.layer.batches(cs), w.heap.layer.batches(cl));
+    assert!(bs >= 2 && bl >= 2, "the layer holds too little to tell: {bs} and {bl} batches");
+    // From now on the source refuses to grow; a third class, through cache 0, uses up the
+    // heap's free runs, then takes its room from the layer.
+    w.heap.central.lock().source_mut().fail_after(0);
+    let grows = w.heap.central.lock().stats().grows;
+    let mut held = Vec::new();
+    while w.heap.layer.batches(cl) == bl {
+        held.push(w.alloc(0, 40, false).addr().get());
+        if held.len() % 256 == 0 {
+            w.check();
+        }
+        assert!(held.len() < 1 << 17, "the heap never ran out of room");
+    }
+    w.check();
+    assert_eq!(w.heap.layer.batches(cl), bl - 1, "one batch of the larger class went back");
+    assert_eq!(w.heap.layer.batches(cs), bs, "the larger class goes first");
+    assert!(w.hits.layer_returns >= 1);
+    // Until the layer is empty, every refill finds room.
+    while w.heap.layer.held().batches > 0 {
+        held.push(w.alloc(0, 40, false).addr().get());
+        if held.len() % 256 == 0 {
+            w.check();
+        }
+    }
+    w.check();
+    assert_eq!(w.heap.central.lock().stats().grows, grows);
+    w.heap.central.lock().source_mut().fail_after(usize::MAX);
+    for p in held {
+        w.free(0, p);
+    }
+    w.drain();
+    w.heap.layer.cache_left();
+    w.heap.layer.cache_left();
 }
 
 #[test]
