@@ -477,8 +477,7 @@ impl Transfer {
     /// Returns to `heap` the oldest batch of the largest class that holds any (TR7: a refill
     /// that would grow the heap takes its room from the layer first); whether there was one.
     /// Largest first: each of its blocks holds at least one block of any smaller class, where
-    /// a smaller class's blocks help only by merging. Not under loom (the models keep no
-    /// `occupied` bits, and a refill there goes straight to growth).
+    /// a smaller class's blocks help only by merging.
     ///
     /// # Errors
     /// As [`Self::release_idle`].
@@ -486,11 +485,13 @@ impl Transfer {
         &self,
         heap: &mut CentralHeap<S>,
     ) -> Result<bool, Misuse> {
-        if cfg!(loom) {
-            return Ok(false);
-        }
         // Relaxed: a hint (see `occupied`); a class found empty under its lock is skipped.
-        let mut occupied = self.occupied.load(Ordering::Relaxed);
+        // Under loom every class (the models keep no `occupied` bits).
+        let mut occupied = if cfg!(loom) {
+            usize::MAX >> (usize::BITS as usize - LAYER_CLASSES)
+        } else {
+            self.occupied.load(Ordering::Relaxed)
+        };
         while occupied != 0 {
             let c = (usize::BITS - 1 - occupied.leading_zeros()) as usize;
             occupied &= !(1 << c);

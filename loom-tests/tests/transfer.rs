@@ -10,6 +10,10 @@
 //! returned while a cache holds it fails the model; the ledger catches two threads holding the
 //! same block at the moment it happens.
 //!
+//! A refill that finds no room in the heap takes it from the layer (TR7,
+//! `Backend::central_alloc`): the layer returns a batch to the heap under the central lock,
+//! taking its class lock as a flush of another thread puts a batch there.
+//!
 //! Twins (ci/loom.sh): `lock`, `lock-ordering`, `wake` (on the class locks as on the central
 //! one), and `transfer` (a refill takes a batch without removing it from the layer).
 #![cfg(loom)]
@@ -91,5 +95,44 @@ heap_models! {
         p.join().unwrap();
         heap.exit(&mut tc_a);
         finish([], heap, ledger, 3);
+    }
+
+    /// A batch of 3 blocks sits in the layer and the heap has no room left (its source refuses
+    /// to grow, and every free block is taken). Thread B's refill cannot take the batch (its
+    /// list holds 2 blocks at most), so the layer gives the batch back to the heap to carve
+    /// from (TR7), while thread C flushes a batch of its own into the same class and exits.
+    fn refill_takes_room_from_the_layer_as_a_flush_races(heap, ledger) {
+        let mut tc_a = active_cache(6);
+        let a: Vec<Block> = (0..7).map(|i| malloc(&mut tc_a, heap, ledger, 1 + i)).collect();
+        for &b in &a {
+            free(&mut tc_a, heap, ledger, b); // the seventh flushes 3 to the layer
+        }
+        assert_eq!(heap.heap.layer.held().blocks, 3);
+        let (mut tc_c, c, _) = full_cache(heap, ledger, 10);
+        assert_eq!(heap.heap.layer.held().blocks, 3, "a list of 2 cannot take a batch of 3");
+        heap.heap.central.lock().source_mut().fail_after(0);
+        let mut filler = Vec::new();
+        for n in [4096, 1024, 256, 64, 16] {
+            while let Some(p) = heap.front(None).alloc(n) {
+                filler.push(ledger.take(p, n, 30));
+            }
+        }
+        let tc = spawn_with(heap, ledger, move |heap, ledger| {
+            free(&mut tc_c, heap, ledger, c); // full: a batch of 1 to the layer
+            heap.exit(&mut tc_c);
+        });
+        let mut tc_b = active_cache(2);
+        let b = malloc(&mut tc_b, heap, ledger, 20); // room from the layer
+        if a.iter().any(|x| x.p == b.p) {
+            event("refill carved a block the layer gave back");
+        }
+        free(&mut tc_b, heap, ledger, b);
+        heap.exit(&mut tc_b);
+        tc.join().unwrap();
+        for f in filler {
+            heap.free_block(ledger, f);
+        }
+        heap.exit(&mut tc_a);
+        finish([], heap, ledger, 4);
     }
 }
