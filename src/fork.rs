@@ -170,10 +170,13 @@ extern "C" fn parent() {
 /// which is the child's only thread; release them. The heap and the registry are consistent
 /// (nobody was inside them). The forking thread's cache stays valid; the other threads'
 /// caches are gone with their threads, and the blocks they held stay allocated (leaked) in the
-/// child. The stdio list lock is reset (glibc resets it itself in multi-threaded parents, and
-/// leaves it as `prepare` took it in single-threaded ones). A child of a nested `fork` keeps
-/// every lock: it returns into the outer `fork`'s parent side, whose handler releases them.
+/// child, which counts only the forking thread's cache in the middle layer's budget
+/// (`process::after_fork_child`). The stdio list lock is reset (glibc resets it itself in
+/// multi-threaded parents, and leaves it as `prepare` took it in single-threaded ones). A child
+/// of a nested `fork` keeps every lock: it returns into the outer `fork`'s parent side, whose
+/// handler releases them.
 extern "C" fn child() {
     // SAFETY: the child's only thread ran `prepare`.
     unsafe { release(STDIO_CHILD) };
+    crate::process::after_fork_child();
 }

@@ -306,6 +306,15 @@ fn activate(tc: *mut ThreadCache) {
     }
 }
 
+/// In a forked child: the middle layer counts only the forking thread's cache, if it is
+/// active (the fork handler `child`). Without this a child of a program with N threads kept
+/// N caches' share of the layer's budget for good.
+pub fn after_fork_child() {
+    // SAFETY: this thread's cache; read only.
+    let active = tls::cache().is_some_and(|tc| unsafe { (*tc).state() } == State::Active);
+    BACKEND.layer.reset_caches(usize::from(active));
+}
+
 /// Tears down this thread's cache `tc` (`ThreadCache::tear_down`), and counts it out of the
 /// middle layer's active caches if it was active (`activate` counted it in).
 ///

@@ -238,6 +238,14 @@ impl Transfer {
         self.caches.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Sets the count of active thread caches to `n`: in a forked child, whose only thread is
+    /// the one that forked (the other threads' caches are gone with their threads, which will
+    /// never count themselves out).
+    pub fn reset_caches(&self, n: usize) {
+        // Relaxed: as above.
+        self.caches.store(n, Ordering::Relaxed);
+    }
+
     /// The byte bounds now: of each class, and of the whole layer.
     fn bounds(&self) -> (usize, usize) {
         if cfg!(loom) {

@@ -18,6 +18,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
+use brkmalloc::transfer::LAYER_BYTES_PER_CACHE;
 use common::child::{Run, run};
 use common::compare::command;
 use common::preload::{Alloc, c_pass, c_run, scratch};
@@ -130,6 +131,15 @@ fn stats_file_one_per_process_with_forked_children() {
         assert_eq!(body.matches(HEADER).count(), 1, "{name}: one report each:\n{body}");
         assert!(body.contains(&format!("{HEADER}{pid})")), "{name}: pid differs:\n{body}");
         assert!(body.contains("central heap: "), "{name}: report cut short:\n{body}");
+        // Every process has one active cache at exit, the parent's threads having exited and
+        // a child's gone with the fork: the middle layer's budget is one cache's share (a
+        // child used to keep the parent's five).
+        let budget = body.split("budget ").nth(1).and_then(|b| b.split(' ').next());
+        assert_eq!(
+            budget,
+            Some(LAYER_BYTES_PER_CACHE.to_string().as_str()),
+            "{name}: the layer counts the caches of threads that are gone:\n{body}"
+        );
         saw_parent |= pid == parent;
     }
     assert!(saw_parent, "no file for the parent {parent}: {files:?}");

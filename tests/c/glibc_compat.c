@@ -17,7 +17,8 @@
  *   stats_cancel    malloc_stats() in a thread with a cancel pending: everything printed
  *                   (cancellation disabled while printing), with the 100-byte block of main
  *                   counted ("in use bytes" not 0).
- *   fork_children   the parent and 3 forked children allocate and exit (stats_file tests).
+ *   fork_children   the parent and 3 forked children allocate and exit (stats_file tests),
+ *                   while 4 threads of the parent that allocated are alive.
  *
  * Prints one line per check; exits non-zero on a failure. Compile with -fno-builtin: gcc
  * otherwise assumes that malloc-family calls leave errno alone. */
@@ -330,7 +331,23 @@ static void stats_cancel(void) {
 
 /* ---- fork_children --------------------------------------------------------------------- */
 
+static pthread_barrier_t children_barrier;
+
+/* A thread that allocates (its cache becomes active), waits while main forks, then exits. */
+static void *fork_children_thread(void *arg) {
+    free(malloc(100 + (size_t)(intptr_t)arg));
+    pthread_barrier_wait(&children_barrier);
+    pthread_barrier_wait(&children_barrier);
+    return NULL;
+}
+
 static void fork_children(void) {
+    /* 4 threads with caches are alive while main forks: a child has only main's. */
+    pthread_t th[4];
+    pthread_barrier_init(&children_barrier, NULL, 5);
+    for (intptr_t i = 0; i < 4; i++)
+        CHECK(pthread_create(&th[i], NULL, fork_children_thread, (void *)i) == 0, "thread");
+    pthread_barrier_wait(&children_barrier);
     void *keep[3];
     for (int i = 0; i < 3; i++) {
         fflush(stdout);
@@ -345,6 +362,9 @@ static void fork_children(void) {
         keep[i] = malloc(1000);
     }
     for (int i = 0; i < 3; i++) free(keep[i]);
+    pthread_barrier_wait(&children_barrier);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&children_barrier);
     printf("fork_children: parent %d, 3 children\n", (int)getpid());
 }
 
