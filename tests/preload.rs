@@ -93,18 +93,21 @@ fn c_memory_returned() {
     c_pass("trim", &[], Alloc::Brk(""));
 }
 
+/// What binutils' `tool` prints about the built library, run with `args`.
+fn inspect(tool: &str, args: &[&str]) -> String {
+    require(tool, "binutils");
+    let r =
+        common::child::run(std::process::Command::new(tool).args(args).arg(common::preload::so()));
+    assert!(r.ok(), "{tool} {args:?}: {}", r.report());
+    r.stdout
+}
+
 /// The library links nothing a malloc does not need: every library it loads is mapped and
 /// partly resident in every process it is preloaded into (libm alone, pulled in by `f64::ln`
 /// in the profiler, was +328 KiB of RSS at start).
 #[test]
 fn links_only_libc() {
-    require("readelf", "binutils");
-    let out = std::process::Command::new("readelf")
-        .arg("-d")
-        .arg(common::preload::so())
-        .output()
-        .expect("readelf -d runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = inspect("readelf", &["-d"]);
     let needed: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
@@ -122,13 +125,7 @@ fn links_only_libc() {
 /// of it mapped the whole 64 KiB window of the file around it (fault-around), in every process.
 #[test]
 fn backend_is_in_bss() {
-    require("nm", "binutils");
-    let out = std::process::Command::new("nm")
-        .args(["-C", "--defined-only"])
-        .arg(common::preload::so())
-        .output()
-        .expect("nm runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = inspect("nm", &["-C", "--defined-only"]);
     let line = text
         .lines()
         .find(|l| l.ends_with(" brkmalloc::process::BACKEND"))
@@ -148,8 +145,6 @@ const COLD_MODULES: [&str; 3] = ["diag", "prof", "report"];
 /// does a `.text.hot` larger than one 64 KiB window.
 #[test]
 fn hot_code_is_grouped() {
-    require("nm", "binutils");
-    require("readelf", "binutils");
     let script = include_str!("../preload/hot.ld");
     // `_ZN9brkmalloc<len><module>` patterns, and the `.text.<name>` of the C entry points.
     let hot: Vec<&str> = script
@@ -169,9 +164,7 @@ fn hot_code_is_grouped() {
         .collect();
     assert!(exports.contains(&"malloc"), "no entry points parsed from hot.ld: {exports:?}");
 
-    let so = common::preload::so();
-    let out = std::process::Command::new("readelf").arg("-SW").arg(so).output();
-    let sections = String::from_utf8_lossy(&out.expect("readelf runs").stdout).into_owned();
+    let sections = inspect("readelf", &["-SW"]);
     let section = |name: &str| -> (u64, u64) {
         let line = sections
             .lines()
@@ -190,8 +183,7 @@ fn hot_code_is_grouped() {
         "the PLT ({plt_at:#x}) does not follow .text.hot ({hot_at:#x} + {hot_len:#x})"
     );
 
-    let out = std::process::Command::new("nm").args(["--defined-only"]).arg(so).output();
-    let symbols = String::from_utf8_lossy(&out.expect("nm runs").stdout).into_owned();
+    let symbols = inspect("nm", &["--defined-only"]);
     let mut checked = 0;
     let mut wrong = String::new();
     for line in symbols.lines() {
