@@ -184,11 +184,12 @@ pub struct Transfer {
     /// share. Relaxed: a tuning input.
     caches: AtomicUsize,
     /// TR6: bit `c` is set iff class `c` needs the idle pass (`Slots::needs_pass`: it holds
-    /// batches or remembers a refusal), kept so under the class's lock at each change. The idle pass and the drains lock only these classes, so a class the
-    /// program never moves blocks through is never written: the layer lives in `.bss` (C8),
-    /// where a page becomes resident when first written, and the idle pass had written every
-    /// class lock, all 21 pages of it, in every process. Relaxed: a put racing a pass is left
-    /// for the next one. Not kept under loom (every class is visited).
+    /// batches or remembers a refusal), kept so under the class's lock at each change. The
+    /// idle pass and the drains lock only these classes, so a class the program never moves
+    /// blocks through is never written: the layer lives in `.bss` (C8), where a page becomes
+    /// resident when first written, and the idle pass had written every class lock, all 21
+    /// pages of it, in every process. Relaxed: a put racing a pass is left for the next one.
+    /// Not kept under loom (every class is visited).
     occupied: AtomicUsize,
 }
 
@@ -714,10 +715,7 @@ impl<S: MemorySource> Backend<S> {
             match self.layer.release_largest(&mut heap) {
                 Ok(true) => r = f(&mut heap),
                 Ok(false) => break,
-                Err(e) => {
-                    heap.hold_size(false);
-                    crate::diag::fatal("malloc", e.message(), 0)
-                }
+                Err(e) => crate::diag::fatal("malloc", e.message(), 0),
             }
         }
         heap.hold_size(false);
