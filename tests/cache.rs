@@ -164,9 +164,7 @@ impl World {
             if now != before {
                 // The class started draining: it gave up every batch it held.
                 assert_eq!(now, 0, "class {c}: the layer's batches went from {before} to {now}");
-                for b in std::mem::take(&mut self.layer[c]).into_iter().flatten() {
-                    self.release(b.p);
-                }
+                self.layer_gave_back(c, self.layer[c].len());
                 self.hits.layer_evictions += 1;
             }
             for b in gone {
@@ -508,19 +506,24 @@ impl World {
         for (c, &before) in before.iter().enumerate() {
             let now = self.heap.layer.batches(c);
             assert!(now <= before, "class {c}: a refill added batches to the layer");
-            for b in self.layer[c].drain(..before - now).flatten().collect::<Vec<_>>() {
-                self.release(b.p);
-            }
+            self.layer_gave_back(c, before - now);
             self.hits.layer_returns += before - now;
+        }
+    }
+
+    /// The layer gave its `n` oldest batches of class `c` back to the heap: the model's go
+    /// with them.
+    fn layer_gave_back(&mut self, c: usize, n: usize) {
+        for b in self.layer[c].drain(..n).flatten().collect::<Vec<_>>() {
+            self.release(b.p);
         }
     }
 
     /// The layer gave every batch back to the heap: the model's go with them.
     fn layer_returned(&mut self) {
-        for b in std::mem::take(&mut self.layer).into_iter().flatten().flatten() {
-            self.release(b.p);
+        for c in 0..NCLASSES {
+            self.layer_gave_back(c, self.layer[c].len());
         }
-        self.layer = vec![Vec::new(); NCLASSES];
     }
 
     /// Frees everything the program holds, flushes every cache, and checks the heap is empty.
