@@ -245,7 +245,7 @@ impl<S: MemorySource> CentralHeap<S> {
 
     /// While `hold` (C7), an allocation that would grow the heap fails instead, and a free
     /// neither trims nor purges: a thread cache's refill tries so first, and the middle layer
-    /// returns batches to merge before the heap may grow (`Backend::central_alloc`, TR7); the
+    /// returns batches to merge before the heap may grow (`Backend::central_refill`, TR7); the
     /// runs they merge into stay for the refill that needed them.
     pub fn hold_size(&mut self, hold: bool) {
         self.size_held = hold;

@@ -308,7 +308,7 @@ impl ThreadCache {
         let cap = lim.max / 2;
         let want = lim.batch.min(cap).max(1) as usize;
         lim.batch = (lim.batch * 2).min(cap).max(1);
-        let (head, n) = back.central_alloc(|heap| {
+        let (head, n) = back.central_refill(|heap| {
             let (head, n) = heap.alloc_batch(class_size(c), want, |b, next| {
                 // SAFETY: a fresh in-use block of at least MIN_BLOCK bytes, owned by us (T1).
                 unsafe { link_in(UserPtr::new(b), next) }

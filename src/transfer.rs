@@ -18,7 +18,7 @@
 //! taken since the previous pass, the class's low-water mark (jemalloc's and tcmalloc's
 //! approach). `malloc_trim` empties the layer ([`Transfer::drain`]). And a refill that
 //! would grow the heap first takes its room from the layer: batches go back to the heap one
-//! at a time, largest class first, until the refill fits (TR7, [`Backend::central_alloc`]).
+//! at a time, largest class first, until the refill fits (TR7, [`Backend::central_refill`]).
 //!
 //! # Locks
 //!
@@ -656,7 +656,7 @@ impl Default for Transfer {
 ///
 /// # Invariants
 /// - TR7: the layer's batches never make a thread cache's refill grow the heap: a refill
-///   from the central heap ([`Backend::central_alloc`]) that finds no room returns the
+///   from the central heap ([`Backend::central_refill`]) that finds no room returns the
 ///   layer's batches to the heap one at a time (where they merge with their free neighbours)
 ///   and tries again, and lets the heap grow only when the layer is empty.
 pub struct Backend<S> {
@@ -704,7 +704,7 @@ impl<S: MemorySource> Backend<S> {
     /// path: for a direct allocation (a large block) it put the block into the holes the
     /// layer's batches merged into instead of the top of the heap, where its free is trimmed
     /// (`mixed` ×1: +1.2 MiB peak RSS).
-    pub fn central_alloc<T>(
+    pub fn central_refill<T>(
         &self,
         mut f: impl FnMut(&mut CentralHeap<S>) -> Option<T>,
     ) -> Option<T> {

@@ -11,7 +11,7 @@
 //! same block at the moment it happens.
 //!
 //! A refill that finds no room in the heap takes it from the layer (TR7,
-//! `Backend::central_alloc`): the layer returns a batch to the heap under the central lock,
+//! `Backend::central_refill`): the layer returns a batch to the heap under the central lock,
 //! taking its class lock as a flush of another thread puts a batch there.
 //!
 //! Twins (ci/loom.sh): `lock`, `lock-ordering`, `wake` (on the class locks as on the central
